@@ -1,0 +1,48 @@
+# shellgate: the two commands a newcomer needs are `make run` and `make test`.
+# Everything they need is installed here, into .venv, from PyPI.
+
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: run test lint unit format bench proto clean help
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,dev]'
+	touch $(STAMP)
+
+run: $(STAMP) ## Start the gateway on SQLite with the local driver
+	$(BIN)/shellgate serve
+
+test: lint unit ## Lint, then every test (starts a throwaway Postgres unless SHELLGATE_TEST_DATABASE_URL is set)
+
+unit: $(STAMP)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff, mypy and the architecture's import layers
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+format: $(STAMP) ## Rewrite the code in ruff's format
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+proto: $(STAMP) ## Regenerate shellgate/api/gen from the .proto files
+	$(BIN)/python tools/gen_api.py
+
+bench: $(STAMP) ## Run the store benchmark; writes docs/benchmarks.md
+	$(BIN)/pip install --quiet -e '.[test,dev,bench]'
+	$(BIN)/python -m bench.store_cas
+
+clean: ## Remove the virtualenv and local state
+	rm -rf $(VENV) .shellgate

@@ -1,0 +1,59 @@
+"""Persistence: one ``objects`` table, every write a compare-and-swap on ``resource_version``.
+
+See docs/persistence.md for the rules; ``Store`` (base.py) for the interface.
+"""
+
+from shellgate.store.base import RetryPolicy, Store, decode
+from shellgate.store.connect import ACCEPTED_FORMS, connect, store_for_url
+from shellgate.store.errors import (
+    ConfigurationError,
+    Conflict,
+    InvalidMutation,
+    InvalidPageToken,
+    InvalidSelector,
+    MigrationError,
+    NotFound,
+    StoreError,
+    StoreUnavailable,
+    UniqueViolation,
+)
+from shellgate.store.messages import object_type_of, register_object_type
+from shellgate.store.observer import CasResult, NullObserver, StoreObserver
+from shellgate.store.records import (
+    DEFAULT_WORKSPACE,
+    ChangeEvent,
+    ObjectRecord,
+    Page,
+    WriteCondition,
+    WriteResult,
+)
+
+__all__ = [
+    "ACCEPTED_FORMS",
+    "DEFAULT_WORKSPACE",
+    "CasResult",
+    "ChangeEvent",
+    "ConfigurationError",
+    "Conflict",
+    "InvalidMutation",
+    "InvalidPageToken",
+    "InvalidSelector",
+    "MigrationError",
+    "NotFound",
+    "NullObserver",
+    "ObjectRecord",
+    "Page",
+    "RetryPolicy",
+    "Store",
+    "StoreError",
+    "StoreObserver",
+    "StoreUnavailable",
+    "UniqueViolation",
+    "WriteCondition",
+    "WriteResult",
+    "connect",
+    "decode",
+    "object_type_of",
+    "register_object_type",
+    "store_for_url",
+]

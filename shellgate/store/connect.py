@@ -1,0 +1,61 @@
+"""Open a store from a URL: the one place that picks a backend."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs, urlsplit
+
+from shellgate.store.base import RetryPolicy, Store
+from shellgate.store.errors import ConfigurationError
+from shellgate.store.observer import StoreObserver
+from shellgate.store.postgres import PostgresStore
+from shellgate.store.sqlite import SqliteStore
+
+ACCEPTED_FORMS = (
+    "sqlite:///relative/file.db, sqlite:////absolute/file.db, sqlite:///:memory:, "
+    "postgresql://user@host:port/db"
+)
+
+
+async def connect(
+    url: str,
+    *,
+    observer: StoreObserver | None = None,
+    retry: RetryPolicy | None = None,
+    migrate_to: int | None = None,
+) -> Store:
+    """Open the database named by ``url`` and apply its migrations.
+
+    ``migrate_to`` stops at a given migration; it exists for upgrade tests.
+    """
+    store = store_for_url(url, observer=observer, retry=retry)
+    await store.open(migrate_to=migrate_to)  # type: ignore[attr-defined]
+    return store
+
+
+def store_for_url(
+    url: str, *, observer: StoreObserver | None = None, retry: RetryPolicy | None = None
+) -> Store:
+    """The unopened store for ``url``; raises ``ConfigurationError`` naming the accepted forms."""
+    parts = urlsplit(url)
+    if parts.scheme in ("postgres", "postgresql"):
+        return PostgresStore(url, observer=observer, retry=retry)
+    if parts.scheme == "sqlite":
+        if parts.netloc or not parts.path.startswith("/") or parts.path == "/":
+            raise ConfigurationError(
+                f"invalid SQLite URL {url!r}: use three slashes and a path ({ACCEPTED_FORMS})"
+            )
+        # As in SQLAlchemy: what follows "sqlite:///" is the path, so three slashes give a
+        # relative path (sqlite:///./state.db) and four an absolute one (sqlite:////var/db).
+        path = parts.path[1:]
+        options = {key: values[-1] for key, values in parse_qs(parts.query).items()}
+        unknown = set(options) - {"synchronous", "busy_timeout_ms"}
+        if unknown:
+            raise ConfigurationError(f"unknown SQLite URL options: {', '.join(sorted(unknown))}")
+        return SqliteStore(
+            path,
+            synchronous=options.get("synchronous", "FULL"),
+            busy_timeout_ms=int(options.get("busy_timeout_ms", "5000")),
+            observer=observer,
+            retry=retry,
+        )
+    raise ConfigurationError(f"unsupported database URL {url!r}; accepted forms: {ACCEPTED_FORMS}")

@@ -1,0 +1,42 @@
+"""Which protobuf message type lives under which ``object_type``.
+
+The store keys the mapping by the message's full protobuf name, so it needs no import of the
+generated modules; ``api/`` messages are registered here by name.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, TypeVar
+
+from google.protobuf.message import Message
+
+OBJECT_TYPES: dict[str, str] = {
+    "openshell.v1.Sandbox": "sandbox",
+    "openshell.datamodel.v1.Provider": "provider",
+}
+
+
+class MetadataMessage(Protocol):
+    """A protobuf message with an ``ObjectMeta``-shaped ``metadata`` field."""
+
+    @property
+    def metadata(self) -> Any: ...
+
+
+M = TypeVar("M", bound=Message)
+
+
+def register_object_type(full_name: str, object_type: str) -> None:
+    """Store messages called ``full_name`` under ``object_type`` (used by later kinds)."""
+    existing = OBJECT_TYPES.get(full_name)
+    if existing is not None and existing != object_type:
+        raise ValueError(f"{full_name} is already stored as {existing!r}")
+    OBJECT_TYPES[full_name] = object_type
+
+
+def object_type_of(message_type: type[Message]) -> str:
+    full_name = message_type.DESCRIPTOR.full_name
+    try:
+        return OBJECT_TYPES[full_name]
+    except KeyError:
+        raise TypeError(f"no object_type registered for message {full_name}") from None

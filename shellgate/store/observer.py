@@ -1,0 +1,35 @@
+"""Hooks through which the store reports what it did, without importing a metrics library.
+
+``controller/`` plugs a Prometheus implementation in; the default does nothing. Labels are
+closed sets: object types, operation names and results, never ids or names.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol
+
+CasResult = Literal["written", "noop", "conflict", "aborted"]
+
+
+class StoreObserver(Protocol):
+    def cas_attempt(self, object_type: str, result: CasResult) -> None:
+        """One attempt of ``update_message_cas`` ended with ``result``."""
+
+    def cas_call(self, object_type: str, attempts: int, exhausted: bool) -> None:
+        """One call of ``update_message_cas`` finished after ``attempts`` attempts."""
+
+    def operation(self, backend: str, operation: str, seconds: float) -> None:
+        """One database operation (get, put_if, delete_if, list, ...) took ``seconds``."""
+
+
+class NullObserver:
+    """The default observer: records nothing."""
+
+    def cas_attempt(self, object_type: str, result: CasResult) -> None:
+        return None
+
+    def cas_call(self, object_type: str, attempts: int, exhausted: bool) -> None:
+        return None
+
+    def operation(self, backend: str, operation: str, seconds: float) -> None:
+        return None
