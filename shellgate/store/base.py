@@ -171,6 +171,14 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def open(self, *, migrate_to: int | None = None) -> None:
+        """Connect and apply migrations (up to ``migrate_to`` when given, for upgrade tests)."""
+
+    @abc.abstractmethod
+    async def schema_version(self) -> int:
+        """The highest migration applied."""
+
+    @abc.abstractmethod
     async def ping(self) -> None:
         """Raise ``StoreUnavailable`` unless the database answers."""
 

@@ -28,7 +28,7 @@ async def connect(
     ``migrate_to`` stops at a given migration; it exists for upgrade tests.
     """
     store = store_for_url(url, observer=observer, retry=retry)
-    await store.open(migrate_to=migrate_to)  # type: ignore[attr-defined]
+    await store.open(migrate_to=migrate_to)
     return store
 
 

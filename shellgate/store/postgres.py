@@ -49,6 +49,7 @@ NOW_MS = "(extract(epoch FROM statement_timestamp()) * 1000)::bigint"
 CHANNEL = "shellgate_objects"
 MIGRATION_LOCK_KEY = 0x5348454C4C  # "SHELL": one advisory lock id for all shellgate schemas
 LISTEN_RETRY_SECONDS = 1.0
+LISTEN_READY_TIMEOUT = 5.0
 
 # Connection-level failures: the database is down or unreachable, not the request wrong.
 _UNAVAILABLE = (
@@ -301,9 +302,14 @@ class PostgresStore(Store):
         return NotFound(object_type, id) if current is None else Conflict(current)
 
     async def _start_change_source(self) -> None:
-        self._listener = asyncio.create_task(self._listen())
+        """Start the LISTEN task and wait (briefly) until it listens, so that a subscriber
+        hears of every write made after ``subscribe()`` returned."""
+        listening = asyncio.Event()
+        self._listener = asyncio.create_task(self._listen(listening))
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(listening.wait(), LISTEN_READY_TIMEOUT)
 
-    async def _listen(self) -> None:
+    async def _listen(self, listening: asyncio.Event) -> None:
         """Hold a LISTEN connection; reconnect after a loss and tell subscribers to re-read."""
         while True:
             try:
@@ -316,8 +322,10 @@ class PostgresStore(Store):
             conn.add_termination_listener(lambda _c: lost.set())
             try:
                 await conn.add_listener(CHANNEL, self._on_notify)
-                # Anything may have changed while no listener was connected.
-                self._hub.publish(ChangeEvent(None, None))
+                if listening.is_set():
+                    # Anything may have changed while no listener was connected.
+                    self._hub.publish(ChangeEvent(None, None))
+                listening.set()
                 await lost.wait()
                 log.warning("change feed: LISTEN connection lost; reconnecting")
             except _UNAVAILABLE as exc:

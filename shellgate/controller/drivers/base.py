@@ -1,0 +1,87 @@
+"""The compute-driver interface, used by the API handlers and by the watch loop alike.
+
+A driver owns sandboxes in its own world (child processes, Kubernetes objects) and reports
+what it sees as ``DriverEvent``s. It never touches the store: the watch loop applies its
+snapshots through ``update_message_cas`` and the handlers write rows before calling it.
+
+Every operation is idempotent by sandbox id, because any replica may repeat it: creating
+what already exists with the same id succeeds, deleting what is gone returns False.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from shellgate.api import openshell_pb2
+from shellgate.reconcilers.snapshot import DriverSnapshot
+
+
+class DriverError(Exception):
+    """The driver could not do what was asked; the message says why."""
+
+
+class DriverConflict(DriverError):
+    """The driver's world holds something else under this sandbox's name."""
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotEvent:
+    snapshot: DriverSnapshot
+
+
+@dataclass(frozen=True, slots=True)
+class DeletedEvent:
+    """The driver's object for ``sandbox_id`` is gone for good."""
+
+    sandbox_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class PlatformEvent:
+    """A human-readable event about a sandbox (Kubernetes Event, process exit...); not stored."""
+
+    sandbox_id: str
+    type: str  # "Normal" | "Warning"
+    reason: str
+    message: str
+    timestamp_ms: int
+    source: str = ""
+    count: int = 1
+
+
+DriverEvent = SnapshotEvent | DeletedEvent | PlatformEvent
+
+
+class ComputeDriver(Protocol):
+    name: str
+
+    @property
+    def watch_ready(self) -> bool:
+        """True while the driver's event stream is connected (readiness)."""
+
+    async def start(self) -> None:
+        """Connect; after this, ``events()`` yields."""
+
+    async def close(self) -> None: ...
+
+    async def create_sandbox(self, sandbox: openshell_pb2.Sandbox) -> None:
+        """Create the sandbox's backing resources; success if they exist with the same id."""
+
+    async def delete_sandbox(self, sandbox_id: str) -> bool:
+        """Start removing it; True if something existed, False if nothing did.
+
+        The store row is removed when a ``DeletedEvent`` for the id arrives.
+        """
+
+    async def stop_sandbox(self, sandbox_id: str) -> None: ...
+
+    async def start_sandbox(self, sandbox_id: str) -> None: ...
+
+    async def get_sandbox(self, sandbox_id: str) -> DriverSnapshot | None: ...
+
+    async def list_sandboxes(self) -> list[DriverSnapshot]: ...
+
+    def events(self) -> AsyncIterator[DriverEvent]:
+        """Every event from now on, for as long as the driver runs."""

@@ -1,0 +1,105 @@
+"""Migrations: upgrade from the pre-CAS schema, and several processes migrating at once."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+
+import pytest
+
+from shellgate.store import Store, connect
+from shellgate.store.migrations import load
+
+PRE_CAS_VERSION = 1
+ROWS = [
+    ("s1", "sandbox", "alpha", None, None, None),
+    ("s2", "sandbox", "beta", None, None, None),
+    ("p1", "provider", "gh", None, None, None),
+    ("r1", "sandbox_policy", None, "s1", 1, "loaded"),
+]
+
+
+async def insert_pre_cas_rows(store: Store, url: str) -> None:
+    """Rows as the pre-CAS gateway wrote them: no resource_version, no workspace columns."""
+    if url.startswith("sqlite:"):
+        conn = store._db  # type: ignore[attr-defined]
+        for row in ROWS:
+            await conn.execute(
+                "INSERT INTO objects (id, object_type, name, scope, version, status, payload, "
+                "created_at_ms, updated_at_ms, labels) VALUES (?, ?, ?, ?, ?, ?, x'00', 1, 1, '{}')",
+                row,
+            )
+    else:
+        async with store._acquire() as conn:  # type: ignore[attr-defined]
+            for row in ROWS:
+                await conn.execute(
+                    "INSERT INTO objects (id, object_type, name, scope, version, status, payload, "
+                    "created_at_ms, updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, '\\x00', 1, 1)",
+                    *row,
+                )
+
+
+async def test_upgrade_from_pre_cas_schema_backfills_version_one(store_url: str) -> None:
+    old = await connect(store_url, migrate_to=PRE_CAS_VERSION)
+    assert await old.schema_version() == PRE_CAS_VERSION
+    await insert_pre_cas_rows(old, store_url)
+    await old.close()
+
+    upgraded = await connect(store_url)
+    try:
+        assert await upgraded.schema_version() == max(m.version for m in load(upgraded.backend))
+        for object_id, object_type, name, *_ in ROWS:
+            record = await upgraded.get(object_type, object_id)
+            assert record is not None, object_id
+            assert record.resource_version == 1
+            assert record.workspace == "default"
+        alpha = await upgraded.get_by_name("sandbox", "alpha")
+        assert alpha is not None and alpha.id == "s1"
+    finally:
+        await upgraded.close()
+
+
+async def test_reconnect_applies_nothing_twice(store_url: str) -> None:
+    for _ in range(2):
+        store = await connect(store_url)
+        await store.close()
+    store = await connect(store_url)
+    version = await store.schema_version()
+    await store.close()
+    assert version >= 3
+
+
+def _migrate_in_process(url: str) -> int:
+    async def run() -> int:
+        store = await connect(url)
+        try:
+            return await store.schema_version()
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+@pytest.mark.slow
+def test_processes_starting_at_once_migrate_once(store_url: str) -> None:
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(4) as pool:
+        versions = pool.map(_migrate_in_process, [store_url] * 4)
+    backend = "sqlite" if store_url.startswith("sqlite:") else "postgres"
+    assert versions == [max(m.version for m in load(backend))] * 4
+
+    async def count_rows() -> list[int]:
+        store = await connect(store_url)
+        try:
+            if store_url.startswith("sqlite:"):
+                rows = await store._db.execute_fetchall(  # type: ignore[attr-defined]
+                    "SELECT version FROM schema_migrations"
+                )
+                return [row[0] for row in rows]
+            async with store._acquire() as conn:  # type: ignore[attr-defined]
+                return [r[0] for r in await conn.fetch("SELECT version FROM schema_migrations")]
+        finally:
+            await store.close()
+
+    applied = asyncio.run(count_rows())
+    assert sorted(applied) == sorted(set(applied))
