@@ -3,7 +3,8 @@
 An asyncpg pool; asyncpg prepares and caches every statement it runs. Every write is one
 autocommitted statement whose ``WHERE resource_version = $n`` is the CAS guard and whose
 ``RETURNING`` gives the new version and times. Timestamps come from the database clock
-(``statement_timestamp()``, one value per statement), so replicas with skewed clocks still agree on them. Unique
+(``statement_timestamp()``, one value per statement), so replicas with skewed clocks still
+agree on them. Unique
 violations are recognised by the constraint name Postgres reports.
 
 The change feed is ``LISTEN shellgate_objects`` on a dedicated connection; a trigger
@@ -319,7 +320,7 @@ class PostgresStore(Store):
                 await asyncio.sleep(LISTEN_RETRY_SECONDS)
                 continue
             lost = asyncio.Event()
-            conn.add_termination_listener(lambda _c: lost.set())
+            conn.add_termination_listener(lambda _c, lost=lost: lost.set())
             try:
                 await conn.add_listener(CHANNEL, self._on_notify)
                 if listening.is_set():

@@ -27,11 +27,11 @@ import aiosqlite
 from shellgate.store import migrations
 from shellgate.store.base import RetryPolicy, Store, timed
 from shellgate.store.errors import (
-    Conflict,
     ConfigurationError,
+    Conflict,
     MigrationError,
-    StoreError,
     NotFound,
+    StoreError,
     StoreUnavailable,
     UniqueViolation,
 )

@@ -9,14 +9,14 @@ from shellgate.store import ChangeEvent, Store, WriteCondition, connect
 MUST_CREATE = WriteCondition.MUST_CREATE
 
 
-async def next_event(subscription: object, predicate: object, timeout: float = 5.0) -> ChangeEvent:
+async def next_event(subscription: object, predicate: object, wait_s: float = 5.0) -> ChangeEvent:
     async def wait() -> ChangeEvent:
         while True:
             event = await subscription.get()  # type: ignore[attr-defined]
             if predicate(event):  # type: ignore[operator]
                 return event
 
-    return await asyncio.wait_for(wait(), timeout)
+    return await asyncio.wait_for(wait(), wait_s)
 
 
 async def test_local_writes_reach_subscribers(store: Store) -> None:

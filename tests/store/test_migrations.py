@@ -26,7 +26,8 @@ async def insert_pre_cas_rows(store: Store, url: str) -> None:
         for row in ROWS:
             await conn.execute(
                 "INSERT INTO objects (id, object_type, name, scope, version, status, payload, "
-                "created_at_ms, updated_at_ms, labels) VALUES (?, ?, ?, ?, ?, ?, x'00', 1, 1, '{}')",
+                "created_at_ms, updated_at_ms, labels) "
+                "VALUES (?, ?, ?, ?, ?, ?, x'00', 1, 1, '{}')",
                 row,
             )
     else:
@@ -48,7 +49,7 @@ async def test_upgrade_from_pre_cas_schema_backfills_version_one(store_url: str)
     upgraded = await connect(store_url)
     try:
         assert await upgraded.schema_version() == max(m.version for m in load(upgraded.backend))
-        for object_id, object_type, name, *_ in ROWS:
+        for object_id, object_type, *_ in ROWS:
             record = await upgraded.get(object_type, object_id)
             assert record is not None, object_id
             assert record.resource_version == 1
