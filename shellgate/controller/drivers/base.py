@@ -26,6 +26,10 @@ class DriverConflict(DriverError):
     """The driver's world holds something else under this sandbox's name."""
 
 
+class DriverNotOwner(DriverError):
+    """Another replica's driver owns this sandbox (local driver only); it will act on it."""
+
+
 @dataclass(frozen=True, slots=True)
 class SnapshotEvent:
     snapshot: DriverSnapshot
@@ -56,6 +60,9 @@ DriverEvent = SnapshotEvent | DeletedEvent | PlatformEvent
 
 class ComputeDriver(Protocol):
     name: str
+    routes_by_owner: bool
+    """True when only one replica's driver can act on a sandbox (the local driver): then
+    every replica follows the store and acts on the transitional rows it owns."""
 
     @property
     def watch_ready(self) -> bool:
@@ -74,6 +81,9 @@ class ComputeDriver(Protocol):
 
         The store row is removed when a ``DeletedEvent`` for the id arrives.
         """
+
+    def owns(self, sandbox_id: str) -> bool:
+        """True when this replica's driver can act on the sandbox."""
 
     async def stop_sandbox(self, sandbox_id: str) -> None: ...
 

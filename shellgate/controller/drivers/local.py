@@ -1,0 +1,606 @@
+"""The local compute driver: every sandbox is a child process of the gateway.
+
+This is the development driver behind ``make run``. **It gives no isolation at all**: a sandbox
+runs as the gateway's user, sees the whole filesystem and network, and may signal any process
+of that user. Never run untrusted code with it.
+
+**On disk.** Each sandbox has a directory ``state_dir/sandboxes/<id>`` (mode 0700), which is
+also the process's working directory and ``HOME``. It holds:
+
+- ``owner``: the replica id that created the sandbox, claimed with an exclusive create. Several
+  replicas may share one ``state_dir``, and no replica acts on another's sandboxes: for them
+  ``get_sandbox`` returns None, ``list_sandboxes`` and ``events`` leave them out,
+  ``stop_sandbox``/``start_sandbox`` do nothing, ``delete_sandbox`` returns False, and
+  ``create_sandbox`` succeeds without doing anything (the sandbox exists under that id).
+- ``sandbox.pb``: the ``Sandbox`` message given at create, so the same command can run again
+  on ``start_sandbox`` and after a gateway restart.
+- ``state``: ``running``, ``stopped`` or ``exited <code>``, what a restarted driver restores.
+- ``pid``: ``<pid> <start time>``; the start time (Linux ``/proc``) tells a process left by a
+  previous run apart from an unrelated one that reused the pid.
+- ``sandbox.log``: the process's stdout and stderr, appended.
+
+**Processes.** Each process runs in a new session, so it leads its own process group, and
+signals go to the whole group: a shell's children go with it. One asyncio task per process waits
+for its exit; when the main process is gone, whatever remains of its group is killed, as a
+container runtime does when a container's init exits. An exit nobody asked for becomes a
+``Ready=False/ContainerExited`` snapshot with the exit code plus a ``ProcessExited`` warning. An
+exit caused by stop, delete or close is reported by that operation instead: stop reports
+``Suspended=True/PodTerminated``, delete a ``DeletedEvent``, close nothing. Stopping sends
+SIGTERM and, after ``stop_grace_s``, SIGKILL. Operations on one id are serialized by a per-id
+lock, which guards only this driver's processes and files.
+
+**Revisions.** One counter per driver orders its snapshots. It starts at the clock in
+microseconds (``clock() * 1000``), so a restarted driver keeps counting above its previous run
+unless that run emitted more than a thousand snapshots per millisecond or the clock went back.
+
+**Restart.** A child of a dead gateway cannot be adopted, so ``start()`` restores each owned
+sandbox from its ``state``: one that was ``running`` is started again (the gateway restart is
+the process's restart), after killing the previous run's process if it survived and its start
+time proves it is ours (checked on Linux only, elsewhere it is left alone); a stopped one
+reports Suspended; one that had exited reports its exit code again. ``close()`` terminates every
+child at once and leaves ``state`` as it was, so the next ``start()`` brings them back.
+
+**Blocking.** Only small metadata files are read and written inline. A workdir is removed by
+renaming it aside and running ``rm -rf`` as a subprocess, so a large tree does not stall the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import sys
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf.message import DecodeError
+
+from shellgate.api import openshell_pb2
+from shellgate.controller.drivers.base import (
+    DeletedEvent,
+    DriverError,
+    DriverEvent,
+    DriverNotOwner,
+    PlatformEvent,
+    SnapshotEvent,
+)
+from shellgate.reconcilers.snapshot import DriverCondition, DriverSnapshot, InstanceFacts
+
+log = logging.getLogger(__name__)
+
+DEFAULT_IDLE_COMMAND: tuple[str, ...] = (sys.executable, "-c", "import signal; signal.pause()")
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")  # a safe single path component
+_TRASH = ".trash-"
+_RUNNING, _STOPPED, _EXITED = "running", "stopped", "exited"
+
+# (type, status, reason, message) of one condition, before a transition time is attached.
+_Cond = tuple[str, str, str, str]
+
+
+def _wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class _Run:
+    """One process of a sandbox and the task that waits for its exit."""
+
+    process: asyncio.subprocess.Process
+    waiter: asyncio.Task[None] | None = None
+    terminating: bool = False  # set by stop/delete/close before signalling: they report the exit
+
+
+@dataclass
+class _Sandbox:
+    message: openshell_pb2.Sandbox
+    workdir: Path
+    state: str = _RUNNING
+    run: _Run | None = None
+    snapshot: DriverSnapshot | None = None
+
+    @property
+    def id(self) -> str:
+        return self.message.metadata.id
+
+
+class _Subscription(AsyncIterator[DriverEvent]):
+    """One consumer's queue. The driver fills it; ``None`` marks the end of the stream."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[DriverEvent | None] = asyncio.Queue()
+        self._ended = False
+
+    def put(self, event: DriverEvent | None) -> None:
+        self._queue.put_nowait(event)
+
+    async def __anext__(self) -> DriverEvent:
+        if self._ended:
+            raise StopAsyncIteration
+        event = await self._queue.get()
+        if event is None:
+            self._ended = True
+            raise StopAsyncIteration
+        return event
+
+
+class LocalDriver:
+    """Runs each sandbox as a child process of this gateway (see the module docstring)."""
+
+    name = "local"
+    routes_by_owner = True
+
+    def __init__(
+        self,
+        *,
+        state_dir: Path,
+        replica_id: str,
+        idle_command: Sequence[str] = DEFAULT_IDLE_COMMAND,
+        clock: Callable[[], int] | None = None,
+        stop_grace_s: float = 5.0,
+    ) -> None:
+        if not replica_id or replica_id != replica_id.strip():
+            raise ValueError(f"replica_id must be non-empty, without outer spaces: {replica_id!r}")
+        if not idle_command:
+            raise ValueError("idle_command must not be empty")
+        self._root = state_dir / "sandboxes"
+        self._replica_id = replica_id
+        self._idle_command = tuple(idle_command)
+        self._clock = clock or _wall_clock_ms
+        self._stop_grace_s = stop_grace_s
+        self._revision = self._clock() * 1000
+        self._node_name = socket.gethostname()
+        self._sandboxes: dict[str, _Sandbox] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._subscribers: weakref.WeakSet[_Subscription] = weakref.WeakSet()
+        self._started = False
+        self._closed = False
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def watch_ready(self) -> bool:
+        return self._started and not self._closed
+
+    async def start(self) -> None:
+        """Restore the sandboxes this replica owns from a previous run, then report ready."""
+        if self._started or self._closed:
+            return
+        self._root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for path in sorted(self._root.iterdir()):
+            if path.name.startswith(_TRASH):
+                await _rm_rf(path)  # left by a delete that did not finish
+            elif path.name not in self._sandboxes and self._owns(path):
+                async with self._lock(path.name):
+                    await self._restore(path)
+        self._started = True
+
+    async def close(self) -> None:
+        """Terminate every child at once (SIGTERM, then SIGKILL) and end all event streams."""
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.gather(*(self._terminate_for_close(i) for i in list(self._locks)))
+        for subscriber in list(self._subscribers):
+            subscriber.put(None)
+
+    def events(self) -> AsyncIterator[DriverEvent]:
+        """Every event from this call on, until ``close()``; each caller gets its own queue.
+
+        Queues are unbounded; one that is no longer referenced stops receiving events.
+        """
+        subscription = _Subscription()
+        if self._closed:
+            subscription.put(None)
+        else:
+            self._subscribers.add(subscription)
+        return subscription
+
+    # ---- operations ------------------------------------------------------------------------
+
+    async def create_sandbox(self, sandbox: openshell_pb2.Sandbox) -> None:
+        sandbox_id = sandbox.metadata.id
+        if not _ID.fullmatch(sandbox_id):
+            raise DriverError(f"the local driver cannot use {sandbox_id!r} as a sandbox id")
+        async with self._lock(sandbox_id):
+            if sandbox_id in self._sandboxes:
+                return  # exists with this id: success, whatever state it is in
+            workdir = self._root / sandbox_id
+            try:
+                claimed = self._claim(workdir)
+            except OSError as exc:
+                raise DriverError(f"sandbox {sandbox_id}: cannot make {workdir}: {exc}") from exc
+            if not claimed:
+                log.info("sandbox %s belongs to another replica; not creating it", sandbox_id)
+                return
+            message = openshell_pb2.Sandbox()
+            message.CopyFrom(sandbox)
+            entry = _Sandbox(message=message, workdir=workdir)
+            try:
+                _write(workdir / "sandbox.pb", message.SerializeToString())
+                run = await self._spawn(entry)
+            except (DriverError, OSError) as exc:
+                await _remove_tree(workdir)  # leave nothing half-made behind
+                raise DriverError(f"sandbox {sandbox_id}: {exc}") from exc
+            self._sandboxes[sandbox_id] = entry
+            self._publish(entry, self._running_snapshot(entry, run.process.pid))
+
+    def owns(self, sandbox_id: str) -> bool:
+        return sandbox_id in self._sandboxes or self._owns(self._root / sandbox_id)
+
+    def _refuse_foreign(self, sandbox_id: str) -> None:
+        """Raise DriverNotOwner when another replica's driver owns ``sandbox_id``."""
+        if sandbox_id in self._sandboxes or not _ID.fullmatch(sandbox_id):
+            return
+        owner = _read_text(self._root / sandbox_id / "owner")
+        if owner is not None and owner != self._replica_id:
+            raise DriverNotOwner(f"sandbox {sandbox_id} runs on replica {owner!r}")
+
+    async def stop_sandbox(self, sandbox_id: str) -> None:
+        if sandbox_id not in self._sandboxes:
+            self._refuse_foreign(sandbox_id)
+            return
+        async with self._lock(sandbox_id):
+            entry = self._sandboxes.get(sandbox_id)
+            if entry is None or entry.state == _STOPPED:
+                return
+            self._set_state(entry, _STOPPED)  # first, so a crash mid-stop still restores it stopped
+            if entry.run is not None:
+                await self._terminate(entry.run)
+            self._publish(entry, self._stopped_snapshot(entry))
+
+    async def start_sandbox(self, sandbox_id: str) -> None:
+        """Run the sandbox's command again if it is stopped or has exited; no-op if running."""
+        if sandbox_id not in self._sandboxes:
+            self._refuse_foreign(sandbox_id)
+            return
+        async with self._lock(sandbox_id):
+            entry = self._sandboxes.get(sandbox_id)
+            if entry is None or entry.run is not None:
+                return
+            run = await self._spawn(entry)
+            self._publish(entry, self._running_snapshot(entry, run.process.pid))
+
+    async def delete_sandbox(self, sandbox_id: str) -> bool:
+        if not _ID.fullmatch(sandbox_id):
+            return False
+        workdir = self._root / sandbox_id
+        self._refuse_foreign(sandbox_id)
+        if sandbox_id not in self._sandboxes and not self._owns(workdir):
+            return False
+        async with self._lock(sandbox_id):
+            entry = self._sandboxes.pop(sandbox_id, None)
+            if entry is None and not self._owns(workdir):
+                return False  # deleted meanwhile
+            if entry is not None and entry.run is not None:
+                await self._terminate(entry.run)
+            await _remove_tree(workdir)
+            self._emit(DeletedEvent(sandbox_id=sandbox_id))
+            return True
+
+    async def get_sandbox(self, sandbox_id: str) -> DriverSnapshot | None:
+        entry = self._sandboxes.get(sandbox_id)
+        return entry.snapshot if entry is not None else None
+
+    async def list_sandboxes(self) -> list[DriverSnapshot]:
+        return [e.snapshot for e in self._sandboxes.values() if e.snapshot is not None]
+
+    # ---- processes -------------------------------------------------------------------------
+
+    async def _spawn(self, entry: _Sandbox) -> _Run:
+        """Start the sandbox's command; the caller holds its lock and publishes the snapshot."""
+        if self._closed:
+            raise DriverError("the local driver is closed")
+        argv = list(entry.message.spec.command) or list(self._idle_command)
+        try:
+            log_fd = os.open(
+                entry.workdir / "sandbox.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
+            )
+        except OSError as exc:
+            raise DriverError(f"cannot open the log: {exc}") from exc
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                cwd=entry.workdir,
+                env=self._environment(entry),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log_fd,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except (OSError, ValueError) as exc:
+            raise DriverError(f"cannot start {argv[0]!r}: {exc}") from exc
+        finally:
+            os.close(log_fd)
+        # From here nothing may raise: the process runs and only its waiter will reap it.
+        run = _Run(process)
+        run.waiter = asyncio.create_task(self._wait(entry, run), name=f"local-sandbox-{entry.id}")
+        entry.run = run
+        self._set_state(entry, _RUNNING)
+        try:
+            _write(
+                entry.workdir / "pid", f"{process.pid} {_start_time(process.pid) or ''}".encode()
+            )
+        except OSError as exc:
+            log.warning("sandbox %s: cannot record pid %d: %s", entry.id, process.pid, exc)
+        return run
+
+    def _environment(self, entry: _Sandbox) -> dict[str, str]:
+        spec = entry.message.spec
+        env = {
+            "PATH": os.environ.get("PATH", os.defpath),
+            "HOME": str(entry.workdir),
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+        }
+        env.update(spec.template.environment)
+        env.update(spec.environment)
+        return env
+
+    async def _wait(self, entry: _Sandbox, run: _Run) -> None:
+        returncode = await run.process.wait()
+        # The group leader is reaped; kill what is left of its group. Its pgid cannot be reused
+        # while any member lives, so this reaches no one else unless the group is already empty
+        # and a new session took the same id within these microseconds.
+        _kill_group(run.process.pid, signal.SIGKILL)
+        if entry.run is run:
+            entry.run = None
+        if run.terminating:
+            return
+        exit_code, message = _describe_exit(returncode)
+        self._set_state(entry, f"{_EXITED} {exit_code}")
+        self._publish(entry, self._exited_snapshot(entry, message, exit_code))
+        self._emit(self._platform_event(entry, "Warning", "ProcessExited", message))
+
+    async def _terminate(self, run: _Run) -> None:
+        """SIGTERM the process group, SIGKILL it after the grace, and wait for the exit."""
+        run.terminating = True
+        assert run.waiter is not None
+        _signal(run.process, signal.SIGTERM)
+        done, _ = await asyncio.wait({run.waiter}, timeout=self._stop_grace_s)
+        if not done:
+            _signal(run.process, signal.SIGKILL)
+            done, _ = await asyncio.wait({run.waiter}, timeout=self._stop_grace_s)
+            if not done:
+                log.warning(
+                    "process %d survived SIGKILL for %ss", run.process.pid, self._stop_grace_s
+                )
+
+    async def _terminate_for_close(self, sandbox_id: str) -> None:
+        async with self._lock(sandbox_id):
+            entry = self._sandboxes.get(sandbox_id)
+            if entry is not None and entry.run is not None:
+                await self._terminate(entry.run)
+
+    async def _restore(self, workdir: Path) -> None:
+        """Bring back one sandbox of a previous run (see "Restart" in the module docstring)."""
+        try:
+            stored = openshell_pb2.Sandbox.FromString((workdir / "sandbox.pb").read_bytes())
+        except (OSError, DecodeError) as exc:
+            log.warning("%s: cannot read sandbox.pb (%s); leaving it alone", workdir, exc)
+            return
+        if stored.metadata.id != workdir.name:
+            log.warning("%s: sandbox.pb names %r; leaving it alone", workdir, stored.metadata.id)
+            return
+        entry = _Sandbox(message=stored, workdir=workdir)
+        self._sandboxes[workdir.name] = entry
+        state = _read_text(workdir / "state") or _RUNNING
+        if state == _STOPPED:
+            entry.state = _STOPPED
+            self._publish(entry, self._stopped_snapshot(entry))
+        elif state.startswith(_EXITED):
+            entry.state = state
+            code = state.removeprefix(_EXITED).strip()
+            exit_code = int(code) if code.lstrip("-").isdigit() else None
+            text = f"exited with code {code}" if exit_code is not None else "process lost"
+            self._publish(entry, self._exited_snapshot(entry, text, exit_code))
+        else:
+            self._kill_orphan(workdir)
+            try:
+                run = await self._spawn(entry)
+            except DriverError as exc:
+                lost = f"gateway restarted; process lost; cannot start it again: {exc}"
+                self._set_state(entry, _EXITED)
+                self._publish(entry, self._exited_snapshot(entry, lost, None))
+                return
+            pid = run.process.pid
+            self._publish(entry, self._running_snapshot(entry, pid))
+            restarted = f"gateway restarted; process lost; started again as pid {pid}"
+            self._emit(self._platform_event(entry, "Normal", "ProcessRestarted", restarted))
+
+    def _kill_orphan(self, workdir: Path) -> None:
+        """Kill the previous run's process if it is still alive and provably the same one."""
+        pid_text, _, start = (_read_text(workdir / "pid") or "").partition(" ")
+        if not pid_text.isdigit() or not start:
+            return  # no pid, or no start time to prove the pid was not reused
+        pid = int(pid_text)
+        if _start_time(pid) == start:
+            log.info("killing pid %d left running by a previous run of %s", pid, workdir.name)
+            _kill_group(pid, signal.SIGKILL)
+
+    # ---- ownership and files ---------------------------------------------------------------
+
+    def _lock(self, sandbox_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(sandbox_id, asyncio.Lock())
+
+    def _owns(self, workdir: Path) -> bool:
+        return (
+            bool(_ID.fullmatch(workdir.name)) and _read_text(workdir / "owner") == self._replica_id
+        )
+
+    def _claim(self, workdir: Path) -> bool:
+        """Make the workdir ours unless another replica owns it; True if it is ours."""
+        self._root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        workdir.mkdir(mode=0o700, exist_ok=True)
+        try:
+            fd = os.open(workdir / "owner", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return self._owns(workdir)  # an empty file means another replica is mid-claim
+        with os.fdopen(fd, "w") as owner:
+            owner.write(self._replica_id)
+        workdir.chmod(0o700)  # mkdir's mode is filtered by the umask
+        return True
+
+    def _set_state(self, entry: _Sandbox, state: str) -> None:
+        entry.state = state
+        try:
+            _write(entry.workdir / "state", state.encode())
+        except OSError as exc:
+            log.warning("sandbox %s: cannot record state %r: %s", entry.id, state, exc)
+
+    # ---- snapshots and events --------------------------------------------------------------
+
+    def _running_snapshot(self, entry: _Sandbox, pid: int) -> DriverSnapshot:
+        instance = InstanceFacts(pod_name=f"local-{pid}", node_name=self._node_name)
+        return self._snapshot(
+            entry,
+            ("Ready", "True", "ProcessRunning", f"pid {pid}"),
+            ("Suspended", "False", "NotSuspended", ""),
+            instance=instance,
+        )
+
+    def _stopped_snapshot(self, entry: _Sandbox) -> DriverSnapshot:
+        return self._snapshot(
+            entry,
+            ("Ready", "False", "SandboxSuspended", "stopped"),
+            ("Suspended", "True", "PodTerminated", "process terminated"),
+        )
+
+    def _exited_snapshot(self, entry: _Sandbox, message: str, code: int | None) -> DriverSnapshot:
+        return self._snapshot(
+            entry,
+            ("Ready", "False", "ContainerExited", message),
+            ("Suspended", "False", "NotSuspended", ""),
+            exit_code=code,
+        )
+
+    def _snapshot(
+        self,
+        entry: _Sandbox,
+        *conditions: _Cond,
+        instance: InstanceFacts | None = None,
+        exit_code: int | None = None,
+    ) -> DriverSnapshot:
+        now = self._clock()
+        previous = {c.type: c for c in entry.snapshot.conditions} if entry.snapshot else {}
+        built = []
+        for type_, status, reason, message in conditions:
+            before = previous.get(type_)
+            since = before.last_transition_time_ms if before and before.status == status else now
+            built.append(DriverCondition(type_, status, reason, message, since))
+        self._revision += 1
+        return DriverSnapshot(
+            sandbox_id=entry.id,
+            revision=self._revision,
+            conditions=tuple(built),
+            has_status=True,
+            instance=instance or InstanceFacts(),
+            exit_code=exit_code,
+        )
+
+    def _platform_event(
+        self, entry: _Sandbox, type_: str, reason: str, message: str
+    ) -> PlatformEvent:
+        return PlatformEvent(
+            sandbox_id=entry.id,
+            type=type_,
+            reason=reason,
+            message=message,
+            timestamp_ms=self._clock(),
+            source=f"local-driver/{self._replica_id}",
+        )
+
+    def _publish(self, entry: _Sandbox, snapshot: DriverSnapshot) -> None:
+        entry.snapshot = snapshot
+        self._emit(SnapshotEvent(snapshot=snapshot))
+
+    def _emit(self, event: DriverEvent) -> None:
+        for subscriber in list(self._subscribers):
+            subscriber.put(event)
+
+
+def _describe_exit(returncode: int) -> tuple[int, str]:
+    """Exit code and message; a death by signal N reads as code 128+N, as in containers."""
+    if returncode >= 0:
+        return returncode, f"exited with code {returncode}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = str(-returncode)
+    return 128 - returncode, f"killed by signal {name} (exit code {128 - returncode})"
+
+
+def _signal(process: asyncio.subprocess.Process, sig: signal.Signals) -> None:
+    if process.returncode is None:  # not reaped yet: the pid (and pgid) is still ours
+        _kill_group(process.pid, sig)
+
+
+def _kill_group(pgid: int, sig: signal.Signals) -> None:
+    # Gone already raises ProcessLookupError; macOS reports a group of zombies as EPERM.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux); None if unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()  # the command name may contain spaces
+    return fields[19] if len(fields) > 19 else None
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Replace the file atomically, so a crash leaves the old content or the new one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+async def _remove_tree(path: Path) -> None:
+    """Rename the tree aside at once (so the id is free again), then delete it."""
+    trash = _rename_aside(path)
+    if trash is not None:
+        await _rm_rf(trash)
+
+
+def _rename_aside(path: Path) -> Path | None:
+    """Move the tree to a trash name in the same directory (one quick syscall); None if gone."""
+    trash = path.with_name(f"{_TRASH}{path.name}-{secrets.token_hex(4)}")
+    try:
+        path.rename(trash)
+    except FileNotFoundError:
+        return None
+    return trash
+
+
+async def _rm_rf(path: Path) -> None:
+    """Delete a tree in a subprocess, so a large one does not stall the event loop."""
+    try:
+        rm = await asyncio.create_subprocess_exec(
+            "rm",
+            "-rf",
+            "--",
+            str(path),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        await rm.wait()
+    except OSError:  # no rm on this system
+        shutil.rmtree(path, ignore_errors=True)

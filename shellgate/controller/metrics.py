@@ -1,0 +1,117 @@
+"""Prometheus metrics, with closed label sets only: never a sandbox name or id as a value.
+
+``Metrics`` owns one ``CollectorRegistry`` (tests give each server its own) and implements
+the store's ``StoreObserver`` hooks, so CAS attempts, conflicts and exhaustion are counted
+where they happen. The ``shellgate_sandboxes{phase}`` gauge is computed at scrape time from
+the store by the serve loop (``SandboxCounter``), cached for a few seconds.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from shellgate import __version__
+from shellgate.store.observer import CasResult
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.cas_attempts = Counter(
+            "shellgate_store_cas_attempts",
+            "Attempts of update_message_cas by result.",
+            ["object_type", "result"],
+            registry=r,
+        )
+        self.cas_attempts_per_call = Histogram(
+            "shellgate_store_cas_attempts_per_call",
+            "Attempts one update_message_cas call took.",
+            ["object_type"],
+            buckets=(1, 2, 3, 4, 5),
+            registry=r,
+        )
+        self.cas_exhausted = Counter(
+            "shellgate_store_cas_exhausted",
+            "update_message_cas calls that ran out of attempts.",
+            ["object_type"],
+            registry=r,
+        )
+        self.store_operation = Histogram(
+            "shellgate_store_operation_duration_seconds",
+            "Duration of one database operation.",
+            ["backend", "operation"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.driver_events = Counter(
+            "shellgate_driver_events",
+            "Driver events handled, by outcome.",
+            ["driver", "result"],
+            registry=r,
+        )
+        self.reconcile = Counter(
+            "shellgate_reconcile",
+            "Reconciliations by controller and result.",
+            ["controller", "result"],
+            registry=r,
+        )
+        self.reconcile_duration = Histogram(
+            "shellgate_reconcile_duration_seconds",
+            "Duration of one reconciliation.",
+            ["controller"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.grpc_requests = Counter(
+            "shellgate_grpc_requests",
+            "gRPC requests by method and status code.",
+            ["method", "code"],
+            registry=r,
+        )
+        self.grpc_duration = Histogram(
+            "shellgate_grpc_request_duration_seconds",
+            "gRPC request duration.",
+            ["method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.sandboxes = Gauge(
+            "shellgate_sandboxes",
+            "Sandboxes by phase (read from the store at scrape time).",
+            ["phase"],
+            registry=r,
+        )
+        self.watch_streams = Gauge(
+            "shellgate_watch_streams", "Open WatchSandbox streams.", registry=r
+        )
+        self.change_feed_lag = Gauge(
+            "shellgate_change_feed_lag_seconds",
+            "Delay between a row's commit and this replica hearing of it (last hint).",
+            registry=r,
+        )
+        self.store_up = Gauge(
+            "shellgate_store_up", "1 when the last background store ping succeeded.", registry=r
+        )
+        self.driver_watch_up = Gauge(
+            "shellgate_driver_watch_up", "1 while the driver's watch is connected.", registry=r
+        )
+        self.build_info = Gauge(
+            "shellgate_build_info", "Build information.", ["version"], registry=r
+        )
+        self.build_info.labels(version=__version__).set(1)
+
+    # ----- StoreObserver ------------------------------------------------------------------
+
+    def cas_attempt(self, object_type: str, result: CasResult) -> None:
+        self.cas_attempts.labels(object_type=object_type, result=result).inc()
+
+    def cas_call(self, object_type: str, attempts: int, exhausted: bool) -> None:
+        self.cas_attempts_per_call.labels(object_type=object_type).observe(attempts)
+        if exhausted:
+            self.cas_exhausted.labels(object_type=object_type).inc()
+
+    def operation(self, backend: str, operation: str, seconds: float) -> None:
+        self.store_operation.labels(backend=backend, operation=operation).observe(seconds)

@@ -1,0 +1,241 @@
+"""Sandbox RPCs: create, get, list, delete, stop, start, attach and detach providers.
+
+Each handler validates the request, then reads, calls one reconciler through the store, and
+talks to the compute driver. Every write names its condition: creates are ``MUST_CREATE``,
+updates go through ``update_message_cas``, deletes are bound to a version.
+
+Cross-object guard (architecture decision 11, docs/api.md): a sandbox may only reference
+providers that exist. After a sandbox row starts referencing a provider, the handler bumps the
+provider's version by CAS ("fences" it). DeleteProvider reads the provider's version, scans the
+sandboxes, and deletes with ``delete_if`` on that version, so an attach that landed after the
+delete's read makes the delete fail and re-check, and an attach that finds the provider gone
+undoes itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import string
+import uuid
+
+from google.protobuf import timestamp_pb2
+
+from shellgate.api import openshell_pb2
+from shellgate.controller.context import Gateway, single_workspace, workspace_of
+from shellgate.controller.drivers.base import DriverNotOwner
+from shellgate.controller.errors import not_found
+from shellgate.reconcilers import sandbox as sandbox_rules
+from shellgate.reconcilers.errors import FailedPrecondition, InvalidArgument
+from shellgate.reconcilers.validation import (
+    effective_page_size,
+    require_valid,
+    validate_sandbox_for_create,
+)
+from shellgate.store import Conflict, NotFound, StoreError, WriteCondition
+
+log = logging.getLogger(__name__)
+
+Sandbox = openshell_pb2.Sandbox
+FENCE_ATTEMPTS = 5
+
+
+def generated_name(prefix: str) -> str:
+    alphabet = string.ascii_lowercase + string.digits
+    return f"{prefix}-" + "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+async def find_sandbox(gw: Gateway, name: str, workspace: str) -> Sandbox:
+    if not name:
+        raise InvalidArgument.single("name", "name is required")
+    found = await gw.store.get_message_by_name(Sandbox, name, workspace)
+    if found is None:
+        raise not_found("sandbox", name)
+    return found
+
+
+async def fence_provider(gw: Gateway, name: str, workspace: str) -> None:
+    """Bump the provider's version by CAS, proving it still exists after our reference."""
+    for _ in range(FENCE_ATTEMPTS):
+        record = await gw.store.get_by_name("provider", name, workspace)
+        if record is None:
+            raise FailedPrecondition(f"provider {name!r} not found", "PROVIDER_MISSING")
+        try:
+            await gw.store.put_if(
+                "provider",
+                record.id,
+                record.name,
+                record.payload,
+                record.labels,
+                WriteCondition.match(record.resource_version),
+                record.workspace,
+            )
+            return
+        except NotFound:
+            continue
+        except Conflict:
+            continue
+    raise Conflict(None)
+
+
+async def require_providers(gw: Gateway, names: list[str], workspace: str) -> None:
+    for name in names:
+        if await gw.store.get_by_name("provider", name, workspace) is None:
+            raise FailedPrecondition(f"provider {name!r} not found", "PROVIDER_MISSING")
+
+
+def build_sandbox(request: openshell_pb2.CreateSandboxRequest, now_ms: int) -> Sandbox:
+    if not request.HasField("spec"):
+        raise InvalidArgument.single("spec", "spec is required")
+    sandbox = Sandbox()
+    meta = sandbox.metadata
+    meta.id = str(uuid.uuid4())
+    meta.name = request.name or generated_name("sandbox")
+    meta.workspace = single_workspace(request.workspace_scope)
+    meta.labels.update(request.labels)
+    meta.annotations.update(request.annotations)
+    meta.created_time.CopyFrom(
+        timestamp_pb2.Timestamp(seconds=now_ms // 1000, nanos=(now_ms % 1000) * 1_000_000)
+    )
+    sandbox.spec.CopyFrom(request.spec)
+    sandbox.status.phase = openshell_pb2.SANDBOX_PHASE_PROVISIONING
+    require_valid(validate_sandbox_for_create(sandbox))
+    return sandbox
+
+
+async def create_sandbox(gw: Gateway, request: openshell_pb2.CreateSandboxRequest) -> Sandbox:
+    """Validate → MUST_CREATE → fence providers → driver create; undo the row on failure."""
+    candidate = build_sandbox(request, gw.clock_ms())
+    workspace = candidate.metadata.workspace
+    providers = list(dict.fromkeys(candidate.spec.providers))
+    await require_providers(gw, providers, workspace)
+    created = await gw.store.create_message(candidate)
+    try:
+        for name in providers:
+            await fence_provider(gw, name, workspace)
+        await gw.driver.create_sandbox(created)
+    except BaseException:
+        await _undo_create(gw, created)
+        raise
+    log.info("created sandbox %s (%s) in %s", created.metadata.name, created.metadata.id, workspace)
+    return created
+
+
+async def _undo_create(gw: Gateway, created: Sandbox) -> None:
+    """Remove a row whose driver create failed, bound to the version we wrote."""
+    try:
+        await gw.store.delete_if("sandbox", created.metadata.id, created.metadata.resource_version)
+        await gw.driver.delete_sandbox(created.metadata.id)
+    except (StoreError, Exception):  # keep the original error; the sweep repairs leftovers
+        log.warning("could not undo the create of sandbox %s", created.metadata.id, exc_info=True)
+
+
+async def list_sandboxes(
+    gw: Gateway, request: openshell_pb2.ListSandboxesRequest
+) -> openshell_pb2.ListSandboxesResponse:
+    sandboxes, token = await gw.store.list_messages(
+        Sandbox,
+        workspace=workspace_of(request.workspace_scope),
+        selector=request.label_selector,
+        limit=effective_page_size(request.page_size),
+        page_token=request.page_token,
+    )
+    return openshell_pb2.ListSandboxesResponse(sandboxes=sandboxes, next_page_token=token)
+
+
+async def delete_sandbox(
+    gw: Gateway, request: openshell_pb2.DeleteSandboxRequest
+) -> openshell_pb2.DeleteSandboxResponse:
+    """Move the row to DELETING by CAS, ask the driver; the row goes when the driver confirms."""
+    workspace = single_workspace(request.workspace_scope)
+    if not request.name:
+        raise InvalidArgument.single("name", "name is required")
+    found = await gw.store.get_message_by_name(Sandbox, request.name, workspace)
+    if found is None:
+        if request.allow_missing:
+            return openshell_pb2.DeleteSandboxResponse(
+                outcome=openshell_pb2.DELETION_OUTCOME_ALREADY_ABSENT
+            )
+        raise not_found("sandbox", request.name)
+    sandbox_id = found.metadata.id
+    deleting = await gw.store.update_message_cas(Sandbox, sandbox_id, sandbox_rules.begin_delete())
+    try:
+        existed = await gw.driver.delete_sandbox(sandbox_id)
+    except DriverNotOwner:
+        existed = True  # the owning replica sees DELETING in the store and deletes it
+    if existed:
+        outcome = openshell_pb2.DELETION_OUTCOME_ACCEPTED
+    else:
+        await remove_deleted_row(gw, sandbox_id, deleting.metadata.resource_version)
+        outcome = openshell_pb2.DELETION_OUTCOME_COMPLETED
+    log.info("deleting sandbox %s (%s)", request.name, sandbox_id)
+    return openshell_pb2.DeleteSandboxResponse(outcome=outcome, sandbox_id=sandbox_id)
+
+
+async def remove_deleted_row(gw: Gateway, sandbox_id: str, version: int) -> bool:
+    """Remove a DELETING row at ``version``; a newer version means someone else handles it."""
+    try:
+        removed = await gw.store.delete_if("sandbox", sandbox_id, version)
+    except Conflict:
+        return False
+    if removed:
+        gw.events.forget(sandbox_id)
+    return removed
+
+
+async def stop_sandbox(gw: Gateway, request: openshell_pb2.StopSandboxRequest) -> Sandbox:
+    """Answer once the row is STOPPING (or already STOPPED)."""
+    found = await find_sandbox(gw, request.name, single_workspace(request.workspace_scope))
+    updated = await gw.store.update_message_cas(
+        Sandbox, found.metadata.id, sandbox_rules.begin_stop()
+    )
+    if updated.status.phase == openshell_pb2.SANDBOX_PHASE_STOPPING:
+        with contextlib.suppress(DriverNotOwner):  # the owner follows the store
+            await gw.driver.stop_sandbox(updated.metadata.id)
+    return updated
+
+
+async def start_sandbox(gw: Gateway, request: openshell_pb2.StartSandboxRequest) -> Sandbox:
+    """Answer once the row is STARTING, never while it still reads STOPPED."""
+    found = await find_sandbox(gw, request.name, single_workspace(request.workspace_scope))
+    updated = await gw.store.update_message_cas(
+        Sandbox, found.metadata.id, sandbox_rules.begin_start()
+    )
+    if updated.status.phase == openshell_pb2.SANDBOX_PHASE_STARTING:
+        with contextlib.suppress(DriverNotOwner):  # the owner follows the store
+            await gw.driver.start_sandbox(updated.metadata.id)
+    return updated
+
+
+async def attach_provider(
+    gw: Gateway, request: openshell_pb2.AttachSandboxProviderRequest
+) -> openshell_pb2.AttachSandboxProviderResponse:
+    mutation = sandbox_rules.attach_provider(request.provider)
+    workspace = single_workspace(request.workspace_scope)
+    await require_providers(gw, [request.provider], workspace)
+    found = await find_sandbox(gw, request.sandbox, workspace)
+    updated = await gw.store.update_message_cas(
+        Sandbox, found.metadata.id, mutation, request.expected_resource_version
+    )
+    if mutation.applied:
+        try:
+            await fence_provider(gw, request.provider, workspace)
+        except FailedPrecondition:
+            # The provider was deleted between our check and our write: take it back out.
+            await gw.store.update_message_cas(
+                Sandbox, found.metadata.id, sandbox_rules.detach_provider(request.provider)
+            )
+            raise
+    return openshell_pb2.AttachSandboxProviderResponse(sandbox=updated, attached=mutation.applied)
+
+
+async def detach_provider(
+    gw: Gateway, request: openshell_pb2.DetachSandboxProviderRequest
+) -> openshell_pb2.DetachSandboxProviderResponse:
+    mutation = sandbox_rules.detach_provider(request.provider)
+    found = await find_sandbox(gw, request.sandbox, single_workspace(request.workspace_scope))
+    updated = await gw.store.update_message_cas(
+        Sandbox, found.metadata.id, mutation, request.expected_resource_version
+    )
+    return openshell_pb2.DetachSandboxProviderResponse(sandbox=updated, detached=mutation.applied)

@@ -1,0 +1,178 @@
+"""The ``openshell.v1.OpenShell`` servicer: thin wrappers around the handler modules.
+
+``unary`` gives every RPC the same shell: time it, count it by status code, and turn any
+error into a rich gRPC status through ``errors.status_for``. Methods not defined here answer
+UNIMPLEMENTED (the generated base class does that).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from shellgate.api import openshell_pb2, openshell_pb2_grpc
+from shellgate.controller import providers, sandboxes, watch_stream
+from shellgate.controller.context import Gateway, single_workspace
+from shellgate.controller.errors import status_for
+
+log = logging.getLogger(__name__)
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
+
+
+def unary(method: str) -> Callable[[Handler[Req, Resp]], Handler[Req, Resp]]:
+    def decorate(function: Handler[Req, Resp]) -> Handler[Req, Resp]:
+        @functools.wraps(function)
+        async def wrapper(
+            self: OpenShellService, request: Req, context: grpc.aio.ServicerContext
+        ) -> Resp:
+            started = time.perf_counter()
+            code = "OK"
+            try:
+                return await function(self, request, context)
+            except Exception as exc:
+                status = status_for(exc, method)
+                code = status.code.name
+                await context.abort_with_status(status)
+                raise  # unreachable: abort_with_status raises
+            finally:
+                metrics = self.gateway.metrics
+                metrics.grpc_requests.labels(method=method, code=code).inc()
+                metrics.grpc_duration.labels(method=method).observe(time.perf_counter() - started)
+
+        return wrapper
+
+    return decorate
+
+
+class OpenShellService(openshell_pb2_grpc.OpenShellServicer):
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    @unary("Health")
+    async def Health(
+        self, request: openshell_pb2.HealthRequest, context: Any
+    ) -> openshell_pb2.HealthResponse:
+        await self.gateway.store.ping()
+        return openshell_pb2.HealthResponse(
+            status=openshell_pb2.SERVICE_STATUS_HEALTHY, version=_version()
+        )
+
+    # ----- sandboxes ----------------------------------------------------------------------
+
+    @unary("CreateSandbox")
+    async def CreateSandbox(
+        self, request: openshell_pb2.CreateSandboxRequest, context: Any
+    ) -> openshell_pb2.SandboxResponse:
+        return openshell_pb2.SandboxResponse(
+            sandbox=await sandboxes.create_sandbox(self.gateway, request)
+        )
+
+    @unary("GetSandbox")
+    async def GetSandbox(
+        self, request: openshell_pb2.GetSandboxRequest, context: Any
+    ) -> openshell_pb2.SandboxResponse:
+        found = await sandboxes.find_sandbox(
+            self.gateway, request.name, single_workspace(request.workspace_scope)
+        )
+        return openshell_pb2.SandboxResponse(sandbox=found)
+
+    @unary("ListSandboxes")
+    async def ListSandboxes(
+        self, request: openshell_pb2.ListSandboxesRequest, context: Any
+    ) -> openshell_pb2.ListSandboxesResponse:
+        return await sandboxes.list_sandboxes(self.gateway, request)
+
+    @unary("DeleteSandbox")
+    async def DeleteSandbox(
+        self, request: openshell_pb2.DeleteSandboxRequest, context: Any
+    ) -> openshell_pb2.DeleteSandboxResponse:
+        return await sandboxes.delete_sandbox(self.gateway, request)
+
+    @unary("StopSandbox")
+    async def StopSandbox(
+        self, request: openshell_pb2.StopSandboxRequest, context: Any
+    ) -> openshell_pb2.SandboxResponse:
+        return openshell_pb2.SandboxResponse(
+            sandbox=await sandboxes.stop_sandbox(self.gateway, request)
+        )
+
+    @unary("StartSandbox")
+    async def StartSandbox(
+        self, request: openshell_pb2.StartSandboxRequest, context: Any
+    ) -> openshell_pb2.SandboxResponse:
+        return openshell_pb2.SandboxResponse(
+            sandbox=await sandboxes.start_sandbox(self.gateway, request)
+        )
+
+    async def WatchSandbox(
+        self, request: openshell_pb2.WatchSandboxRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        async for event in watch_stream.watch_sandbox(self.gateway, request, context):
+            yield event
+
+    @unary("AttachSandboxProvider")
+    async def AttachSandboxProvider(
+        self, request: openshell_pb2.AttachSandboxProviderRequest, context: Any
+    ) -> openshell_pb2.AttachSandboxProviderResponse:
+        return await sandboxes.attach_provider(self.gateway, request)
+
+    @unary("DetachSandboxProvider")
+    async def DetachSandboxProvider(
+        self, request: openshell_pb2.DetachSandboxProviderRequest, context: Any
+    ) -> openshell_pb2.DetachSandboxProviderResponse:
+        return await sandboxes.detach_provider(self.gateway, request)
+
+    @unary("ListSandboxProviders")
+    async def ListSandboxProviders(
+        self, request: openshell_pb2.ListSandboxProvidersRequest, context: Any
+    ) -> openshell_pb2.ListSandboxProvidersResponse:
+        return await providers.list_sandbox_providers(self.gateway, request)
+
+    # ----- providers ----------------------------------------------------------------------
+
+    @unary("CreateProvider")
+    async def CreateProvider(
+        self, request: openshell_pb2.CreateProviderRequest, context: Any
+    ) -> openshell_pb2.ProviderResponse:
+        return providers.response(await providers.create_provider(self.gateway, request))
+
+    @unary("GetProvider")
+    async def GetProvider(
+        self, request: openshell_pb2.GetProviderRequest, context: Any
+    ) -> openshell_pb2.ProviderResponse:
+        found = await providers.find_provider(
+            self.gateway, request.name, single_workspace(request.workspace_scope)
+        )
+        return providers.response(found)
+
+    @unary("ListProviders")
+    async def ListProviders(
+        self, request: openshell_pb2.ListProvidersRequest, context: Any
+    ) -> openshell_pb2.ListProvidersResponse:
+        return await providers.list_providers(self.gateway, request)
+
+    @unary("UpdateProvider")
+    async def UpdateProvider(
+        self, request: openshell_pb2.UpdateProviderRequest, context: Any
+    ) -> openshell_pb2.ProviderResponse:
+        return providers.response(await providers.update_provider(self.gateway, request))
+
+    @unary("DeleteProvider")
+    async def DeleteProvider(
+        self, request: openshell_pb2.DeleteProviderRequest, context: Any
+    ) -> openshell_pb2.DeleteProviderResponse:
+        return await providers.delete_provider(self.gateway, request)
+
+
+def _version() -> str:
+    from shellgate import __version__
+
+    return __version__

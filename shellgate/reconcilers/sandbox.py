@@ -1,0 +1,332 @@
+"""Sandbox mutations for ``update_message_cas``: driver snapshots, lifecycle, providers.
+
+Each public function returns a ``Mutation``: the store calls it with a fresh copy of the
+stored sandbox on every CAS attempt, so it must decide from that copy alone. It edits the copy
+in place and returns it; returning it unchanged means "nothing to write" (no version bump, no
+notification), and raising a ``DomainError`` aborts the write. That is what lets every replica
+handle the same event for the cost of one write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from shellgate.api import openshell_pb2
+from shellgate.reconcilers.annotations import DRIVER_REVISION_ANNOTATION
+from shellgate.reconcilers.errors import FailedPrecondition, InvalidArgument
+from shellgate.reconcilers.phase import (
+    COMPLETED,
+    DELETING,
+    ERROR,
+    PROVISIONING,
+    READY,
+    STARTING,
+    STOPPED,
+    STOPPING,
+    UNKNOWN,
+    UNSPECIFIED,
+    Phase,
+    compose_phase,
+    derive_backend_phase,
+    phase_name,
+)
+from shellgate.reconcilers.snapshot import DriverCondition, DriverSnapshot
+from shellgate.reconcilers.validation import (
+    MAX_PROVIDERS,
+    require_valid,
+    validate_object_name,
+    validate_sandbox_spec,
+)
+
+__all__ = [
+    "DRIVER_REVISION_ANNOTATION",
+    "Mutation",
+    "ProviderListMutation",
+    "apply_snapshot",
+    "attach_provider",
+    "begin_delete",
+    "begin_start",
+    "begin_stop",
+    "detach_provider",
+    "is_stale",
+    "stored_driver_revision",
+]
+
+Sandbox = openshell_pb2.Sandbox
+SandboxCondition = openshell_pb2.SandboxCondition
+Mutation = Callable[[Sandbox], Sandbox]
+"""What ``update_message_cas`` applies: edit the given copy in place and return it."""
+
+
+# --- driver snapshots -------------------------------------------------------------------------
+
+
+def stored_driver_revision(sandbox: Sandbox) -> int | None:
+    """The driver revision of the last snapshot applied, or None if none was recorded.
+
+    An annotation that is not a decimal integer (hand-edited, or from an older build) counts
+    as "none": the next snapshot is then applied rather than the sandbox being frozen.
+    """
+    raw = sandbox.metadata.annotations.get(DRIVER_REVISION_ANNOTATION, "")
+    return int(raw) if raw.isascii() and raw.isdecimal() else None
+
+
+def is_stale(snapshot: DriverSnapshot, sandbox: Sandbox) -> bool:
+    """A snapshot no newer than the one applied must not roll the status back.
+
+    A snapshot without a revision cannot be ordered and is applied in arrival order. Public so
+    that a caller can tell "ignored as stale" from "nothing to change" after a no-op write.
+    """
+    if snapshot.revision is None:
+        return False
+    stored = stored_driver_revision(sandbox)
+    return stored is not None and snapshot.revision <= stored
+
+
+def _to_condition(
+    condition: DriverCondition, previous: SandboxCondition | None, now_ms: int
+) -> SandboxCondition:
+    """Convert one driver condition, choosing its transition time.
+
+    The driver's own time wins when it has one. Otherwise a condition whose status did not
+    flip keeps the stored time (so re-applying the same state changes nothing), and a new or
+    flipped condition gets ``now_ms``.
+    """
+    converted = SandboxCondition(
+        type=condition.type,
+        status=condition.status,
+        reason=condition.reason,
+        message=condition.message,
+    )
+    if condition.last_transition_time_ms:
+        converted.transition_time.FromMilliseconds(condition.last_transition_time_ms)
+    elif previous is not None and previous.status == condition.status:
+        if previous.HasField("transition_time"):
+            converted.transition_time.CopyFrom(previous.transition_time)
+    else:
+        converted.transition_time.FromMilliseconds(now_ms)
+    return converted
+
+
+def _convert_conditions(
+    conditions: Iterable[DriverCondition], stored: Iterable[SandboxCondition], now_ms: int
+) -> list[SandboxCondition]:
+    """The snapshot's conditions in its order, matched to stored ones by type."""
+    previous: dict[str, SandboxCondition] = {}
+    for condition in stored:
+        previous.setdefault(condition.type, condition)
+    return [_to_condition(c, previous.get(c.type), now_ms) for c in conditions]
+
+
+def _status_target(
+    snapshot: DriverSnapshot, sandbox: Sandbox, now_ms: int
+) -> tuple[list[SandboxCondition], Phase, str]:
+    """Conditions, phase and agent pod the snapshot implies for this row.
+
+    A snapshot without status says nothing about conditions or the pod, so it keeps the
+    stored ones, as HEAD keeps the previous phase.
+    """
+    status = sandbox.status
+    backend = derive_backend_phase(snapshot)
+    phase = compose_phase(status.phase, backend, snapshot)
+    if not snapshot.has_status:
+        return list(status.conditions), phase, status.agent_pod
+    conditions = _convert_conditions(snapshot.conditions, status.conditions, now_ms)
+    return conditions, phase, snapshot.instance.pod_name
+
+
+def apply_snapshot(snapshot: DriverSnapshot, now_ms: int) -> Mutation:
+    """Turn a driver snapshot into sandbox status (§4.4), monotonically by driver revision.
+
+    The row is returned unchanged when it is DELETING (the deletion is finished by a
+    version-bound delete elsewhere; a snapshot never resurrects it), when the snapshot is not
+    newer than the last one applied, or when applying it would change nothing. In the last
+    case the revision alone is not written either: a write per unchanged snapshot would cost
+    every replica a version bump for nothing. Otherwise it sets the conditions, the composed
+    phase, the agent pod, the exit code (when the snapshot has one) and the revision.
+
+    Unlike HEAD, an ERROR row still gets fresh conditions (its phase stays ERROR), so users
+    can see what the backend reports now.
+    """
+
+    def mutate(sandbox: Sandbox) -> Sandbox:
+        if sandbox.status.phase == DELETING or is_stale(snapshot, sandbox):
+            return sandbox
+        conditions, phase, agent_pod = _status_target(snapshot, sandbox, now_ms)
+        status = sandbox.status
+        exit_code_changes = snapshot.exit_code is not None and (
+            not status.HasField("exit_code") or status.exit_code != snapshot.exit_code
+        )
+        unchanged = (
+            list(status.conditions) == conditions
+            and status.phase == phase
+            and status.agent_pod == agent_pod
+            and not exit_code_changes
+        )
+        if unchanged:
+            return sandbox
+        del status.conditions[:]
+        status.conditions.extend(conditions)
+        status.phase = phase
+        status.agent_pod = agent_pod
+        if snapshot.exit_code is not None:
+            status.exit_code = snapshot.exit_code
+        if snapshot.revision is not None:
+            sandbox.metadata.annotations[DRIVER_REVISION_ANNOTATION] = str(snapshot.revision)
+        return sandbox
+
+    return mutate
+
+
+# --- lifecycle --------------------------------------------------------------------------------
+
+_STOPPABLE = frozenset({PROVISIONING, READY, STARTING, UNKNOWN, UNSPECIFIED, COMPLETED})
+_STARTABLE = frozenset({STOPPED, ERROR, COMPLETED})
+_ALREADY_STARTING_OR_RUNNING = frozenset({STARTING, READY, PROVISIONING, UNKNOWN, UNSPECIFIED})
+
+
+def _refuse(action: str, phase: int, detail: str = "") -> FailedPrecondition:
+    """A FAILED_PRECONDITION naming the phase, in the message and machine-readably."""
+    name = phase_name(phase)
+    suffix = f": {detail}" if detail else ""
+    return FailedPrecondition(f"cannot {action} a sandbox in phase {name}{suffix}", name)
+
+
+def _set_phase(sandbox: Sandbox, phase: Phase) -> Sandbox:
+    """Lifecycle requests change ``status.phase`` only; drivers and snapshots do the rest."""
+    sandbox.status.phase = phase
+    return sandbox
+
+
+def begin_stop() -> Mutation:
+    """Move a running sandbox to STOPPING; the driver's stop and snapshots finish the job.
+
+    Already STOPPING or STOPPED: unchanged (stop is idempotent). DELETING cannot be stopped
+    (it is going away) and ERROR cannot either (nothing runs; delete or start it instead).
+    COMPLETED may be stopped: its backend may still hold resources.
+    """
+
+    def mutate(sandbox: Sandbox) -> Sandbox:
+        phase = sandbox.status.phase
+        if phase in (STOPPING, STOPPED):
+            return sandbox
+        if phase in _STOPPABLE:
+            return _set_phase(sandbox, STOPPING)
+        raise _refuse("stop", phase)
+
+    return mutate
+
+
+def begin_start() -> Mutation:
+    """Move a stopped sandbox to STARTING; snapshots take it on to READY (or ERROR).
+
+    STOPPED, ERROR and COMPLETED may be started: starting an ERROR sandbox is how a user
+    restarts a crashed one without losing its spec and id. Already starting or running
+    (STARTING, READY, PROVISIONING, UNKNOWN, UNSPECIFIED): unchanged. STOPPING is refused
+    until the stop has finished, and DELETING always is.
+    """
+
+    def mutate(sandbox: Sandbox) -> Sandbox:
+        phase = sandbox.status.phase
+        if phase in _ALREADY_STARTING_OR_RUNNING:
+            return sandbox
+        if phase in _STARTABLE:
+            return _set_phase(sandbox, STARTING)
+        if phase == STOPPING:
+            raise _refuse("start", phase, "still stopping")
+        raise _refuse("start", phase)
+
+    return mutate
+
+
+def begin_delete() -> Mutation:
+    """Move any sandbox to DELETING, the first step of the public DeleteSandbox.
+
+    Idempotent: an already DELETING row is unchanged, so a repeated delete writes nothing.
+    """
+
+    def mutate(sandbox: Sandbox) -> Sandbox:
+        if sandbox.status.phase == DELETING:
+            return sandbox
+        return _set_phase(sandbox, DELETING)
+
+    return mutate
+
+
+# --- providers --------------------------------------------------------------------------------
+
+
+def _dedupe(names: Iterable[str]) -> list[str]:
+    """Names in first-seen order without repeats."""
+    return list(dict.fromkeys(names))
+
+
+class ProviderListMutation:
+    """A mutation of ``spec.providers`` that remembers whether its last run changed the list.
+
+    The store may run a mutation several times (one per CAS attempt); ``applied`` describes
+    the latest run, which is the one whose result was written. The handler reports it as
+    ``attached`` / ``detached``.
+    """
+
+    def __init__(self, name: str, edit: Callable[[Sandbox, str], bool]) -> None:
+        require_valid(validate_object_name(name, "provider_name"))
+        self.name = name
+        self.applied = False
+        self._edit = edit
+
+    def __call__(self, sandbox: Sandbox) -> Sandbox:
+        self.applied = False
+        self.applied = self._edit(sandbox, self.name)
+        return sandbox
+
+
+def _attach(sandbox: Sandbox, name: str) -> bool:
+    """Append ``name`` unless present; refuse a 33rd provider; validate the candidate spec."""
+    current = _dedupe(sandbox.spec.providers)
+    if name in current:
+        return False
+    if len(current) >= MAX_PROVIDERS:
+        raise InvalidArgument.single(
+            "spec.providers",
+            f"spec.providers exceeds maximum of {MAX_PROVIDERS} providers: "
+            f"cannot attach {name!r} to a sandbox that already has {len(current)}",
+        )
+    candidate = openshell_pb2.SandboxSpec()
+    candidate.CopyFrom(sandbox.spec)
+    del candidate.providers[:]
+    candidate.providers.extend([*current, name])
+    require_valid(validate_sandbox_spec(candidate))
+    sandbox.spec.CopyFrom(candidate)
+    return True
+
+
+def _detach(sandbox: Sandbox, name: str) -> bool:
+    """Remove every copy of ``name``; absent means nothing to do."""
+    if name not in sandbox.spec.providers:
+        return False
+    kept = [p for p in sandbox.spec.providers if p != name]
+    del sandbox.spec.providers[:]
+    sandbox.spec.providers.extend(kept)
+    return True
+
+
+def attach_provider(name: str) -> ProviderListMutation:
+    """Attach a provider by name (AttachSandboxProvider).
+
+    Already attached: unchanged (``applied`` is False). The 32-provider limit is checked
+    against the freshly read row, so a list filled by a racing writer is an INVALID_ARGUMENT
+    with nothing written, never a silent "not attached" (openshell-cas.md §9 item 5). The
+    whole candidate spec is validated before it replaces the stored one. Raises
+    ``InvalidArgument`` at once when ``name`` is empty or longer than 253 bytes.
+    """
+    return ProviderListMutation(name, _attach)
+
+
+def detach_provider(name: str) -> ProviderListMutation:
+    """Detach a provider by name (DetachSandboxProvider), removing every copy of it.
+
+    Not attached: unchanged (``applied`` is False), and unlike the reference nothing is
+    written. Raises ``InvalidArgument`` at once when ``name`` is empty or too long.
+    """
+    return ProviderListMutation(name, _detach)
