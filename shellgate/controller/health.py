@@ -53,7 +53,7 @@ class HealthState:
         started = time.perf_counter()
         try:
             await asyncio.wait_for(self.gw.store.ping(), PING_TIMEOUT_SECONDS)
-        except (StoreError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, StoreError) as exc:
             if self.store.ok or not self.store.checked:
                 log.warning("store ping failed: %s", exc or type(exc).__name__)
             self.store = StoreCheck(False, True, 0.0, str(exc) or type(exc).__name__)

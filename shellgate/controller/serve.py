@@ -252,7 +252,7 @@ async def _shutdown(
 
     try:
         await asyncio.wait_for(steps(), SHUTDOWN_SECONDS - 1)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         log.error("shutdown took longer than %.0f s; exiting anyway", SHUTDOWN_SECONDS)
     log.info("stopped")
 
