@@ -181,7 +181,7 @@ class Store(abc.ABC):
         below: int | None = None,
         statuses: Sequence[str] | None = None,
         limit: int = 0,
-    ) -> list[ObjectRecord]:
+    ) -> Sequence[ObjectRecord]:
         """The versioned rows of one scope (policy revisions), highest ``version`` first.
 
         ``below`` keeps versions strictly lower than it (the next page after the last version

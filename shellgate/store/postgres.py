@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import asyncpg
@@ -271,6 +272,32 @@ class PostgresStore(Store):
         if len(rows) > size:
             token = encode_page_token(records[-1].created_at_ms, records[-1].id)
         return Page(records, token)
+
+    @timed("list_versions")
+    async def list_versions(
+        self,
+        object_type: str,
+        scope: str,
+        *,
+        below: int | None = None,
+        statuses: Sequence[str] | None = None,
+        limit: int = 0,
+    ) -> Sequence[ObjectRecord]:
+        params: list[Any] = [object_type, scope]
+        where = ["object_type = $1", "scope = $2", "version IS NOT NULL"]
+        if below is not None:
+            params.append(below)
+            where.append(f"version < ${len(params)}")
+        if statuses is not None:
+            params.append(list(statuses))
+            where.append(f"status = ANY(${len(params)}::text[])")
+        params.append(clamp_page_size(limit))
+        rows = await self._fetch(
+            f"SELECT {COLUMNS} FROM objects WHERE {' AND '.join(where)} "
+            f"ORDER BY version DESC LIMIT ${len(params)}",
+            *params,
+        )
+        return [_record(row) for row in rows]
 
     # ----- helpers ------------------------------------------------------------------------
 

@@ -288,6 +288,32 @@ class SqliteStore(Store):
             token = encode_page_token(records[-1].created_at_ms, records[-1].id)
         return Page(records, token)
 
+    @timed("list_versions")
+    async def list_versions(
+        self,
+        object_type: str,
+        scope: str,
+        *,
+        below: int | None = None,
+        statuses: Sequence[str] | None = None,
+        limit: int = 0,
+    ) -> Sequence[ObjectRecord]:
+        params: list[Any] = [object_type, scope]
+        where = ["object_type = ?", "scope = ?", "version IS NOT NULL"]
+        if below is not None:
+            where.append("version < ?")
+            params.append(below)
+        if statuses is not None:
+            where.append(f"status IN ({', '.join('?' for _ in statuses)})")
+            params += list(statuses)
+        params.append(clamp_page_size(limit))
+        rows = await self._execute(
+            f"SELECT {COLUMNS} FROM objects WHERE {' AND '.join(where)} "
+            "ORDER BY version DESC LIMIT ?",
+            tuple(params),
+        )
+        return [_record(row) for row in rows]
+
     # ----- helpers ------------------------------------------------------------------------
 
     async def _execute(self, sql: str, params: tuple[Any, ...]) -> Sequence[Any]:
