@@ -19,6 +19,8 @@ import pytest
 from pytest_postgresql import factories
 
 from shellgate.store import Store, connect
+from tests.support.fake_driver import FakeDriver
+from tests.support.gateway import Running, running_gateway
 
 HERE = Path(__file__).parent
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -85,6 +87,20 @@ async def store(store_url: str) -> AsyncIterator[Store]:
     opened = await connect(store_url)
     yield opened
     await opened.close()
+
+
+@pytest.fixture
+async def gw(store: Store) -> AsyncIterator[Running]:
+    """An in-process gateway with a fake driver, on the parametrized store."""
+    async with running_gateway(store, FakeDriver()) as running:
+        yield running
+
+
+@pytest.fixture
+async def second_store(store_url: str) -> AsyncIterator[Store]:
+    other = await connect(store_url)
+    yield other
+    await other.close()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -299,7 +299,8 @@ class Store(abc.ABC):
                 raise
             self.observer.cas_call(object_type, attempt, exhausted=False)
             return written
-        self.observer.cas_call(object_type, attempts, exhausted=True)
+        # Client-driven mode made its one attempt: a stale version, not an exhausted retry.
+        self.observer.cas_call(object_type, attempts, exhausted=not expected_version)
         assert last_conflict is not None
         raise Conflict(last_conflict.current_resource_version)
 

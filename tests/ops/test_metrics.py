@@ -1,0 +1,204 @@
+"""After a workload, every metric family has the values the workload implies."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiohttp
+import grpc
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from shellgate import __version__
+from shellgate.api import datamodel_pb2, openshell_pb2
+from shellgate.controller.drivers.base import SnapshotEvent
+from shellgate.controller.health import HealthState, start_http
+from shellgate.store import Conflict, Store
+from tests.gateway.conftest import Running
+from tests.support.fake_driver import ready
+from tests.support.objects import raw_bump
+from tests.support.processes import free_port
+from tests.support.wait import eventually
+
+P = openshell_pb2
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+@pytest.fixture
+async def http(gw: Running) -> AsyncIterator[tuple[str, HealthState]]:
+    state = HealthState(gw.gateway)
+    port = free_port()
+    runner = await start_http(state, "127.0.0.1", port)
+    yield f"http://127.0.0.1:{port}", state
+    await runner.cleanup()
+
+
+async def scrape(url: str) -> Samples:
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/metrics") as response:
+        assert response.status == 200
+        text = await response.text()
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def workload(gw: Running, store: Store, store_url: str) -> None:
+    gw.driver.auto_ready = False
+    for name in ("a", "b", "c"):
+        await gw.stub.CreateSandbox(P.CreateSandboxRequest(name=name, spec=P.SandboxSpec()))
+    a = await store.get_by_name("sandbox", "a")
+    assert a is not None
+    gw.driver.emit(SnapshotEvent(ready(a.id, 5)))  # applied
+    gw.driver.emit(SnapshotEvent(ready(a.id, 4)))  # stale
+    gw.driver.emit(SnapshotEvent(ready(a.id, 6)))  # no-op: nothing changes
+
+    async def phase() -> int:
+        return (await gw.stub.GetSandbox(P.GetSandboxRequest(name="a"))).sandbox.status.phase
+
+    await eventually(phase, lambda p: p == P.SANDBOX_PHASE_READY)
+    await eventually(
+        lambda: asyncio.sleep(0, gw.gateway.metrics.driver_events._metrics),  # type: ignore[attr-defined]
+        lambda m: len(m) >= 3,
+    )
+    with pytest.raises(grpc.aio.AioRpcError):  # NOT_FOUND
+        await gw.stub.GetSandbox(P.GetSandboxRequest(name="ghost"))
+    provider = datamodel_pb2.Provider(type="github", credentials={"T": "x"})
+    provider.metadata.name = "gh"
+    await gw.stub.CreateProvider(P.CreateProviderRequest(provider=provider))
+    with pytest.raises(grpc.aio.AioRpcError):  # ABORTED: a stale client version
+        await gw.stub.AttachSandboxProvider(
+            P.AttachSandboxProviderRequest(sandbox="b", provider="gh", expected_resource_version=9)
+        )
+
+    def always_contested(message: P.Sandbox) -> P.Sandbox:
+        raw_bump(store_url, message.metadata.id)
+        message.status.phase = P.SANDBOX_PHASE_ERROR
+        return message
+
+    c = await store.get_by_name("sandbox", "c")
+    assert c is not None
+    store.retry = type(store.retry)(attempts=5, base_delay=0.001, max_delay=0.002)
+    with pytest.raises(Conflict):
+        await store.update_message_cas(P.Sandbox, c.id, always_contested)
+
+
+async def test_every_family_after_a_workload(
+    gw: Running, http: tuple[str, HealthState], store_url: str
+) -> None:
+    url, state = http
+    store = gw.gateway.store
+    await state.ping_once()
+    await workload(gw, store, store_url)
+    stream = gw.stub.WatchSandbox(P.WatchSandboxRequest(sandbox="b", follow_status=True))
+    await stream.read()
+    await gw.stub.StopSandbox(P.StopSandboxRequest(name="b"))  # a change the stream hears of
+    await stream.read()
+    s = await scrape(url)
+
+    assert value(s, "shellgate_build_info", version=__version__) == 1
+    assert value(s, "shellgate_grpc_requests_total", method="CreateSandbox", code="OK") == 3
+    assert value(s, "shellgate_grpc_requests_total", method="GetSandbox", code="NOT_FOUND") == 1
+    assert (
+        value(s, "shellgate_grpc_requests_total", method="AttachSandboxProvider", code="ABORTED")
+        == 1
+    )
+    assert value(s, "shellgate_grpc_request_duration_seconds_count", method="CreateSandbox") == 3
+
+    assert value(s, "shellgate_driver_events_total", driver="fake", result="applied") == 1
+    assert value(s, "shellgate_driver_events_total", driver="fake", result="stale") == 1
+    assert value(s, "shellgate_driver_events_total", driver="fake", result="noop") == 1
+    assert value(s, "shellgate_reconcile_total", controller="driver-watch", result="success") == 3
+    assert value(s, "shellgate_reconcile_duration_seconds_count", controller="driver-watch") == 3
+
+    # CAS: the applied snapshot and the stop were written; stale and no-op snapshots were
+    # no-ops; the stale client attach and the 5 contested attempts were conflicts.
+    assert (
+        value(s, "shellgate_store_cas_attempts_total", object_type="sandbox", result="written") == 2
+    )
+    assert value(s, "shellgate_store_cas_attempts_total", object_type="sandbox", result="noop") == 2
+    assert (
+        value(s, "shellgate_store_cas_attempts_total", object_type="sandbox", result="conflict")
+        == 6
+    )
+    assert value(s, "shellgate_store_cas_exhausted_total", object_type="sandbox") == 1
+    assert (
+        value(s, "shellgate_store_cas_attempts_per_call_bucket", object_type="sandbox", le="1.0")
+        == 5
+    )
+    assert (
+        value(s, "shellgate_store_cas_attempts_per_call_bucket", object_type="sandbox", le="5.0")
+        == 6
+    )
+    backend = store.backend
+    assert (
+        value(
+            s,
+            "shellgate_store_operation_duration_seconds_count",
+            backend=backend,
+            operation="put_if",
+        )
+        >= 9
+    )
+
+    assert value(s, "shellgate_sandboxes", phase="ready") == 1
+    assert value(s, "shellgate_sandboxes", phase="stopping") == 1
+    assert value(s, "shellgate_sandboxes", phase="provisioning") == 1
+    assert value(s, "shellgate_watch_streams") == 1
+    assert 0 <= value(s, "shellgate_change_feed_lag_seconds") < 5
+    assert value(s, "shellgate_store_up") == 1
+    assert value(s, "shellgate_driver_watch_up") == 1
+    stream.cancel()
+    await eventually(lambda: scrape(url), lambda m: value(m, "shellgate_watch_streams") == 0)
+
+
+async def test_readyz_reports_each_check(gw: Running, http: tuple[str, HealthState]) -> None:
+    url, state = http
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{url}/readyz") as response:
+            assert response.status == 503  # no ping yet
+            body = await response.json()
+            assert body["checks"]["store"]["status"] == "unknown"
+        await state.ping_once()
+        async with session.get(f"{url}/readyz") as response:
+            assert response.status == 200
+            body = await response.json()
+            assert body["checks"] == {
+                "store": {
+                    "status": "ok",
+                    "latency_ms": body["checks"]["store"]["latency_ms"],
+                    "error": "",
+                },
+                "driver": {"status": "ok", "name": "fake"},
+            }
+        await gw.gateway.store.close()
+        await state.ping_once()
+        async with session.get(f"{url}/readyz") as response:
+            assert response.status == 503
+            assert (await response.json())["checks"]["store"]["status"] == "failing"
+        async with session.get(f"{url}/healthz") as response:
+            assert response.status == 200  # alive, whatever the database does
+
+
+async def test_grpc_health_and_reflection(gw: Running) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    health = health_pb2_grpc.HealthStub(gw.channel)
+    reply = await health.Check(health_pb2.HealthCheckRequest(service="openshell.v1.OpenShell"))
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    reflection = reflection_pb2_grpc.ServerReflectionStub(gw.channel)
+    responses = reflection.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+    )
+    services = set()
+    async for response in responses:
+        services = {s.name for s in response.list_services_response.service}
+        break
+    assert "openshell.v1.OpenShell" in services
