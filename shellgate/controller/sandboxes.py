@@ -23,6 +23,7 @@ import uuid
 from google.protobuf import timestamp_pb2
 
 from shellgate.api import openshell_pb2
+from shellgate.controller.config_store import cleanup_sandbox_config
 from shellgate.controller.context import Gateway, single_workspace, workspace_of
 from shellgate.controller.drivers.base import DriverNotOwner
 from shellgate.controller.errors import not_found
@@ -160,6 +161,7 @@ async def delete_sandbox(
         raise not_found("sandbox", request.name)
     sandbox_id = found.metadata.id
     deleting = await gw.store.update_message_cas(Sandbox, sandbox_id, sandbox_rules.begin_delete())
+    await cleanup_sandbox_config(gw, sandbox_id, request.name)
     try:
         existed = await gw.driver.delete_sandbox(sandbox_id)
     except DriverNotOwner:

@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 
 import grpc
 
-from shellgate.api import openshell_pb2, openshell_pb2_grpc
-from shellgate.controller import providers, sandboxes, watch_stream
+from shellgate.api import openshell_pb2, openshell_pb2_grpc, sandbox_pb2
+from shellgate.controller import config, drafts, policies, providers, sandboxes, watch_stream
 from shellgate.controller.context import Gateway, single_workspace
 from shellgate.controller.errors import status_for
 
@@ -170,6 +170,92 @@ class OpenShellService(openshell_pb2_grpc.OpenShellServicer):
         self, request: openshell_pb2.DeleteProviderRequest, context: Any
     ) -> openshell_pb2.DeleteProviderResponse:
         return await providers.delete_provider(self.gateway, request)
+
+    # ----- config, policies and draft chunks ----------------------------------------------
+
+    @unary("UpdateConfig")
+    async def UpdateConfig(
+        self, request: openshell_pb2.UpdateConfigRequest, context: Any
+    ) -> openshell_pb2.UpdateConfigResponse:
+        return await config.update_config(self.gateway, request)
+
+    @unary("GetSandboxConfig")
+    async def GetSandboxConfig(
+        self, request: sandbox_pb2.GetSandboxConfigRequest, context: Any
+    ) -> sandbox_pb2.GetSandboxConfigResponse:
+        return await config.get_sandbox_config(self.gateway, request)
+
+    @unary("ListSandboxPolicies")
+    async def ListSandboxPolicies(
+        self, request: openshell_pb2.ListSandboxPoliciesRequest, context: Any
+    ) -> openshell_pb2.ListSandboxPoliciesResponse:
+        return await policies.list_sandbox_policies(self.gateway, request)
+
+    @unary("GetSandboxPolicyStatus")
+    async def GetSandboxPolicyStatus(
+        self, request: openshell_pb2.GetSandboxPolicyStatusRequest, context: Any
+    ) -> openshell_pb2.GetSandboxPolicyStatusResponse:
+        return await policies.get_sandbox_policy_status(self.gateway, request)
+
+    @unary("ReportPolicyStatus")
+    async def ReportPolicyStatus(
+        self, request: openshell_pb2.ReportPolicyStatusRequest, context: Any
+    ) -> openshell_pb2.ReportPolicyStatusResponse:
+        return await policies.report_policy_status(self.gateway, request)
+
+    @unary("SubmitPolicyAnalysis")
+    async def SubmitPolicyAnalysis(
+        self, request: openshell_pb2.SubmitPolicyAnalysisRequest, context: Any
+    ) -> openshell_pb2.SubmitPolicyAnalysisResponse:
+        return await drafts.submit_policy_analysis(self.gateway, request)
+
+    @unary("GetDraftPolicy")
+    async def GetDraftPolicy(
+        self, request: openshell_pb2.GetDraftPolicyRequest, context: Any
+    ) -> openshell_pb2.GetDraftPolicyResponse:
+        return await drafts.get_draft_policy(self.gateway, request)
+
+    @unary("ApproveDraftChunk")
+    async def ApproveDraftChunk(
+        self, request: openshell_pb2.ApproveDraftChunkRequest, context: Any
+    ) -> openshell_pb2.ApproveDraftChunkResponse:
+        return await drafts.approve_draft_chunk(self.gateway, request)
+
+    @unary("RejectDraftChunk")
+    async def RejectDraftChunk(
+        self, request: openshell_pb2.RejectDraftChunkRequest, context: Any
+    ) -> openshell_pb2.RejectDraftChunkResponse:
+        return await drafts.reject_draft_chunk(self.gateway, request)
+
+    @unary("ApproveAllDraftChunks")
+    async def ApproveAllDraftChunks(
+        self, request: openshell_pb2.ApproveAllDraftChunksRequest, context: Any
+    ) -> openshell_pb2.ApproveAllDraftChunksResponse:
+        return await drafts.approve_all_draft_chunks(self.gateway, request)
+
+    @unary("EditDraftChunk")
+    async def EditDraftChunk(
+        self, request: openshell_pb2.EditDraftChunkRequest, context: Any
+    ) -> openshell_pb2.EditDraftChunkResponse:
+        return await drafts.edit_draft_chunk(self.gateway, request)
+
+    @unary("UndoDraftChunk")
+    async def UndoDraftChunk(
+        self, request: openshell_pb2.UndoDraftChunkRequest, context: Any
+    ) -> openshell_pb2.UndoDraftChunkResponse:
+        return await drafts.undo_draft_chunk(self.gateway, request)
+
+    @unary("ClearDraftChunks")
+    async def ClearDraftChunks(
+        self, request: openshell_pb2.ClearDraftChunksRequest, context: Any
+    ) -> openshell_pb2.ClearDraftChunksResponse:
+        return await drafts.clear_draft_chunks(self.gateway, request)
+
+    @unary("GetDraftHistory")
+    async def GetDraftHistory(
+        self, request: openshell_pb2.GetDraftHistoryRequest, context: Any
+    ) -> openshell_pb2.GetDraftHistoryResponse:
+        return await drafts.get_draft_history(self.gateway, request)
 
 
 def _version() -> str:

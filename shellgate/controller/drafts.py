@@ -1,0 +1,412 @@
+"""Draft-policy RPCs: SubmitPolicyAnalysis, GetDraftPolicy, Approve/Reject/ApproveAll/Edit/
+Undo/Clear, GetDraftHistory.
+
+Approve crash-safety (docs/config.md): a decision that changes the policy is two writes on
+two rows. The chunk is written first, by a state-checked CAS, with an ``effect`` (ADDING or
+REMOVING) naming what the policy still owes; then a revision is committed that contains (or
+no longer contains) the rule; then the effect is cleared. Both later steps are idempotent by
+content: "the latest revision already contains the rule" is "merging the rule into it
+changes nothing". So whoever finds a chunk with an effect, the original handler or any
+replica that reads the chunk after a crash (``settle_effects`` runs at the start of every
+draft RPC), completes the same change, never a second one.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+
+from shellgate.api import datamodel_pb2, openshell_pb2, sandbox_pb2
+from shellgate.controller.config_store import (
+    CHUNK_TYPE,
+    StoredDraftChunk,
+    StoredPolicyRevision,
+    commit_revision,
+    insert_scoped,
+    latest_revision,
+    list_chunks,
+    load_gateway_settings,
+)
+from shellgate.controller.context import Gateway, single_workspace
+from shellgate.controller.errors import not_found
+from shellgate.controller.policies import find_live_sandbox, policy_base
+from shellgate.controller.sandboxes import find_sandbox
+from shellgate.reconcilers import drafts as rules
+from shellgate.reconcilers.config import require_no_global_policy
+from shellgate.reconcilers.errors import DomainError, FailedPrecondition, InvalidArgument
+from shellgate.reconcilers.policy import require_valid_policy
+from shellgate.reconcilers.policy_merge import (
+    MergeOperation,
+    add_rule_operation,
+    apply_merge_operations,
+)
+from shellgate.store import Conflict, NotFound, StoreError, UniqueViolation
+
+log = logging.getLogger(__name__)
+
+Sandbox = openshell_pb2.Sandbox
+DELETING = openshell_pb2.SANDBOX_PHASE_DELETING
+CHUNK_ID_NAMESPACE = uuid.UUID("5b1f6d4e-8a2c-4f1e-9c3d-2e7a9b0c4d51")
+FOLD_ATTEMPTS = 5
+
+
+def _chunk_id(sandbox_id: str, key: str) -> str:
+    """Deterministic for a dedup key, so a repeated observation collides on the primary key
+    and folds into the existing chunk; random without one."""
+    if not key:
+        return str(uuid.uuid4())
+    return str(uuid.uuid5(CHUNK_ID_NAMESPACE, f"{sandbox_id}|{key}"))
+
+
+async def decide(gw: Gateway, chunk_id: str, mutation: rules.ChunkMutation) -> StoredDraftChunk:
+    """A CAS on one chunk with a state-checking mutation (and its status column kept): step
+    one of a decision, and also its settling, withdrawal and hit-count folds."""
+    return await gw.store.update_message_cas(
+        StoredDraftChunk, chunk_id, mutation, status=rules.chunk_status
+    )
+
+
+# --- effects: the second and third step of a decision -----------------------------------------
+
+
+def _operations(chunks: Sequence[StoredDraftChunk]) -> tuple[list[MergeOperation], list[int]]:
+    """All pending effects as one list of operations, with each chunk's first op index."""
+    operations: list[MergeOperation] = []
+    starts = []
+    for stored in chunks:
+        starts.append(len(operations))
+        operations += rules.effect_operations(stored)
+    return operations, starts
+
+
+async def commit_effects(
+    gw: Gateway, sandbox: Sandbox, chunks: Sequence[StoredDraftChunk]
+) -> tuple[StoredPolicyRevision | None, list[str]]:
+    """Step two: a revision in which every chunk's effect holds (none when it already did).
+
+    Returns the revision and, per chunk, the rule its addition landed in.
+    """
+    operations, starts = _operations(chunks)
+    landed: list[str] = []
+
+    def build(latest: StoredPolicyRevision | None) -> sandbox_pb2.SandboxPolicy:
+        result = apply_merge_operations(policy_base(sandbox, latest), operations)
+        landed[:] = [result.landed.get(start, "") for start in starts]
+        return result.policy
+
+    if not operations:
+        return await latest_revision(gw, sandbox.metadata.id), ["" for _ in chunks]
+    revision, _ = await commit_revision(gw, sandbox.metadata.id, sandbox.metadata.workspace, build)
+    return revision, landed
+
+
+async def settle(
+    gw: Gateway,
+    chunks: Sequence[StoredDraftChunk],
+    revision: StoredPolicyRevision | None,
+    landed: Sequence[str],
+) -> None:
+    """Step three: clear each chunk's effect (a no-op if someone else already did)."""
+    version = revision.revision.version if revision is not None else 0
+    for stored, rule_name in zip(chunks, landed, strict=True):
+        mutation = rules.settle(stored.effect, version, rule_name)
+        try:
+            await decide(gw, stored.metadata.id, mutation)
+        except NotFound:
+            continue
+
+
+async def apply_effects(
+    gw: Gateway, sandbox: Sandbox, chunks: Sequence[StoredDraftChunk]
+) -> StoredPolicyRevision | None:
+    """Steps two and three. When the change can no longer be made (the merged policy fails
+    validation against a revision that moved on), the decision is withdrawn and the error
+    returned; a lost insert race (ABORTED) leaves the effect for the next reader."""
+    pending = [c for c in chunks if c.effect != rules.EFFECT_NONE]
+    try:
+        revision, landed = await commit_effects(gw, sandbox, pending)
+    except DomainError:
+        await _withdraw(gw, sandbox, pending)
+        raise
+    await settle(gw, pending, revision, landed)
+    return revision
+
+
+async def _withdraw(gw: Gateway, sandbox: Sandbox, chunks: Sequence[StoredDraftChunk]) -> None:
+    """Take back approvals whose rule cannot join the policy. One that another replica's
+    recovery managed to apply meanwhile is settled instead, so the chunk still matches."""
+    for stored in chunks:
+        if stored.effect != rules.EFFECT_ADDING:
+            continue
+        latest = await latest_revision(gw, sandbox.metadata.id)
+        landed = _landing_if_present(policy_base(sandbox, latest), stored)
+        if landed is not None:
+            await settle(gw, [stored], latest, [landed])
+            continue
+        reason = "the rule no longer merges into the current policy"
+        await decide(gw, stored.metadata.id, rules.abandon_approval(reason, gw.clock_ms()))
+
+
+def _landing_if_present(base: sandbox_pb2.SandboxPolicy, stored: StoredDraftChunk) -> str | None:
+    """The rule holding ``stored``'s addition when ``base`` already has it, else None."""
+    try:
+        result = apply_merge_operations(base, rules.effect_operations(stored))
+    except DomainError:
+        return None
+    return result.landed.get(0, "") if result.policy == base else None
+
+
+async def settle_effects(
+    gw: Gateway, sandbox: Sandbox, chunks: list[StoredDraftChunk]
+) -> list[StoredDraftChunk]:
+    """The recovery step: finish any decision a crashed (or slow) handler left half-done.
+    Returns the chunks as they are afterwards. Skipped for a sandbox being deleted, whose
+    rows are being removed (a revision inserted now would be left behind)."""
+    if sandbox.status.phase == DELETING or all(c.effect == rules.EFFECT_NONE for c in chunks):
+        return chunks
+    try:
+        await apply_effects(gw, sandbox, chunks)
+    except (DomainError, StoreError) as exc:
+        log.warning("could not finish draft decisions of sandbox %s: %s", sandbox.metadata.id, exc)
+    return await list_chunks(gw, sandbox.metadata.id)
+
+
+async def _chunks(gw: Gateway, sandbox: Sandbox) -> list[StoredDraftChunk]:
+    return await settle_effects(gw, sandbox, await list_chunks(gw, sandbox.metadata.id))
+
+
+async def _chunk(gw: Gateway, sandbox: Sandbox, chunk_id: str) -> StoredDraftChunk:
+    if not chunk_id:
+        raise InvalidArgument.single("chunk_id", "chunk_id is required")
+    stored = await gw.store.get_message(StoredDraftChunk, chunk_id)
+    if stored is None or stored.sandbox_id != sandbox.metadata.id:
+        raise not_found("chunk", chunk_id)
+    if stored.effect == rules.EFFECT_NONE:
+        return stored
+    await settle_effects(gw, sandbox, [stored])
+    settled = await gw.store.get_message(StoredDraftChunk, chunk_id)
+    if settled is None:
+        raise not_found("chunk", chunk_id)
+    return settled
+
+
+def _check_candidate(
+    sandbox: Sandbox, latest: StoredPolicyRevision | None, ops: list[MergeOperation]
+) -> None:
+    """Validate before the decision is written: the merged policy must be storable now."""
+    candidate = apply_merge_operations(policy_base(sandbox, latest), ops).policy
+    require_valid_policy(candidate)
+
+
+async def _policy_sandbox(
+    gw: Gateway, name: str, workspace_scope: datamodel_pb2.WorkspaceSelector
+) -> Sandbox:
+    """The sandbox of a decision that changes its policy (refused under a global policy)."""
+    require_no_global_policy(await load_gateway_settings(gw))
+    return await find_live_sandbox(gw, name, single_workspace(workspace_scope))
+
+
+# --- RPCs -------------------------------------------------------------------------------------
+
+
+async def submit_policy_analysis(
+    gw: Gateway, request: openshell_pb2.SubmitPolicyAnalysisRequest
+) -> openshell_pb2.SubmitPolicyAnalysisResponse:
+    """Store each valid proposed chunk as pending; a repeated denial (same host, port and
+    binary) folds into its existing chunk's hit count instead of adding a chunk."""
+    if len(request.proposed_chunks) > rules.MAX_CHUNKS_PER_SUBMISSION:
+        raise InvalidArgument.single(
+            "proposed_chunks",
+            f"proposed_chunks exceeds maximum entries of {rules.MAX_CHUNKS_PER_SUBMISSION}",
+        )
+    sandbox = await find_live_sandbox(gw, request.name, single_workspace(request.workspace_scope))
+    existing = await list_chunks(gw, sandbox.metadata.id)
+    draft_version = max((c.draft_version for c in existing), default=0) + 1
+    response = openshell_pb2.SubmitPolicyAnalysisResponse()
+    for proposed in request.proposed_chunks:
+        problem = rules.proposal_problem(proposed)
+        if problem is not None:
+            response.rejected_chunks += 1
+            response.rejection_reasons.append(problem)
+            continue
+        chunk_id = await _store_proposal(gw, sandbox, proposed, draft_version)
+        response.accepted_chunks += 1
+        response.accepted_chunk_ids.append(chunk_id)
+    return response
+
+
+async def _store_proposal(
+    gw: Gateway, sandbox: Sandbox, proposed: openshell_pb2.PolicyChunk, draft_version: int
+) -> str:
+    chunk_id = _chunk_id(sandbox.metadata.id, rules.dedup_key(proposed))
+    for _ in range(FOLD_ATTEMPTS):
+        now = gw.clock_ms()
+        stored = rules.new_chunk(
+            chunk_id=chunk_id,
+            sandbox_id=sandbox.metadata.id,
+            workspace=sandbox.metadata.workspace,
+            proposed=proposed,
+            draft_version=draft_version,
+            now_ms=now,
+        )
+        try:
+            await insert_scoped(gw, CHUNK_TYPE, stored, scope=sandbox.metadata.id, status="pending")
+            return chunk_id
+        except UniqueViolation:
+            pass
+        try:
+            await decide(gw, chunk_id, rules.fold_observation(proposed.hit_count, now))
+            return chunk_id
+        except NotFound:
+            continue  # cleared between our insert and our fold: insert again
+    raise Conflict(None)
+
+
+async def get_draft_policy(
+    gw: Gateway, request: openshell_pb2.GetDraftPolicyRequest
+) -> openshell_pb2.GetDraftPolicyResponse:
+    wanted = request.status_filter
+    if wanted and wanted not in rules.STATUSES:
+        raise InvalidArgument.single(
+            "status_filter", f"status_filter must be one of {', '.join(rules.STATUSES)}"
+        )
+    sandbox = await find_sandbox(gw, request.sandbox, single_workspace(request.workspace_scope))
+    chunks = await _chunks(gw, sandbox)
+    shown = [c for c in chunks if not wanted or c.chunk.status == wanted]
+    shown.sort(key=lambda c: (c.chunk.created_time.ToMilliseconds(), c.chunk.id), reverse=True)
+    response = openshell_pb2.GetDraftPolicyResponse(
+        chunks=[rules.public_chunk(c) for c in shown],
+        draft_version=max((c.draft_version for c in chunks), default=0),
+    )
+    if chunks:
+        newest = max(chunks, key=lambda c: c.chunk.created_time.ToMilliseconds())
+        response.last_analyzed_time.CopyFrom(newest.chunk.created_time)
+    return response
+
+
+async def approve_draft_chunk(
+    gw: Gateway, request: openshell_pb2.ApproveDraftChunkRequest
+) -> openshell_pb2.ApproveDraftChunkResponse:
+    """Validate the merged candidate, decide (chunk CAS), then merge (revision), then settle."""
+    sandbox = await _policy_sandbox(gw, request.sandbox, request.workspace_scope)
+    stored = await _chunk(gw, sandbox, request.chunk_id)
+    latest = await latest_revision(gw, sandbox.metadata.id)
+    addition = add_rule_operation(stored.chunk.rule_name, stored.chunk.proposed_rule)
+    _check_candidate(sandbox, latest, [addition])
+    decided = await decide(
+        gw, stored.metadata.id, rules.approve(request.review_token, gw.clock_ms())
+    )
+    revision = await apply_effects(gw, sandbox, [decided])
+    return openshell_pb2.ApproveDraftChunkResponse(
+        policy_version=revision.revision.version if revision else 0,
+        policy_hash=revision.revision.policy_hash if revision else "",
+    )
+
+
+async def reject_draft_chunk(
+    gw: Gateway, request: openshell_pb2.RejectDraftChunkRequest
+) -> openshell_pb2.RejectDraftChunkResponse:
+    """Pending → rejected; the policy is untouched (a pending chunk was never merged)."""
+    mutation = rules.reject(request.reason, gw.clock_ms())
+    sandbox = await find_live_sandbox(
+        gw, request.sandbox, single_workspace(request.workspace_scope)
+    )
+    stored = await _chunk(gw, sandbox, request.chunk_id)
+    await decide(gw, stored.metadata.id, mutation)
+    return openshell_pb2.RejectDraftChunkResponse()
+
+
+async def approve_all_draft_chunks(
+    gw: Gateway, request: openshell_pb2.ApproveAllDraftChunksRequest
+) -> openshell_pb2.ApproveAllDraftChunksResponse:
+    """Approve the selected chunks one CAS each, then merge them all in one revision."""
+    sandbox = await _policy_sandbox(gw, request.sandbox, request.workspace_scope)
+    chunks = await _chunks(gw, sandbox)
+    chosen, skipped = rules.select_for_approve_all(
+        chunks, request.approvals, request.include_security_flagged
+    )
+    if not chosen and not skipped:
+        raise FailedPrecondition("no pending chunks to approve", rules.PENDING)
+    latest = await latest_revision(gw, sandbox.metadata.id)
+    additions = [add_rule_operation(c.chunk.rule_name, c.chunk.proposed_rule) for c, _ in chosen]
+    _check_candidate(sandbox, latest, additions)
+    decided = []
+    for stored, token in chosen:
+        try:
+            decided.append(
+                await decide(gw, stored.metadata.id, rules.approve(token, gw.clock_ms()))
+            )
+        except (FailedPrecondition, NotFound):
+            skipped += 1  # decided (or cleared) by someone else meanwhile
+    revision = await apply_effects(gw, sandbox, decided) if decided else latest
+    return openshell_pb2.ApproveAllDraftChunksResponse(
+        policy_version=revision.revision.version if revision else 0,
+        policy_hash=revision.revision.policy_hash if revision else "",
+        chunks_approved=len(decided),
+        chunks_skipped=skipped,
+    )
+
+
+async def edit_draft_chunk(
+    gw: Gateway, request: openshell_pb2.EditDraftChunkRequest
+) -> openshell_pb2.EditDraftChunkResponse:
+    if not request.HasField("proposed_rule"):
+        raise InvalidArgument.single("proposed_rule", "proposed_rule is required")
+    mutation = rules.edit(request.proposed_rule, gw.clock_ms())
+    sandbox = await find_live_sandbox(
+        gw, request.sandbox, single_workspace(request.workspace_scope)
+    )
+    stored = await _chunk(gw, sandbox, request.chunk_id)
+    await decide(gw, stored.metadata.id, mutation)
+    return openshell_pb2.EditDraftChunkResponse()
+
+
+async def undo_draft_chunk(
+    gw: Gateway, request: openshell_pb2.UndoDraftChunkRequest
+) -> openshell_pb2.UndoDraftChunkResponse:
+    """Approved → pending, then the rule leaves the policy (same two-step protocol)."""
+    sandbox = await _policy_sandbox(gw, request.sandbox, request.workspace_scope)
+    stored = await _chunk(gw, sandbox, request.chunk_id)
+    undone = await decide(gw, stored.metadata.id, rules.undo(gw.clock_ms()))
+    revision = await apply_effects(gw, sandbox, [undone])
+    return openshell_pb2.UndoDraftChunkResponse(
+        policy_version=revision.revision.version if revision else 0,
+        policy_hash=revision.revision.policy_hash if revision else "",
+    )
+
+
+async def clear_draft_chunks(
+    gw: Gateway, request: openshell_pb2.ClearDraftChunksRequest
+) -> openshell_pb2.ClearDraftChunksResponse:
+    """Delete every pending chunk, each bound to the version read (a chunk decided
+    meanwhile has another version, is read again, and is kept)."""
+    sandbox = await find_live_sandbox(
+        gw, request.sandbox, single_workspace(request.workspace_scope)
+    )
+    cleared = 0
+    for stored in await _chunks(gw, sandbox):
+        if stored.chunk.status == rules.PENDING and stored.effect == rules.EFFECT_NONE:
+            cleared += await _delete_if_pending(gw, stored)
+    return openshell_pb2.ClearDraftChunksResponse(chunks_cleared=cleared)
+
+
+async def _delete_if_pending(gw: Gateway, stored: StoredDraftChunk) -> int:
+    for _ in range(FOLD_ATTEMPTS):
+        try:
+            version = stored.metadata.resource_version
+            return int(await gw.store.delete_if(CHUNK_TYPE, stored.metadata.id, version))
+        except Conflict:
+            fresh = await gw.store.get_message(StoredDraftChunk, stored.metadata.id)
+            if fresh is None or fresh.chunk.status != rules.PENDING or fresh.effect:
+                return 0
+            stored = fresh
+    return 0
+
+
+async def get_draft_history(
+    gw: Gateway, request: openshell_pb2.GetDraftHistoryRequest
+) -> openshell_pb2.GetDraftHistoryResponse:
+    sandbox = await find_sandbox(gw, request.sandbox, single_workspace(request.workspace_scope))
+    chunks = await _chunks(gw, sandbox)
+    return openshell_pb2.GetDraftHistoryResponse(entries=rules.history(chunks))
