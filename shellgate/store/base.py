@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import functools
 import random
 import time
 from collections.abc import Callable, Coroutine, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, ClassVar, ParamSpec, TypeVar
 
@@ -243,20 +245,20 @@ class Store(abc.ABC):
 
         ``UniqueViolation`` means the id or the name (in its workspace) is taken.
         """
-        meta: Any = message.metadata  # type: ignore[attr-defined]
-        stored = _payload_copy(message)
+        created = type(message)()
+        created.CopyFrom(message)
+        meta: Any = created.metadata  # type: ignore[attr-defined]
+        meta.workspace = meta.workspace or DEFAULT_WORKSPACE
         result = await self.put_if(
             object_type_of(type(message)),
             meta.id,
             meta.name or None,
-            stored.SerializeToString(deterministic=True),
+            _encode_for_storage(created),
             dict(meta.labels),
             WriteCondition.MUST_CREATE,
-            meta.workspace or DEFAULT_WORKSPACE,
+            meta.workspace,
         )
-        created = type(message)()
-        created.CopyFrom(message)
-        created.metadata.resource_version = result.resource_version  # type: ignore[attr-defined]
+        meta.resource_version = result.resource_version
         return created
 
     async def update_message_cas(
@@ -313,33 +315,38 @@ class Store(abc.ABC):
         expected_version: int,
         status: Callable[[M], str | None] | None = None,
     ) -> M:
-        record = await self.get(object_type, id)
-        if record is None:
-            raise NotFound(object_type, id)
-        if expected_version and record.resource_version != expected_version:
-            raise Conflict(record.resource_version)
-        current = decode(message_type, record)
-        candidate = type(current)()
-        candidate.CopyFrom(current)
-        candidate = mutate(candidate)
-        if candidate == current:
-            self.observer.cas_attempt(object_type, "noop")
-            return current
-        _check_immutable_metadata(current, candidate)
-        meta: Any = candidate.metadata  # type: ignore[attr-defined]
-        result = await self.put_if(
-            object_type,
-            id,
-            record.name,
-            _payload_copy(candidate).SerializeToString(deterministic=True),
-            dict(meta.labels),
-            WriteCondition.match(record.resource_version),
-            record.workspace,
-            status=None if status is None else status(candidate),
-        )
+        async with self._attempt_scope():
+            record = await self.get(object_type, id)
+            if record is None:
+                raise NotFound(object_type, id)
+            if expected_version and record.resource_version != expected_version:
+                raise Conflict(record.resource_version)
+            candidate = mutate(decode(message_type, record))
+            _check_immutable_metadata(record, candidate)
+            payload = _encode_for_storage(candidate)
+            if payload == record.payload:
+                # Equal bytes: the mutation changed nothing (stored payloads are the same
+                # deterministic encoding), so nothing is written.
+                self.observer.cas_attempt(object_type, "noop")
+                return candidate
+            meta: Any = candidate.metadata  # type: ignore[attr-defined]
+            result = await self.put_if(
+                object_type,
+                id,
+                record.name,
+                payload,
+                dict(meta.labels),
+                WriteCondition.match(record.resource_version),
+                record.workspace,
+                status=None if status is None else status(candidate),
+            )
         meta.resource_version = result.resource_version
         self.observer.cas_attempt(object_type, "written")
         return candidate
+
+    def _attempt_scope(self) -> AbstractAsyncContextManager[None]:
+        """Held around one CAS attempt's read and write; backends may pin a connection."""
+        return contextlib.nullcontext()
 
 
 def decode(message_type: type[M], record: ObjectRecord) -> M:
@@ -356,17 +363,21 @@ def decode(message_type: type[M], record: ObjectRecord) -> M:
     return message
 
 
-def _payload_copy(message: M) -> M:
-    """A copy whose stored version is 0, so equal content always encodes to equal bytes."""
-    stored = type(message)()
-    stored.CopyFrom(message)
-    stored.metadata.resource_version = 0  # type: ignore[attr-defined]
-    return stored
+def _encode_for_storage(message: Message) -> bytes:
+    """The stored encoding: deterministic, with ``resource_version`` 0 (the column holds it),
+    so equal content always encodes to equal bytes."""
+    meta: Any = message.metadata  # type: ignore[attr-defined]
+    version = meta.resource_version
+    meta.resource_version = 0
+    try:
+        return message.SerializeToString(deterministic=True)
+    finally:
+        meta.resource_version = version
 
 
-def _check_immutable_metadata(current: Message, candidate: Message) -> None:
-    before: Any = current.metadata  # type: ignore[attr-defined]
+def _check_immutable_metadata(record: ObjectRecord, candidate: Message) -> None:
     after: Any = candidate.metadata  # type: ignore[attr-defined]
-    for field in ("id", "name", "workspace"):
-        if getattr(before, field) != getattr(after, field):
+    before = {"id": record.id, "name": record.name or "", "workspace": record.workspace}
+    for field, value in before.items():
+        if getattr(after, field) != value:
             raise InvalidMutation(f"metadata.{field} cannot be changed after creation")

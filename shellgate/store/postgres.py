@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, ClassVar
 
 import asyncpg
@@ -46,6 +47,11 @@ from shellgate.store.selectors import parse_selector
 from shellgate.store.sql import COLUMNS, SelectorCompiler
 
 log = logging.getLogger(__name__)
+
+# The connection pinned by the CAS attempt running in this task, if any.
+_PINNED: contextvars.ContextVar[asyncpg.Connection | None] = contextvars.ContextVar(
+    "shellgate_postgres_pinned", default=None
+)
 
 NOW_MS = "(extract(epoch FROM statement_timestamp()) * 1000)::bigint"
 CHANNEL = "shellgate_objects"
@@ -310,8 +316,28 @@ class PostgresStore(Store):
     async def _fetch(self, sql: str, *args: Any) -> Any:
         return await self._run("fetch", sql, args)
 
+    @contextlib.asynccontextmanager
+    async def _attempt_scope(self) -> AsyncIterator[None]:
+        """Pin one pooled connection for a CAS attempt's read and write.
+
+        Not a transaction (the ``WHERE resource_version`` guard needs none): it only saves a
+        pool round trip per statement on the hot path.
+        """
+        if _PINNED.get() is not None:
+            yield
+            return
+        async with self._acquire() as conn:
+            token = _PINNED.set(conn)
+            try:
+                yield
+            finally:
+                _PINNED.reset(token)
+
     async def _run(self, method: str, sql: str, args: tuple[Any, ...]) -> Any:
         try:
+            pinned = _PINNED.get()
+            if pinned is not None:
+                return await getattr(pinned, method)(sql, *args)
             async with self._acquire() as conn:
                 return await getattr(conn, method)(sql, *args)
         except asyncpg.exceptions.UniqueViolationError as exc:
