@@ -149,11 +149,9 @@ def configure_logging(log_format: str) -> None:
 
 def build_driver(config: ServeConfig) -> ComputeDriver:
     if config.driver == "kubernetes":
-        from shellgate.controller.drivers.kubernetes import (  # type: ignore[import-not-found]
-            KubernetesDriver,
-        )
+        from shellgate.controller.drivers.kubernetes import KubernetesDriver
 
-        return KubernetesDriver.from_config(config)  # type: ignore[attr-defined, no-any-return]
+        return KubernetesDriver.from_config(config)
     from shellgate.controller.drivers.local import LocalDriver
 
     return LocalDriver(state_dir=Path(config.state_dir), replica_id=config.replica_id)
@@ -229,10 +227,8 @@ async def serve(
 
 
 def _extra_loops(gw: Gateway, config: ServeConfig) -> list[asyncio.Task[Any]]:
-    try:
-        from shellgate.controller.sweep import run_sweep_loop  # type: ignore[import-not-found]
-    except ImportError:
-        return []
+    from shellgate.controller.sweep import run_sweep_loop
+
     return [asyncio.create_task(run_sweep_loop(gw, config.sweep_interval), name="sweep")]
 
 

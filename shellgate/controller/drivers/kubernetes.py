@@ -1,0 +1,412 @@
+"""The Kubernetes compute driver: every sandbox is one agent-sandbox ``Sandbox`` object.
+
+Every replica runs this driver against the same namespace, and any replica may act on any
+object (``routes_by_owner = False``, ``owns()`` is always True): operations are idempotent by
+sandbox id and carry Kubernetes preconditions, so two replicas doing the same thing is
+harmless. The driver never writes the store. docs/kubernetes.md describes the whole design.
+
+- **API version** comes from discovery at start: ``v1beta1`` when served, else ``v1alpha1``
+  (logged). Existing objects are patched at the version they report.
+- **Create** posts the object (``k8s.manifest`` builds it). A name that is taken by an object
+  with our sandbox id is success (a retried create); taken by anything else is a
+  ``DriverConflict``, which the caller reports as ALREADY_EXISTS after rolling its row back.
+- **Stop / start** read the object and send a merge patch of ``spec.operatingMode``
+  (v1alpha1: ``spec.replicas``) that carries the ``resourceVersion`` just read; a 409 means
+  someone changed it meanwhile, and the read-patch is repeated.
+- **Delete** deletes the object with a ``uid`` precondition, so an object re-created under
+  the same name for another sandbox is never hit. The store row goes when the watch reports
+  the object gone (a ``DeletedEvent``), not here.
+- **Finding an object by id.** The driver API speaks sandbox ids; Kubernetes names objects.
+  An index filled by the watch (and by create) maps ids to names; an id it does not know is
+  looked up by label selector (and the label is checked again, since a server may ignore the
+  selector).
+- **Watch.** kopf (``k8s.operator``) delivers every Sandbox event and every core ``Event`` of
+  the namespace. A Sandbox we manage becomes a ``SnapshotEvent`` (or a ``DeletedEvent``); an
+  ``Event`` about one of our Sandboxes or its pod becomes a ``PlatformEvent``, published once
+  per replica even when a relist replays it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import re
+import weakref
+from collections.abc import AsyncIterator, Iterable
+from typing import Protocol
+
+from shellgate.api import openshell_pb2
+from shellgate.controller.drivers.base import (
+    DeletedEvent,
+    DriverConflict,
+    DriverError,
+    DriverEvent,
+    SnapshotEvent,
+)
+from shellgate.controller.drivers.k8s.client import (
+    ApiClient,
+    ApiConflict,
+    ApiError,
+    ApiNotFound,
+    Login,
+    default_namespace,
+    login_in_cluster_or_kubeconfig,
+)
+from shellgate.controller.drivers.k8s.manifest import (
+    GROUP,
+    KIND,
+    MANAGED_SELECTOR,
+    SANDBOX_ID_LABEL,
+    Body,
+    ManifestError,
+    choose_version,
+    collection_path,
+    event_identity,
+    involved_object,
+    lifecycle_patch,
+    object_path,
+    platform_event_of,
+    pod_name_of,
+    sandbox_id_of,
+    sandbox_object,
+    snapshot_of,
+)
+from shellgate.controller.drivers.k8s.operator import DEFAULT_ERROR_BACKOFFS, KopfWatch
+from shellgate.reconcilers.snapshot import DriverSnapshot
+
+log = logging.getLogger(__name__)
+
+PATCH_ATTEMPTS = 5
+DISCOVERY_DELAYS: tuple[float, ...] = (0.5, 1, 2, 4, 8, 15)
+"""Pauses between discovery attempts at start; then start fails (and the pod restarts)."""
+SEEN_EVENTS = 4096
+"""How many core Event deliveries are remembered to drop replays."""
+_LABEL_VALUE = re.compile(r"(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)")
+
+
+class DriverSettings(Protocol):
+    """The part of ``ServeConfig`` this driver reads."""
+
+    namespace: str
+    sandbox_image: str
+
+
+class _Subscription(AsyncIterator[DriverEvent]):
+    """One consumer's queue. The driver fills it; ``None`` marks the end of the stream."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[DriverEvent | None] = asyncio.Queue()
+        self._ended = False
+
+    def put(self, event: DriverEvent | None) -> None:
+        self._queue.put_nowait(event)
+
+    async def __anext__(self) -> DriverEvent:
+        if self._ended:
+            raise StopAsyncIteration
+        event = await self._queue.get()
+        if event is None:
+            self._ended = True
+            raise StopAsyncIteration
+        return event
+
+
+class KubernetesDriver:
+    """agent-sandbox ``Sandbox`` objects in one namespace (see the module docstring)."""
+
+    name = "kubernetes"
+    routes_by_owner = False
+
+    def __init__(
+        self,
+        *,
+        login: Login,
+        namespace: str,
+        sandbox_image: str = "",
+        version: str | None = None,
+        error_backoffs: Iterable[float] = DEFAULT_ERROR_BACKOFFS,
+        discovery_delays: Iterable[float] = DISCOVERY_DELAYS,
+    ) -> None:
+        if not namespace:
+            raise ValueError("namespace must not be empty")
+        self.namespace = namespace
+        self.sandbox_image = sandbox_image
+        self._login = login
+        self._api = ApiClient(login)
+        self._version = version
+        self._error_backoffs = tuple(error_backoffs)
+        self._discovery_delays = tuple(discovery_delays)
+        self._names: dict[str, str] = {}  # sandbox id -> Sandbox name
+        self._by_object: dict[str, str] = {}  # Sandbox name -> sandbox id
+        self._by_pod: dict[str, str] = {}  # pod name -> sandbox id
+        self._seen_events: collections.OrderedDict[tuple[str, ...], None] = (
+            collections.OrderedDict()
+        )
+        self._subscribers: weakref.WeakSet[_Subscription] = weakref.WeakSet()
+        self._watch: KopfWatch | None = None
+        self._closed = False
+
+    @classmethod
+    def from_config(cls, config: DriverSettings) -> KubernetesDriver:
+        """Production wiring: in-cluster or kubeconfig credentials, ``--namespace``, image."""
+        return cls(
+            login=login_in_cluster_or_kubeconfig,
+            namespace=config.namespace or default_namespace(),
+            sandbox_image=config.sandbox_image,
+        )
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def version(self) -> str | None:
+        """The agent-sandbox API version in use (known after ``start``)."""
+        return self._version
+
+    @property
+    def watch_ready(self) -> bool:
+        return self._watch is not None and self._watch.ready and not self._closed
+
+    async def start(self) -> None:
+        """Discover the API version, then start watching (readiness follows the watch)."""
+        if self._watch is not None or self._closed:
+            return
+        if self._version is None:
+            self._version = await self._discover_version()
+        self._watch = KopfWatch(
+            login=self._login,
+            namespace=self.namespace,
+            version=self._version,
+            on_sandbox=self.handle_sandbox_event,
+            on_core_event=self.handle_core_event,
+            error_backoffs=self._error_backoffs,
+        )
+        _quiet_kopf_handler_logs()
+        await self._watch.start()
+        log.info("watching agent-sandbox Sandboxes in namespace %s", self.namespace)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._watch is not None:
+            await self._watch.close()
+        await self._api.close()
+        for subscriber in list(self._subscribers):
+            subscriber.put(None)
+
+    def events(self) -> AsyncIterator[DriverEvent]:
+        """Every event from this call on, until ``close()``; each caller gets its own queue."""
+        subscription = _Subscription()
+        if self._closed:
+            subscription.put(None)
+        else:
+            self._subscribers.add(subscription)
+        return subscription
+
+    async def _discover_version(self) -> str:
+        last_error: ApiError | None = None
+        for delay in (*self._discovery_delays, None):
+            try:
+                group = await self._api.get(f"/apis/{GROUP}")
+            except ApiNotFound as exc:
+                raise DriverError(f"the API server does not serve {GROUP}: {exc}") from exc
+            except ApiError as exc:
+                last_error = exc
+                log.warning("discovery of %s failed: %s", GROUP, exc)
+                if delay is not None:
+                    await asyncio.sleep(delay)
+                continue
+            served = [str(v.get("version")) for v in group.get("versions") or ()]
+            version = choose_version(served)
+            if version is None:
+                raise DriverError(f"{GROUP} serves none of v1beta1, v1alpha1 (served: {served})")
+            log.info("agent-sandbox API: using %s/%s (served: %s)", GROUP, version, served)
+            return version
+        raise DriverError(f"cannot reach the Kubernetes API: {last_error}")
+
+    def _require_version(self) -> str:
+        if self._version is None:
+            raise DriverError("the Kubernetes driver is not started")
+        return self._version
+
+    # ---- operations ------------------------------------------------------------------------
+
+    def owns(self, sandbox_id: str) -> bool:
+        return True
+
+    async def create_sandbox(self, sandbox: openshell_pb2.Sandbox) -> None:
+        version = self._require_version()
+        try:
+            body = sandbox_object(
+                sandbox,
+                version=version,
+                namespace=self.namespace,
+                default_image=self.sandbox_image,
+            )
+        except ManifestError as exc:
+            raise DriverError(str(exc)) from exc
+        name = sandbox.metadata.name
+        try:
+            created = await self._api.post(collection_path(version, self.namespace), body)
+        except ApiConflict:
+            await self._adopt_existing(sandbox.metadata.id, name)
+            return
+        except ApiError as exc:
+            raise DriverError(f"cannot create Sandbox {name}: {exc}") from exc
+        self._remember(sandbox.metadata.id, created or body)
+        log.debug("created Sandbox %s/%s for sandbox %s", self.namespace, name, sandbox.metadata.id)
+
+    async def _adopt_existing(self, sandbox_id: str, name: str) -> None:
+        """The name is taken: success if by our sandbox (a repeated create), else a conflict."""
+        existing = await self._get_by_name(name)
+        owner = sandbox_id_of(existing) if existing is not None else None
+        if existing is not None and owner == sandbox_id:
+            self._remember(sandbox_id, existing)
+            return
+        holder = f"sandbox {owner}" if owner else "an object shellgate does not manage"
+        if existing is None:
+            holder = "an object that is being removed; retry"
+        raise DriverConflict(f"Sandbox {self.namespace}/{name} already exists for {holder}")
+
+    async def delete_sandbox(self, sandbox_id: str) -> bool:
+        body = await self._find(sandbox_id)
+        if body is None:
+            return False
+        options: Body = {"apiVersion": "v1", "kind": "DeleteOptions"}
+        uid = body.get("metadata", {}).get("uid")
+        if uid:
+            options["preconditions"] = {"uid": uid}
+        try:
+            await self._api.delete(object_path(body), options)
+        except (ApiNotFound, ApiConflict):
+            return False  # gone, or replaced by an object of another sandbox
+        except ApiError as exc:
+            raise DriverError(f"cannot delete the Sandbox of {sandbox_id}: {exc}") from exc
+        log.info("deleting Sandbox %s for sandbox %s", object_path(body), sandbox_id)
+        return True
+
+    async def stop_sandbox(self, sandbox_id: str) -> None:
+        await self._set_running(sandbox_id, running=False)
+
+    async def start_sandbox(self, sandbox_id: str) -> None:
+        await self._set_running(sandbox_id, running=True)
+
+    async def _set_running(self, sandbox_id: str, *, running: bool) -> None:
+        """Read, patch with the version read; on 409 read again (PATCH_ATTEMPTS in all)."""
+        action = "start" if running else "stop"
+        for _ in range(PATCH_ATTEMPTS):
+            body = await self._find(sandbox_id)
+            if body is None:
+                log.warning("sandbox %s: no Sandbox object to %s", sandbox_id, action)
+                return  # the sweep turns a transition without its object into ERROR
+            patch = lifecycle_patch(body, running=running)
+            if patch is None:
+                return
+            try:
+                await self._api.patch(object_path(body), patch)
+                return
+            except (ApiConflict, ApiNotFound):
+                continue
+            except ApiError as exc:
+                raise DriverError(f"cannot {action} sandbox {sandbox_id}: {exc}") from exc
+        raise DriverError(f"cannot {action} sandbox {sandbox_id}: it kept changing, try again")
+
+    async def get_sandbox(self, sandbox_id: str) -> DriverSnapshot | None:
+        body = await self._find(sandbox_id)
+        return snapshot_of(body) if body is not None else None
+
+    async def list_sandboxes(self) -> list[DriverSnapshot]:
+        snapshots = (snapshot_of(body) for body in await self._list(MANAGED_SELECTOR))
+        return [s for s in snapshots if s is not None]
+
+    # ---- reading objects -------------------------------------------------------------------
+
+    async def _find(self, sandbox_id: str) -> Body | None:
+        """The object of ``sandbox_id``: by the name index first, then by label selector."""
+        name = self._names.get(sandbox_id)
+        if name is not None:
+            body = await self._get_by_name(name)
+            if body is not None and sandbox_id_of(body) == sandbox_id:
+                return body
+        if not _LABEL_VALUE.fullmatch(sandbox_id):
+            return None  # cannot be a label value, so no object of ours carries it
+        for body in await self._list(f"{MANAGED_SELECTOR},{SANDBOX_ID_LABEL}={sandbox_id}"):
+            if sandbox_id_of(body) == sandbox_id:
+                return body
+        return None
+
+    async def _get_by_name(self, name: str) -> Body | None:
+        path = f"{collection_path(self._require_version(), self.namespace)}/{name}"
+        try:
+            return await self._api.get(path)
+        except ApiNotFound:
+            return None
+        except ApiError as exc:
+            raise DriverError(f"cannot read Sandbox {name}: {exc}") from exc
+
+    async def _list(self, selector: str) -> list[Body]:
+        path = collection_path(self._require_version(), self.namespace)
+        try:
+            return await self._api.list_all(path, label_selector=selector)
+        except ApiError as exc:
+            raise DriverError(f"cannot list Sandboxes: {exc}") from exc
+
+    # ---- watch events ----------------------------------------------------------------------
+
+    def handle_sandbox_event(self, event_type: str | None, body: Body) -> None:
+        """A Sandbox watch event (type None: from a listing) as a driver event."""
+        sandbox_id = sandbox_id_of(body)
+        if sandbox_id is None:
+            return  # not managed by shellgate
+        if event_type == "DELETED":
+            self._forget(sandbox_id, body)
+            self._emit(DeletedEvent(sandbox_id=sandbox_id))
+            return
+        snapshot = snapshot_of(body)
+        if snapshot is not None:
+            self._remember(sandbox_id, body)
+            self._emit(SnapshotEvent(snapshot=snapshot))
+
+    def handle_core_event(self, body: Body) -> None:
+        """A core Event about one of our Sandboxes or its pod, as a platform event (once)."""
+        involved = involved_object(body)
+        if involved is None:
+            return
+        kind, name = involved
+        sandbox_id = (self._by_object if kind == KIND else self._by_pod).get(name)
+        if sandbox_id is None:
+            return
+        identity = event_identity(body)
+        if identity in self._seen_events:
+            return
+        self._seen_events[identity] = None
+        while len(self._seen_events) > SEEN_EVENTS:
+            self._seen_events.popitem(last=False)
+        self._emit(platform_event_of(body, sandbox_id))
+
+    def _remember(self, sandbox_id: str, body: Body) -> None:
+        name = str(body.get("metadata", {}).get("name", ""))
+        if name:
+            self._names[sandbox_id] = name
+            self._by_object[name] = sandbox_id
+            self._by_pod[pod_name_of(body)] = sandbox_id
+
+    def _forget(self, sandbox_id: str, body: Body) -> None:
+        name = str(body.get("metadata", {}).get("name", ""))
+        if self._names.get(sandbox_id) == name:
+            del self._names[sandbox_id]
+        for index, key in ((self._by_object, name), (self._by_pod, pod_name_of(body))):
+            if index.get(key) == sandbox_id:
+                del index[key]
+
+    def _emit(self, event: DriverEvent) -> None:
+        for subscriber in list(self._subscribers):
+            subscriber.put(event)
+
+
+def _quiet_kopf_handler_logs() -> None:
+    """kopf logs every handler call at INFO; at one call per watch event that is noise."""
+    handler_log = logging.getLogger("kopf.objects")
+    if handler_log.level == logging.NOTSET:
+        handler_log.setLevel(logging.WARNING)

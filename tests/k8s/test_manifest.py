@@ -1,0 +1,241 @@
+"""The pure mapping between sandboxes and agent-sandbox objects, table by table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from shellgate.api import openshell_pb2 as P
+from shellgate.controller.drivers.k8s.manifest import (
+    ManifestError,
+    choose_version,
+    event_identity,
+    instance_of,
+    involved_object,
+    lifecycle_patch,
+    object_path,
+    platform_event_of,
+    revision_of,
+    sandbox_object,
+    snapshot_of,
+    time_ms,
+)
+from shellgate.reconcilers.phase import derive_backend_phase
+from shellgate.reconcilers.snapshot import InstanceFacts
+from tests.support.objects import sandbox as sandbox_message
+
+OURS = {"openshell.ai/sandbox-id": "id-1", "openshell.ai/managed-by": "shellgate"}
+
+
+def body(
+    *,
+    labels: dict[str, str] | None = None,
+    status: dict[str, Any] | None = None,
+    **metadata: Any,
+) -> dict[str, Any]:
+    meta = {"name": "sb", "namespace": "ns", "labels": OURS if labels is None else labels}
+    meta.update(metadata)
+    built: dict[str, Any] = {"apiVersion": "agents.x-k8s.io/v1beta1", "metadata": meta}
+    if status is not None:
+        built["status"] = status
+    return built
+
+
+@pytest.mark.parametrize(
+    ("served", "chosen"),
+    [
+        (["v1alpha1", "v1beta1"], "v1beta1"),
+        (["v1beta1"], "v1beta1"),
+        (["v1alpha1"], "v1alpha1"),
+        (["v1"], None),
+        ([], None),
+    ],
+)
+def test_choose_version(served: list[str], chosen: str | None) -> None:
+    assert choose_version(served) == chosen
+
+
+@pytest.mark.parametrize(
+    ("raw", "revision"),
+    [("17", 17), (17, 17), ("", None), ("abc", None), ("-3", None), (None, None), (True, None)],
+)
+def test_revision_is_the_resource_version_as_an_integer(raw: object, revision: int | None) -> None:
+    assert revision_of(body(resourceVersion=raw)) == revision
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        {},
+        {"openshell.ai/sandbox-id": "id-1"},
+        {"openshell.ai/managed-by": "shellgate"},
+        {"openshell.ai/sandbox-id": "id-1", "openshell.ai/managed-by": "openshell"},
+    ],
+)
+def test_objects_we_do_not_manage_give_no_snapshot(labels: dict[str, str]) -> None:
+    assert snapshot_of(body(labels=labels)) is None
+
+
+@pytest.mark.parametrize(
+    ("status", "deletion", "phase_name"),
+    [
+        (None, None, "UNKNOWN"),
+        ({"conditions": [{"type": "Ready", "status": "True"}]}, None, "READY"),
+        (
+            {
+                "conditions": [
+                    {"type": "Ready", "status": "False", "reason": "DependenciesNotReady"}
+                ]
+            },
+            None,
+            "PROVISIONING",
+        ),
+        (
+            {"conditions": [{"type": "Ready", "status": "False", "reason": "PodFailed"}]},
+            None,
+            "ERROR",
+        ),
+        ({"conditions": [{"type": "Suspended", "status": "True"}]}, None, "STOPPED"),
+        ({"conditions": []}, "2026-05-01T10:00:00Z", "DELETING"),
+    ],
+)
+def test_snapshots_derive_the_reference_phase(
+    status: dict[str, Any] | None, deletion: str | None, phase_name: str
+) -> None:
+    extra = {"deletionTimestamp": deletion} if deletion else {}
+    snapshot = snapshot_of(body(status=status, **extra))
+    assert snapshot is not None
+    assert derive_backend_phase(snapshot) == getattr(P, f"SANDBOX_PHASE_{phase_name}")
+
+
+def test_only_the_four_agent_sandbox_conditions_are_reported() -> None:
+    conditions = [
+        {"type": t, "status": "True", "reason": f"R{t}", "message": f"m{t}"}
+        for t in ("Ready", "Custom", "Suspended", "PodScheduled", "Finished")
+    ]
+    snapshot = snapshot_of(body(status={"conditions": [*conditions, "junk"]}))
+    assert snapshot is not None
+    assert [(c.type, c.reason, c.message) for c in snapshot.conditions] == [
+        ("Ready", "RReady", "mReady"),
+        ("Suspended", "RSuspended", "mSuspended"),
+        ("PodScheduled", "RPodScheduled", "mPodScheduled"),
+        ("Finished", "RFinished", "mFinished"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("status", "annotations", "facts"),
+    [
+        ({}, {}, InstanceFacts()),
+        ({"podIPs": None, "nodeName": None}, {}, InstanceFacts()),
+        (
+            {"podIPs": ["10.0.0.1", {"ip": "fd00::1"}], "nodeName": "n1"},
+            {},
+            InstanceFacts("sb", ("10.0.0.1", "fd00::1"), "n1"),
+        ),
+        (
+            {"conditions": [{"type": "PodScheduled", "status": "False"}]},
+            {"agents.x-k8s.io/pod-name": "warm-pod-7"},
+            InstanceFacts("warm-pod-7"),
+        ),
+    ],
+)
+def test_instance_facts(
+    status: dict[str, Any], annotations: dict[str, str], facts: InstanceFacts
+) -> None:
+    assert instance_of(body(status=status, annotations=annotations)) == facts
+
+
+@pytest.mark.parametrize(
+    ("version", "spec", "running", "patch"),
+    [
+        ("v1beta1", {"operatingMode": "Running"}, False, {"operatingMode": "Suspended"}),
+        ("v1beta1", {}, False, {"operatingMode": "Suspended"}),
+        ("v1beta1", {"operatingMode": "Suspended"}, True, {"operatingMode": "Running"}),
+        ("v1beta1", {"operatingMode": "Suspended"}, False, None),
+        ("v1beta1", {}, True, None),
+        ("v1alpha1", {"replicas": 1}, False, {"replicas": 0}),
+        ("v1alpha1", {"replicas": 0}, True, {"replicas": 1}),
+        ("v1alpha1", {"replicas": 0}, False, None),
+    ],
+)
+def test_lifecycle_patch_follows_the_objects_own_version(
+    version: str, spec: dict[str, Any], running: bool, patch: dict[str, Any] | None
+) -> None:
+    obj = {"apiVersion": f"agents.x-k8s.io/{version}", "metadata": {"name": "x"}, "spec": spec}
+    assert lifecycle_patch(obj, running=running) == (None if patch is None else {"spec": patch})
+    obj["metadata"]["resourceVersion"] = "41"
+    expected = None if patch is None else {"spec": patch, "metadata": {"resourceVersion": "41"}}
+    assert lifecycle_patch(obj, running=running) == expected
+
+
+def test_object_path_uses_the_objects_version() -> None:
+    obj = {"apiVersion": "agents.x-k8s.io/v1alpha1", "metadata": {"name": "a", "namespace": "n"}}
+    assert object_path(obj) == "/apis/agents.x-k8s.io/v1alpha1/namespaces/n/sandboxes/a"
+
+
+def test_sandbox_object_needs_an_image() -> None:
+    with pytest.raises(ManifestError):
+        sandbox_object(sandbox_message("x"), version="v1beta1", namespace="n", default_image="")
+
+
+def test_user_namespaces_and_tty() -> None:
+    message = sandbox_message("x")
+    message.spec.template.user_namespaces = True
+    message.spec.tty = True
+    built = sandbox_object(message, version="v1beta1", namespace="n", default_image="img")
+    pod = built["spec"]["podTemplate"]["spec"]
+    assert pod["hostUsers"] is False
+    assert pod["containers"][0]["tty"] is True and pod["containers"][0]["stdin"] is True
+
+
+@pytest.mark.parametrize(
+    ("raw", "ms"),
+    [
+        ("2026-05-01T10:00:00Z", 1777629600000),
+        ("2026-05-01T10:00:00.250000Z", 1777629600250),
+        ("2026-05-01T12:00:00+02:00", 1777629600000),
+        ("yesterday", 0),
+        (None, 0),
+    ],
+)
+def test_time_ms(raw: object, ms: int) -> None:
+    assert time_ms(raw) == ms
+
+
+@pytest.mark.parametrize(
+    ("involved", "expected"),
+    [
+        ({"kind": "Pod", "name": "p", "apiVersion": "v1"}, ("Pod", "p")),
+        (
+            {"kind": "Sandbox", "name": "s", "apiVersion": "agents.x-k8s.io/v1beta1"},
+            ("Sandbox", "s"),
+        ),
+        ({"kind": "Sandbox", "name": "s", "apiVersion": "other.io/v1"}, None),
+        ({"kind": "Pod", "name": "p", "apiVersion": "metrics.k8s.io/v1beta1"}, None),
+        ({"kind": "Deployment", "name": "d", "apiVersion": "apps/v1"}, None),
+        ({"kind": "Pod"}, None),
+    ],
+)
+def test_involved_object(involved: dict[str, str], expected: tuple[str, str] | None) -> None:
+    assert involved_object({"involvedObject": involved}) == expected
+
+
+def test_platform_event_prefers_the_last_timestamp_and_names_its_source() -> None:
+    event = {
+        "metadata": {"name": "e", "uid": "u", "resourceVersion": "9"},
+        "type": "Warning",
+        "reason": "Failed",
+        "message": "pull failed",
+        "count": 4,
+        "firstTimestamp": "2026-05-01T09:00:00Z",
+        "lastTimestamp": "2026-05-01T10:00:00Z",
+        "source": {"component": "kubelet"},
+    }
+    platform = platform_event_of(event, "id-1")
+    assert (platform.type, platform.reason, platform.count) == ("Warning", "Failed", 4)
+    assert (platform.timestamp_ms, platform.source) == (1777629600000, "kubelet")
+    repeated = {**event, "count": 5, "lastTimestamp": "2026-05-01T10:05:00Z"}
+    assert event_identity(repeated) != event_identity(event)
+    assert event_identity(dict(event)) == event_identity(event)
