@@ -23,10 +23,10 @@ import uuid
 from google.protobuf import timestamp_pb2
 
 from shellgate.api import openshell_pb2
-from shellgate.controller.config_store import cleanup_sandbox_config
 from shellgate.controller.context import Gateway, single_workspace, workspace_of
 from shellgate.controller.drivers.base import DriverNotOwner
 from shellgate.controller.errors import not_found
+from shellgate.controller.removal import remove_sandbox_row
 from shellgate.reconcilers import sandbox as sandbox_rules
 from shellgate.reconcilers.errors import FailedPrecondition, InvalidArgument
 from shellgate.reconcilers.validation import (
@@ -161,7 +161,6 @@ async def delete_sandbox(
         raise not_found("sandbox", request.name)
     sandbox_id = found.metadata.id
     deleting = await gw.store.update_message_cas(Sandbox, sandbox_id, sandbox_rules.begin_delete())
-    await cleanup_sandbox_config(gw, sandbox_id, request.name)
     try:
         existed = await gw.driver.delete_sandbox(sandbox_id)
     except DriverNotOwner:
@@ -169,21 +168,10 @@ async def delete_sandbox(
     if existed:
         outcome = openshell_pb2.DELETION_OUTCOME_ACCEPTED
     else:
-        await remove_deleted_row(gw, sandbox_id, deleting.metadata.resource_version)
+        await remove_sandbox_row(gw, sandbox_id, deleting.metadata.resource_version, request.name)
         outcome = openshell_pb2.DELETION_OUTCOME_COMPLETED
     log.info("deleting sandbox %s (%s)", request.name, sandbox_id)
     return openshell_pb2.DeleteSandboxResponse(outcome=outcome, sandbox_id=sandbox_id)
-
-
-async def remove_deleted_row(gw: Gateway, sandbox_id: str, version: int) -> bool:
-    """Remove a DELETING row at ``version``; a newer version means someone else handles it."""
-    try:
-        removed = await gw.store.delete_if("sandbox", sandbox_id, version)
-    except Conflict:
-        return False
-    if removed:
-        gw.events.forget(sandbox_id)
-    return removed
 
 
 async def stop_sandbox(gw: Gateway, request: openshell_pb2.StopSandboxRequest) -> Sandbox:

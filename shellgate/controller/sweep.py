@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from shellgate.api import openshell_pb2
 from shellgate.controller.context import Gateway
 from shellgate.controller.drivers.base import DriverError
+from shellgate.controller.removal import remove_sandbox_row
 from shellgate.reconcilers import sandbox as sandbox_rules
 from shellgate.reconcilers.snapshot import DriverSnapshot
 from shellgate.store import Conflict, NotFound, ObjectRecord, StoreError, decode
@@ -300,9 +301,8 @@ async def _repair_missing(gw: Gateway, record: ObjectRecord, times: SweepTimes) 
         return "marked_error"
     if is_marked_missing(sandbox):
         return None
-    if not await gw.store.delete_if("sandbox", record.id, record.resource_version):
+    if not await remove_sandbox_row(gw, record.id, record.resource_version, record.name or ""):
         return None
-    gw.events.forget(record.id)
     log.info("sweep: sandbox %s removed; its compute resource is gone", record.id)
     return "removed"
 

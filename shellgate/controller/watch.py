@@ -22,9 +22,10 @@ from shellgate.controller.drivers.base import (
     PlatformEvent,
     SnapshotEvent,
 )
+from shellgate.controller.removal import remove_sandbox_row
 from shellgate.reconcilers import sandbox as sandbox_rules
 from shellgate.reconcilers.snapshot import DriverSnapshot
-from shellgate.store import Conflict, NotFound, StoreError
+from shellgate.store import NotFound, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -114,13 +115,9 @@ async def finalize_deleted(gw: Gateway, sandbox_id: str) -> str:
         if record is None:
             gw.events.forget(sandbox_id)
             return "noop"
-        try:
-            if await gw.store.delete_if("sandbox", sandbox_id, record.resource_version):
-                gw.events.forget(sandbox_id)
-                log.info("sandbox %s removed: its compute resources are gone", sandbox_id)
-                return "applied"
-        except Conflict:
-            continue
+        if await remove_sandbox_row(gw, sandbox_id, record.resource_version, record.name or ""):
+            log.info("sandbox %s removed: its compute resources are gone", sandbox_id)
+            return "applied"
     return "error"
 
 

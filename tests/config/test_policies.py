@@ -29,6 +29,7 @@ from tests.config.helpers import (
     rule,
 )
 from tests.support.gateway import Running
+from tests.support.wait import eventually
 
 
 def full_policy(sandbox: str, value: S.SandboxPolicy, expected: int = 0) -> P.UpdateConfigRequest:
@@ -452,10 +453,18 @@ async def test_deleting_a_sandbox_removes_its_configuration(gw: Running) -> None
         )
     await gw.stub.DeleteSandbox(P.DeleteSandboxRequest(name="alpha"))
     store = gw.gateway.store
-    assert (
-        await store.get("sandbox_settings", config_store.sandbox_settings_id(created.metadata.id))
-        is None
-    )
+    # The owned rows go right after the sandbox row, once the driver confirms the deletion.
+    settings_id = config_store.sandbox_settings_id(created.metadata.id)
+
+    async def owned_rows() -> int:
+        count = int(await store.get("sandbox_settings", settings_id) is not None)
+        for object_type in ("sandbox_policy", "draft_policy_chunk"):
+            page = await store.list(object_type, workspace=None, scope=created.metadata.id)
+            count += len(page.records)
+        return count
+
+    await eventually(owned_rows, lambda count: count == 0)
+    assert await store.get("sandbox", created.metadata.id) is None
     for object_type in ("sandbox_policy", "draft_policy_chunk"):
         assert (
             await store.list(object_type, workspace=None, scope=created.metadata.id)
