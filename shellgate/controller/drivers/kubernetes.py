@@ -32,7 +32,6 @@ import asyncio
 import collections
 import logging
 import re
-import weakref
 from collections.abc import AsyncIterator, Iterable
 from typing import Protocol
 
@@ -44,6 +43,7 @@ from shellgate.controller.drivers.base import (
     DriverEvent,
     SnapshotEvent,
 )
+from shellgate.controller.drivers.fanout import EventFanout
 from shellgate.controller.drivers.k8s.client import (
     ApiClient,
     ApiConflict,
@@ -92,26 +92,6 @@ class DriverSettings(Protocol):
     sandbox_image: str
 
 
-class _Subscription(AsyncIterator[DriverEvent]):
-    """One consumer's queue. The driver fills it; ``None`` marks the end of the stream."""
-
-    def __init__(self) -> None:
-        self._queue: asyncio.Queue[DriverEvent | None] = asyncio.Queue()
-        self._ended = False
-
-    def put(self, event: DriverEvent | None) -> None:
-        self._queue.put_nowait(event)
-
-    async def __anext__(self) -> DriverEvent:
-        if self._ended:
-            raise StopAsyncIteration
-        event = await self._queue.get()
-        if event is None:
-            self._ended = True
-            raise StopAsyncIteration
-        return event
-
-
 class KubernetesDriver:
     """agent-sandbox ``Sandbox`` objects in one namespace (see the module docstring)."""
 
@@ -143,7 +123,7 @@ class KubernetesDriver:
         self._seen_events: collections.OrderedDict[tuple[str, ...], None] = (
             collections.OrderedDict()
         )
-        self._subscribers: weakref.WeakSet[_Subscription] = weakref.WeakSet()
+        self._fanout = EventFanout()
         self._watch: KopfWatch | None = None
         self._closed = False
 
@@ -192,17 +172,11 @@ class KubernetesDriver:
         if self._watch is not None:
             await self._watch.close()
         await self._api.close()
-        for subscriber in list(self._subscribers):
-            subscriber.put(None)
+        self._fanout.close()
 
     def events(self) -> AsyncIterator[DriverEvent]:
         """Every event from this call on, until ``close()``; each caller gets its own queue."""
-        subscription = _Subscription()
-        if self._closed:
-            subscription.put(None)
-        else:
-            self._subscribers.add(subscription)
-        return subscription
+        return self._fanout.subscribe()
 
     async def _discover_version(self) -> str:
         last_error: ApiError | None = None
@@ -401,8 +375,7 @@ class KubernetesDriver:
                 del index[key]
 
     def _emit(self, event: DriverEvent) -> None:
-        for subscriber in list(self._subscribers):
-            subscriber.put(event)
+        self._fanout.publish(event)
 
 
 def _quiet_kopf_handler_logs() -> None:

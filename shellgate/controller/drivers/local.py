@@ -57,7 +57,6 @@ import signal
 import socket
 import sys
 import time
-import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +72,7 @@ from shellgate.controller.drivers.base import (
     PlatformEvent,
     SnapshotEvent,
 )
+from shellgate.controller.drivers.fanout import EventFanout
 from shellgate.reconcilers.snapshot import DriverCondition, DriverSnapshot, InstanceFacts
 
 log = logging.getLogger(__name__)
@@ -112,26 +112,6 @@ class _Sandbox:
         return self.message.metadata.id
 
 
-class _Subscription(AsyncIterator[DriverEvent]):
-    """One consumer's queue. The driver fills it; ``None`` marks the end of the stream."""
-
-    def __init__(self) -> None:
-        self._queue: asyncio.Queue[DriverEvent | None] = asyncio.Queue()
-        self._ended = False
-
-    def put(self, event: DriverEvent | None) -> None:
-        self._queue.put_nowait(event)
-
-    async def __anext__(self) -> DriverEvent:
-        if self._ended:
-            raise StopAsyncIteration
-        event = await self._queue.get()
-        if event is None:
-            self._ended = True
-            raise StopAsyncIteration
-        return event
-
-
 class LocalDriver:
     """Runs each sandbox as a child process of this gateway (see the module docstring)."""
 
@@ -160,7 +140,7 @@ class LocalDriver:
         self._node_name = socket.gethostname()
         self._sandboxes: dict[str, _Sandbox] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self._subscribers: weakref.WeakSet[_Subscription] = weakref.WeakSet()
+        self._fanout = EventFanout()
         self._started = False
         self._closed = False
 
@@ -189,20 +169,14 @@ class LocalDriver:
             return
         self._closed = True
         await asyncio.gather(*(self._terminate_for_close(i) for i in list(self._locks)))
-        for subscriber in list(self._subscribers):
-            subscriber.put(None)
+        self._fanout.close()
 
     def events(self) -> AsyncIterator[DriverEvent]:
         """Every event from this call on, until ``close()``; each caller gets its own queue.
 
         Queues are unbounded; one that is no longer referenced stops receiving events.
         """
-        subscription = _Subscription()
-        if self._closed:
-            subscription.put(None)
-        else:
-            self._subscribers.add(subscription)
-        return subscription
+        return self._fanout.subscribe()
 
     # ---- operations ------------------------------------------------------------------------
 
@@ -522,8 +496,7 @@ class LocalDriver:
         self._emit(SnapshotEvent(snapshot=snapshot))
 
     def _emit(self, event: DriverEvent) -> None:
-        for subscriber in list(self._subscribers):
-            subscriber.put(event)
+        self._fanout.publish(event)
 
 
 def _describe_exit(returncode: int) -> tuple[int, str]:
