@@ -10,6 +10,7 @@ import base64
 import json
 
 from shellgate.store.errors import InvalidPageToken
+from shellgate.store.records import ObjectRecord, Page
 
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
@@ -36,3 +37,12 @@ def clamp_page_size(limit: int) -> int:
     if limit < 0:
         raise ValueError(f"page size must not be negative, got {limit}")
     return DEFAULT_PAGE_SIZE if limit == 0 else min(limit, MAX_PAGE_SIZE)
+
+
+def page_of(records: list[ObjectRecord], size: int) -> Page:
+    """A page from ``size + 1`` fetched rows: the extra row only says another page exists."""
+    shown = records[:size]
+    token = ""
+    if len(records) > size:
+        token = encode_page_token(shown[-1].created_at_ms, shown[-1].id)
+    return Page(shown, token)

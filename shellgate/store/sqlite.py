@@ -36,7 +36,7 @@ from shellgate.store.errors import (
     UniqueViolation,
 )
 from shellgate.store.observer import StoreObserver
-from shellgate.store.paging import clamp_page_size, decode_page_token, encode_page_token
+from shellgate.store.paging import clamp_page_size, decode_page_token, page_of
 from shellgate.store.records import (
     DEFAULT_WORKSPACE,
     ChangeEvent,
@@ -282,11 +282,7 @@ class SqliteStore(Store):
             "ORDER BY created_at_ms, id LIMIT ?",
             tuple(params),
         )
-        records = [_record(row) for row in rows[:size]]
-        token = ""
-        if len(rows) > size:
-            token = encode_page_token(records[-1].created_at_ms, records[-1].id)
-        return Page(records, token)
+        return page_of([_record(row) for row in rows], size)
 
     @timed("list_versions")
     async def list_versions(
