@@ -24,8 +24,10 @@ run: $(STAMP) ## Start the gateway on SQLite with the local driver
 
 test: lint unit ## Lint, then every test (starts a throwaway Postgres unless SHELLGATE_TEST_DATABASE_URL is set)
 
+# A private --basetemp: pytest's shared default keeps only the newest three runs' folders and
+# deletes older ones, which would pull the data directory out from under another run's Postgres.
 unit: $(STAMP)
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest --basetemp="$$(mktemp -d /tmp/shellgate-pytest.XXXXXX)" $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff, mypy and the architecture's import layers
 	$(BIN)/ruff check .

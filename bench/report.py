@@ -15,8 +15,8 @@ from pathlib import Path
 from bench.loads import MAX_PROCESSES, STEADY_RATE
 from bench.machine import MachineFacts
 from bench.objects import bench_sandbox
-from bench.stats import LoadResult
-from bench.suite import BackendResults, single_writer_rounds
+from bench.stats import LoadResult, percentile
+from bench.suite import BackendResults, single_writer_rounds, single_writer_seconds
 from bench.workloads import Timing
 from shellgate.store import RetryPolicy
 
@@ -64,6 +64,7 @@ def single_writer_table(results: Sequence[BackendResults]) -> str:
         "p50 ms",
         "p99 ms",
         "(a)/(b)",
+        "per round: median [min-max]",
     ]
     rows = [
         [
@@ -75,10 +76,18 @@ def single_writer_table(results: Sequence[BackendResults]) -> str:
             ms(r.floor.latency.p50_ms),
             ms(r.floor.latency.p99_ms),
             f"{r.ratio:.2f}",
+            _spread(r.round_ratios),
         ]
         for r in results
     ]
     return markdown_table(headers, rows)
+
+
+def _spread(ratios: Sequence[float]) -> str:
+    if not ratios:
+        return "-"
+    ordered = sorted(ratios)
+    return f"{percentile(ordered, 50):.2f} [{ordered[0]:.2f}-{ordered[-1]:.2f}]"
 
 
 def _load_row(backend: str, result: LoadResult) -> list[str]:
@@ -143,7 +152,7 @@ def targets(results: Sequence[BackendResults]) -> list[Target]:
         steady = r.loads["c"]
         found += [
             Target(
-                r.backend, f"(a)/(b) >= {RATIO_TARGET}", f"{r.ratio:.2f}", r.ratio >= RATIO_TARGET
+                r.backend, f"(a)/(b) >= {RATIO_TARGET}", f"{r.ratio:.3f}", r.ratio >= RATIO_TARGET
             ),
             Target(
                 r.backend,
@@ -289,14 +298,16 @@ def _sweep_section(results: Sequence[BackendResults], image: str) -> str:
 
 def _method(results: Sequence[BackendResults], timing: Timing) -> str:
     retry = results[0].retry if results else RetryPolicy()
+    rounds = single_writer_rounds(timing)
     payload = len(bench_sandbox().SerializeToString(deterministic=True))
     return f"""## How it was measured
 
-- **Durations.** Every measurement runs {timing.warmup:g} s of warm-up, then
-  {timing.duration:g} s measured. (a) and (b) warm up once each, then alternate in
-  {single_writer_rounds(timing)} rounds of {timing.duration / single_writer_rounds(timing):g} s
-  (b, a, b, a, ...) on two fresh objects and pool their samples, so drift and other load on
-  the machine hit both alike.
+- **Durations.** Every load runs {timing.warmup:g} s of warm-up, then {timing.duration:g} s
+  measured. (a) and (b) warm up once each, then alternate in {rounds} rounds of
+  {single_writer_seconds(timing) / rounds:g} s ({single_writer_seconds(timing):g} s each in
+  all: b, a, b, a, ...) on two fresh objects and pool their samples, so drift and other load
+  on the machine hit both alike. The target is judged on the pooled ratio; the median and
+  range of the {rounds} per-round ratios show how much one short measurement can move.
 - **Object.** A sandbox of {payload} bytes encoded (template image, labels, environment,
   command). Every update increments `status.current_policy_version` by one.
 - **SQLite.** A real file in a fresh temporary directory, the store's defaults: WAL,

@@ -3,9 +3,12 @@
 (a) and (b) alternate in short rounds (floor, store, floor, store, ... of about
 ``ROUND_S`` each) on two fresh objects, after one warm-up each, so that drift of the
 machine or the database (WAL growth, checkpoints, other work on a shared machine) falls on
-both alike; each side's samples are pooled. Then the multi-process loads: (c) steady,
-(d) flat out on one object, (e) flat out on one object per writer, and the steady sweep over
-1, 2, 4 and 8 writers (16 is (c) itself).
+both alike; each side's samples are pooled. They get ``SINGLE_WRITER_FACTOR`` times the
+measuring time of the other loads, because their ratio is a target and the machine is
+shared; the ratio of each round pair is kept too, to show how stable the pooled one is.
+
+Then the multi-process loads: (c) steady, (d) flat out on one object, (e) flat out on one
+object per writer, and the steady sweep over 1, 2, 4 and 8 writers (16 is (c) itself).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from shellgate.store import RetryPolicy, Store, connect
 
 BACKENDS = ("sqlite", "postgres")
 ROUND_S = 0.5
+SINGLE_WRITER_FACTOR = 2
 STEADY_WRITERS = 16
 
 Progress = Callable[[str], None]
@@ -47,6 +51,7 @@ class BackendResults:
     retry: RetryPolicy
     store: SingleWriterResult  # (a)
     floor: SingleWriterResult  # (b)
+    round_ratios: list[float] = field(default_factory=list)  # (a)/(b) of each round pair
     loads: dict[str, LoadResult] = field(default_factory=dict)  # "c", "d", "e"
     sweep: list[LoadResult] = field(default_factory=list)
 
@@ -80,7 +85,7 @@ async def run_backend(
     store = await connect(url, retry=retry)
     floor = await open_floor(url)
     try:
-        store_result, floor_result = await measure_single_writer(store, floor, timing)
+        store_result, floor_result, round_ratios = await measure_single_writer(store, floor, timing)
         results = BackendResults(
             backend=backend,
             engine_version=await floor.engine_version(),
@@ -88,6 +93,7 @@ async def run_backend(
             retry=retry,
             store=store_result,
             floor=floor_result,
+            round_ratios=round_ratios,
         )
         progress(
             f"{backend}: (a) {store_result.ops_per_s:,.0f} ops/s, "
@@ -102,25 +108,33 @@ async def run_backend(
 
 async def measure_single_writer(
     store: Store, floor: Floor, timing: Timing
-) -> tuple[SingleWriterResult, SingleWriterResult]:
-    """(a) and (b), alternating rounds; returns (store, floor)."""
+) -> tuple[SingleWriterResult, SingleWriterResult, list[float]]:
+    """(a) and (b), alternating rounds; returns (store, floor, per-round ratios)."""
     store_id = (await store.create_message(bench_sandbox())).metadata.id
     floor_id = (await store.create_message(bench_sandbox())).metadata.id
     rounds = single_writer_rounds(timing)
-    per_round = Timing(warmup=0.0, duration=timing.duration / rounds)
+    per_round = Timing(warmup=0.0, duration=single_writer_seconds(timing) / rounds)
     warm_up = Timing(warmup=timing.warmup, duration=0.0)
     await floor_single_writer(floor, floor_id, warm_up)
     await store_single_writer(store, store_id, warm_up)
     through_store, through_floor = Samples(), Samples()
+    ratios = []
     for _ in range(rounds):
-        through_floor.extend(await floor_single_writer(floor, floor_id, per_round))
-        through_store.extend(await store_single_writer(store, store_id, per_round))
+        floor_round = await floor_single_writer(floor, floor_id, per_round)
+        store_round = await store_single_writer(store, store_id, per_round)
+        through_floor.extend(floor_round)
+        through_store.extend(store_round)
+        ratios.append(store_round.result().ops_per_s / floor_round.result().ops_per_s)
     await delete_objects(store, [store_id, floor_id])
-    return through_store.result(), through_floor.result()
+    return through_store.result(), through_floor.result(), ratios
+
+
+def single_writer_seconds(timing: Timing) -> float:
+    return SINGLE_WRITER_FACTOR * timing.duration
 
 
 def single_writer_rounds(timing: Timing) -> int:
-    return max(2, round(timing.duration / ROUND_S))
+    return max(2, round(single_writer_seconds(timing) / ROUND_S))
 
 
 async def measure_loads(

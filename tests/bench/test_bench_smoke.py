@@ -75,10 +75,11 @@ async def test_workloads_run_and_report(tmp_path: Path) -> None:
         retry=RetryPolicy(),
         store=through_store.result(),
         floor=through_floor.result(),
+        round_ratios=[1.1, 0.9, 1.0],
     )
     results.loads = {"c": steady_load, "d": flat_out, "e": flat_out}
     results.sweep = [steady_load]
     facts = machine.finished(machine.collect())
     document = report.document([results], facts, TINY, "img/x.png", "smoke test")
-    assert "(a)/(b)" in document and "![goodput" in document
+    assert "(a)/(b)" in document and "![goodput" in document and "1.00 [0.90-1.10]" in document
     assert "(c) zero lost updates" in report.console_report([results])
