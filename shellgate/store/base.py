@@ -139,7 +139,8 @@ class Store(abc.ABC):
         update finds another version, and ``NotFound`` when the row to update is gone. The
         version is bumped by the database (``resource_version + 1``) and returned with the
         timestamps by the writing statement itself. ``name``, ``workspace`` and ``scope`` are
-        set at create and never changed by an update; ``status`` is updated when not None.
+        set at create and never changed by an update; ``labels`` and ``status`` are updated
+        when not None (None keeps the stored value; at create None means no labels).
         """
 
     @abc.abstractmethod
@@ -330,12 +331,13 @@ class Store(abc.ABC):
                 self.observer.cas_attempt(object_type, "noop")
                 return candidate
             meta: Any = candidate.metadata  # type: ignore[attr-defined]
+            labels = dict(meta.labels)
             result = await self.put_if(
                 object_type,
                 id,
                 record.name,
                 payload,
-                dict(meta.labels),
+                None if labels == record.labels else labels,
                 WriteCondition.match(record.resource_version),
                 record.workspace,
                 status=None if status is None else status(candidate),

@@ -185,7 +185,7 @@ class SqliteStore(Store):
         version: int | None = None,
         status: str | None = None,
     ) -> WriteResult:
-        labels_json = json.dumps(labels or {}, sort_keys=True, separators=(",", ":"))
+        labels_json = _labels_json(labels, keep=not condition.is_create)
         if condition.is_create:
             sql = (
                 "INSERT INTO objects (object_type, id, name, workspace, payload, labels, "
@@ -206,7 +206,8 @@ class SqliteStore(Store):
             )
         else:
             sql = (
-                "UPDATE objects SET payload = ?, labels = ?, status = COALESCE(?, status), "
+                "UPDATE objects SET payload = ?, labels = COALESCE(?, labels), "
+                "status = COALESCE(?, status), "
                 f"resource_version = resource_version + 1, updated_at_ms = {NOW_MS} "
                 "WHERE object_type = ? AND id = ? AND resource_version = ? "
                 "RETURNING resource_version, created_at_ms, updated_at_ms"
@@ -351,6 +352,13 @@ class SqliteStore(Store):
                 self._hub.publish(ChangeEvent(None, None))
             last = current
             await asyncio.sleep(POLL_INTERVAL)
+
+
+def _labels_json(labels: dict[str, str] | None, *, keep: bool) -> str | None:
+    """The labels column value; None on an update means "keep the stored labels"."""
+    if labels is None and keep:
+        return None
+    return json.dumps(labels or {}, sort_keys=True, separators=(",", ":"))
 
 
 def _record(row: Any) -> ObjectRecord:

@@ -261,6 +261,14 @@ async def test_labels_column_follows_the_payload(store: Store) -> None:
     page = await store.list("sandbox", selector="env=prod")
     assert [r.id for r in page.records] == [created.metadata.id]
 
+    def touch_status(message: openshell_pb2.Sandbox) -> openshell_pb2.Sandbox:
+        message.status.phase = READY  # labels untouched: the column keeps them
+        return message
+
+    await store.update_message_cas(openshell_pb2.Sandbox, created.metadata.id, touch_status)
+    record = await store.get("sandbox", created.metadata.id)
+    assert record is not None and record.labels == {"env": "prod"}
+
 
 async def test_messages_hydrate_the_version_from_the_column(store: Store) -> None:
     created = await store.create_message(sandbox("alpha"))
