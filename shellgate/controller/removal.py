@@ -28,3 +28,19 @@ async def remove_sandbox_row(gw: Gateway, sandbox_id: str, version: int, name: s
         gw.events.forget(sandbox_id)
         await cleanup_sandbox_config(gw, sandbox_id, name)
     return removed
+
+
+async def remove_sandbox(gw: Gateway, sandbox_id: str, attempts: int = 5) -> bool | None:
+    """Remove the row at whatever version it has now, re-reading after a lost race.
+
+    True when this call removed it, False when it was already gone, None when every attempt
+    lost to a concurrent writer (the sweep finishes the job).
+    """
+    for _ in range(attempts):
+        record = await gw.store.get("sandbox", sandbox_id)
+        if record is None:
+            gw.events.forget(sandbox_id)
+            return False
+        if await remove_sandbox_row(gw, sandbox_id, record.resource_version, record.name or ""):
+            return True
+    return None

@@ -24,9 +24,9 @@ from google.protobuf import timestamp_pb2
 
 from shellgate.api import openshell_pb2
 from shellgate.controller.context import Gateway, single_workspace, workspace_of
-from shellgate.controller.drivers.base import DriverNotOwner
+from shellgate.controller.drivers.base import DriverError, DriverNotOwner
 from shellgate.controller.errors import not_found
-from shellgate.controller.removal import remove_sandbox_row
+from shellgate.controller.removal import remove_sandbox, remove_sandbox_row
 from shellgate.reconcilers import sandbox as sandbox_rules
 from shellgate.reconcilers.errors import FailedPrecondition, InvalidArgument
 from shellgate.reconcilers.validation import (
@@ -124,12 +124,17 @@ async def create_sandbox(gw: Gateway, request: openshell_pb2.CreateSandboxReques
 
 
 async def _undo_create(gw: Gateway, created: Sandbox) -> None:
-    """Remove a row whose driver create failed, bound to the version we wrote."""
+    """Undo a create whose driver call or provider fence failed: the driver's resources
+    first, then the row (version-bound). The original error is what the client sees; what
+    cannot be undone now is left to the sweep."""
     try:
-        await gw.store.delete_if("sandbox", created.metadata.id, created.metadata.resource_version)
         await gw.driver.delete_sandbox(created.metadata.id)
-    except (StoreError, Exception):  # keep the original error; the sweep repairs leftovers
-        log.warning("could not undo the create of sandbox %s", created.metadata.id, exc_info=True)
+    except DriverError as exc:
+        log.warning("undo create of %s: driver delete failed: %s", created.metadata.id, exc)
+    try:
+        await remove_sandbox(gw, created.metadata.id)
+    except StoreError as exc:
+        log.warning("undo create of %s: row removal failed: %s", created.metadata.id, exc)
 
 
 async def list_sandboxes(

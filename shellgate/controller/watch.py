@@ -22,7 +22,7 @@ from shellgate.controller.drivers.base import (
     PlatformEvent,
     SnapshotEvent,
 )
-from shellgate.controller.removal import remove_sandbox_row
+from shellgate.controller.removal import remove_sandbox
 from shellgate.reconcilers import sandbox as sandbox_rules
 from shellgate.reconcilers.snapshot import DriverSnapshot
 from shellgate.store import NotFound, StoreError
@@ -110,15 +110,10 @@ async def apply_snapshot(gw: Gateway, snapshot: DriverSnapshot) -> str:
 
 async def finalize_deleted(gw: Gateway, sandbox_id: str) -> str:
     """The driver's object is gone: remove the row, bound to the version we read."""
-    for _ in range(DELETE_ATTEMPTS):
-        record = await gw.store.get("sandbox", sandbox_id)
-        if record is None:
-            gw.events.forget(sandbox_id)
-            return "noop"
-        if await remove_sandbox_row(gw, sandbox_id, record.resource_version, record.name or ""):
-            log.info("sandbox %s removed: its compute resources are gone", sandbox_id)
-            return "applied"
-    return "error"
+    removed = await remove_sandbox(gw, sandbox_id, DELETE_ATTEMPTS)
+    if removed:
+        log.info("sandbox %s removed: its compute resources are gone", sandbox_id)
+    return {True: "applied", False: "noop", None: "error"}[removed]
 
 
 __all__ = ["PlatformEvent", "apply_snapshot", "finalize_deleted", "handle_event", "run_watch_loop"]
