@@ -55,6 +55,11 @@ from shellgate.controller.context import Gateway
 from shellgate.controller.drivers.base import DriverError
 from shellgate.controller.removal import remove_sandbox_row
 from shellgate.reconcilers import sandbox as sandbox_rules
+from shellgate.reconcilers.sandbox import (
+    MISSING_TO_ERROR,
+    is_marked_missing,
+    mark_compute_missing,
+)
 from shellgate.reconcilers.snapshot import DriverSnapshot
 from shellgate.store import Conflict, NotFound, ObjectRecord, StoreError, decode
 
@@ -62,20 +67,15 @@ log = logging.getLogger(__name__)
 
 Sandbox = openshell_pb2.Sandbox
 STOPPING = openshell_pb2.SANDBOX_PHASE_STOPPING
-STOPPED = openshell_pb2.SANDBOX_PHASE_STOPPED
 STARTING = openshell_pb2.SANDBOX_PHASE_STARTING
 DELETING = openshell_pb2.SANDBOX_PHASE_DELETING
-ERROR = openshell_pb2.SANDBOX_PHASE_ERROR
 
 DEFAULT_GRACE_SECONDS = 300.0
 GRACE_ENV = "SHELLGATE_SWEEP_GRACE_SECONDS"
 DEFAULT_STUCK_SECONDS = 60.0
 JITTER = 0.2
 PAGE_SIZE = 500
-MISSING_REASON = "ComputeResourceMissing"
-MISSING_MESSAGE = "the sandbox's compute resource no longer exists"
 
-_MISSING_TO_ERROR = frozenset({STOPPING, STOPPED, STARTING})
 _REISSUED = frozenset({STOPPING, STARTING, DELETING})
 
 Counts = collections.Counter[str]
@@ -89,41 +89,6 @@ class SweepTimes:
     started_ms: int
     grace_ms: int
     stuck_ms: int
-
-
-# ---- the pure part ----------------------------------------------------------------------------
-
-
-def mark_compute_missing(now_ms: int) -> sandbox_rules.Mutation:
-    """STOPPING, STOPPED or STARTING → ERROR with ``Ready=False/ComputeResourceMissing``.
-
-    Decided on the row given (the store passes a fresh copy), so a row that moved on to another
-    phase meanwhile is returned unchanged and nothing is written. The new Ready condition goes
-    first (the phase is derived from the first Ready condition); other types are kept.
-    """
-
-    def mutate(sandbox: Sandbox) -> Sandbox:
-        status = sandbox.status
-        if status.phase not in _MISSING_TO_ERROR:
-            return sandbox
-        ready = openshell_pb2.SandboxCondition(
-            type="Ready", status="False", reason=MISSING_REASON, message=MISSING_MESSAGE
-        )
-        ready.transition_time.FromMilliseconds(now_ms)
-        kept = [c for c in status.conditions if c.type != "Ready"]
-        del status.conditions[:]
-        status.conditions.extend([ready, *kept])
-        status.phase = ERROR
-        return sandbox
-
-    return mutate
-
-
-def is_marked_missing(sandbox: Sandbox) -> bool:
-    """An ERROR row the sweep itself marked: its backend is known to be gone."""
-    return sandbox.status.phase == ERROR and any(
-        c.type == "Ready" and c.reason == MISSING_REASON for c in sandbox.status.conditions
-    )
 
 
 def jittered(interval: float, rng: random.Random) -> float:
@@ -290,7 +255,7 @@ async def _repair_missing(gw: Gateway, record: ObjectRecord, times: SweepTimes) 
         changed, _ = await _apply_bound(gw, record, fresh)
         return "resynced" if changed else None
     sandbox = decode(Sandbox, record)
-    if sandbox.status.phase in _MISSING_TO_ERROR:
+    if sandbox.status.phase in MISSING_TO_ERROR:
         await gw.store.update_message_cas(
             Sandbox,
             record.id,

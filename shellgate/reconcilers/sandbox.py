@@ -330,3 +330,42 @@ def detach_provider(name: str) -> ProviderListMutation:
     written. Raises ``InvalidArgument`` at once when ``name`` is empty or too long.
     """
     return ProviderListMutation(name, _detach)
+
+
+# --- compute resource missing (the sweep) ----------------------------------------------------
+
+MISSING_REASON = "ComputeResourceMissing"
+MISSING_MESSAGE = "the sandbox's compute resource no longer exists"
+MISSING_TO_ERROR = frozenset({STOPPING, STOPPED, STARTING})
+
+
+def mark_compute_missing(now_ms: int) -> Mutation:
+    """STOPPING, STOPPED or STARTING → ERROR with ``Ready=False/ComputeResourceMissing``.
+
+    Decided on the row given (the store passes a fresh copy), so a row that moved on to another
+    phase meanwhile is returned unchanged and nothing is written. The new Ready condition goes
+    first (the phase is derived from the first Ready condition); other types are kept.
+    """
+
+    def mutate(sandbox: Sandbox) -> Sandbox:
+        status = sandbox.status
+        if status.phase not in MISSING_TO_ERROR:
+            return sandbox
+        ready = openshell_pb2.SandboxCondition(
+            type="Ready", status="False", reason=MISSING_REASON, message=MISSING_MESSAGE
+        )
+        ready.transition_time.FromMilliseconds(now_ms)
+        kept = [c for c in status.conditions if c.type != "Ready"]
+        del status.conditions[:]
+        status.conditions.extend([ready, *kept])
+        status.phase = ERROR
+        return sandbox
+
+    return mutate
+
+
+def is_marked_missing(sandbox: Sandbox) -> bool:
+    """An ERROR row the sweep itself marked: its backend is known to be gone."""
+    return sandbox.status.phase == ERROR and any(
+        c.type == "Ready" and c.reason == MISSING_REASON for c in sandbox.status.conditions
+    )

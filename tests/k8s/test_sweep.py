@@ -17,14 +17,8 @@ import pytest
 from shellgate.api import openshell_pb2 as P
 from shellgate.controller.context import Gateway, wall_clock_ms
 from shellgate.controller.metrics import Metrics
-from shellgate.controller.sweep import (
-    MISSING_REASON,
-    is_marked_missing,
-    jittered,
-    mark_compute_missing,
-    run_sweep_loop,
-    sweep_once,
-)
+from shellgate.controller.sweep import jittered, run_sweep_loop, sweep_once
+from shellgate.reconcilers.sandbox import MISSING_REASON, is_marked_missing, mark_compute_missing
 from shellgate.reconcilers.snapshot import DriverSnapshot
 from shellgate.store import Store
 from tests.k8s.conftest import until
