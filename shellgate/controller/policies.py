@@ -179,7 +179,8 @@ async def clear_global_policy(gw: Gateway) -> UpdateConfigResponse:
     change = GlobalPolicyChange(None)
     settings = await update_settings(gw, GatewaySettings, blank_gateway_settings(), change)
     if change.changed:
-        await supersede_older(gw, GLOBAL_SCOPE, None)
+        # Only what this clear retired: a racing set may already point at a newer revision.
+        await supersede_older(gw, GLOBAL_SCOPE, change.cleared_version + 1)
     return UpdateConfigResponse(settings_revision=settings.revision, deleted=change.changed)
 
 
@@ -261,6 +262,8 @@ async def report_policy_status(
     await gw.store.update_message_cas(
         StoredPolicyRevision, found.metadata.id, mutation, status=revision_status
     )
+    if mutation.superseded:
+        return openshell_pb2.ReportPolicyStatusResponse()  # a late report changes nothing
     if request.status == LOADED:
         await supersede_older(gw, request.sandbox_id, request.version, ACTIVE_WORDS)
         with contextlib.suppress(NotFound):  # the sandbox is gone; its revisions go with it

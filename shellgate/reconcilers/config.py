@@ -181,6 +181,8 @@ class GlobalPolicyChange:
     version: int = 0
     policy_hash: str = ""
     changed: bool = False
+    cleared_version: int = 0
+    """On a clear: the version the pointer held, so only revisions up to it are retired."""
 
     def __call__(self, settings: GatewaySettings) -> GatewaySettings:
         self.changed = False
@@ -188,6 +190,7 @@ class GlobalPolicyChange:
         if self.policy is None:
             if current is None:
                 return settings
+            self.cleared_version = current.version
             settings.ClearField("global_policy")
         else:
             if current is not None and current.version >= self.version:
