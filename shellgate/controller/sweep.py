@@ -197,6 +197,9 @@ async def _count(counts: Counts, repair: Awaitable[str | None]) -> None:
     except (StoreError, DriverError) as exc:
         log.warning("sweep repair failed: %s", exc)
         result = "error"
+    except Exception:  # one bad row (an undecodable payload, ...) must not stop the pass
+        log.exception("sweep repair failed unexpectedly")
+        result = "error"
     if result is not None:
         counts[result] += 1
 

@@ -104,10 +104,14 @@ class ApiClient:
     def __init__(self, login: Login) -> None:
         self._login = login
         self._session: aiohttp.ClientSession | None = None
+        self._retired: list[aiohttp.ClientSession] = []  # replaced after a 401; see close()
         self._server = ""
         self._lock = asyncio.Lock()
 
     async def close(self) -> None:
+        for retired in self._retired:
+            await retired.close()
+        self._retired.clear()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -149,8 +153,9 @@ class ApiClient:
         params: Mapping[str, str] | None = None,
         content_type: str = "application/json",
     ) -> Body:
+        rejected: aiohttp.ClientSession | None = None
         for attempt in (1, 2):
-            session = await self._current_session(renew=attempt > 1)
+            session = await self._current_session(rejected)
             try:
                 async with session.request(
                     method,
@@ -161,18 +166,27 @@ class ApiClient:
                     timeout=REQUEST_TIMEOUT,
                 ) as response:
                     if response.status == 401 and attempt == 1:
-                        continue  # credentials expired: log in again, once
+                        rejected = session  # credentials expired: log in again, once
+                        continue
                     return await _decoded(response, method, path)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise ApiError(0, f"{method} {path}: {exc or type(exc).__name__}") from exc
         raise ApiError(401, f"{method} {path}: unauthorized after logging in again")
 
-    async def _current_session(self, *, renew: bool) -> aiohttp.ClientSession:
+    async def _current_session(
+        self, rejected: aiohttp.ClientSession | None
+    ) -> aiohttp.ClientSession:
+        """The live session; a new one (after logging in) only if ``rejected`` is still live.
+
+        When a token rotates, every request in flight gets a 401; only the first renews, the
+        rest reuse its new session. A replaced session is not closed here, since other
+        requests may still be reading from it; ``close()`` closes it.
+        """
         async with self._lock:
-            if self._session is None or renew:
+            if self._session is None or (rejected is not None and rejected is self._session):
                 info = await self._login()
                 if self._session is not None:
-                    await self._session.close()
+                    self._retired.append(self._session)
                 self._session = open_session(info)
                 self._server = info.server.rstrip("/")
             return self._session
