@@ -50,7 +50,7 @@ from shellgate.store.sql import COLUMNS, SelectorCompiler
 
 log = logging.getLogger(__name__)
 
-NOW_MS = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)"
+NOW_MS = "CAST(ROUND((julianday('now') - 2440587.5) * 86400000) AS INTEGER)"
 POLL_INTERVAL = 0.2
 SYNCHRONOUS_MODES = ("FULL", "NORMAL", "EXTRA")
 

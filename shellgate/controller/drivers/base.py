@@ -83,7 +83,8 @@ class ComputeDriver(Protocol):
         """
 
     def owns(self, sandbox_id: str) -> bool:
-        """True when this replica's driver can act on the sandbox."""
+        """True when this replica's driver may act on the sandbox (always, for drivers that
+        do not route by owner; for the local driver: its own, or one nobody claimed)."""
 
     async def stop_sandbox(self, sandbox_id: str) -> None: ...
 

@@ -10,8 +10,10 @@ also the process's working directory and ``HOME``. It holds:
 - ``owner``: the replica id that created the sandbox, claimed with an exclusive create. Several
   replicas may share one ``state_dir``, and no replica acts on another's sandboxes: for them
   ``get_sandbox`` returns None, ``list_sandboxes`` and ``events`` leave them out,
-  ``stop_sandbox``/``start_sandbox`` do nothing, ``delete_sandbox`` returns False, and
-  ``create_sandbox`` succeeds without doing anything (the sandbox exists under that id).
+  ``stop_sandbox``/``start_sandbox``/``delete_sandbox`` raise ``DriverNotOwner`` (the owner
+  follows the store instead), and ``create_sandbox`` succeeds without doing anything (the
+  sandbox exists under that id). A sandbox no replica claimed counts as everyone's
+  (``owns``), so the sweep of any replica can repair its row.
 - ``sandbox.pb``: the ``Sandbox`` message given at create, so the same command can run again
   on ``start_sandbox`` and after a gateway restart.
 - ``state``: ``running``, ``stopped`` or ``exited <code>``, what a restarted driver restores.
@@ -208,7 +210,14 @@ class LocalDriver:
             self._publish(entry, self._running_snapshot(entry, run.process.pid))
 
     def owns(self, sandbox_id: str) -> bool:
-        return sandbox_id in self._sandboxes or self._owns(self._root / sandbox_id)
+        """Ours, or claimed by no replica at all (its creator died before the driver call,
+        or lost its state): then any replica may act, so the sweep can repair the row."""
+        if sandbox_id in self._sandboxes:
+            return True
+        if not _ID.fullmatch(sandbox_id):
+            return False
+        owner = _read_text(self._root / sandbox_id / "owner")
+        return owner is None or owner == self._replica_id
 
     def _refuse_foreign(self, sandbox_id: str) -> None:
         """Raise DriverNotOwner when another replica's driver owns ``sandbox_id``."""
