@@ -501,3 +501,21 @@ async def test_restart_kills_a_surviving_orphan_but_not_a_reused_pid(state_dir: 
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+
+
+async def test_a_sandbox_no_replica_claimed_is_everyones(state_dir: Path) -> None:
+    """Its creator died before the driver call: any replica may act, so the sweep can."""
+    mine = LocalDriver(state_dir=state_dir, replica_id="r1", stop_grace_s=1.0)
+    other = LocalDriver(state_dir=state_dir, replica_id="r2", stop_grace_s=1.0)
+    await mine.start()
+    await other.start()
+    try:
+        unclaimed = str(uuid.uuid4())
+        assert mine.owns(unclaimed) and other.owns(unclaimed)
+        assert await mine.get_sandbox(unclaimed) is None
+        claimed = make_sandbox()
+        await mine.create_sandbox(claimed)
+        assert mine.owns(claimed.metadata.id) and not other.owns(claimed.metadata.id)
+    finally:
+        await mine.close()
+        await other.close()
