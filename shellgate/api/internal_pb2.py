@@ -29,7 +29,7 @@ from shellgate.api import openshell_pb2 as shellgate_dot_api_dot_openshell__pb2
 from shellgate.api import sandbox_pb2 as shellgate_dot_api_dot_sandbox__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cshellgate/api/internal.proto\x12\x15shellgate.internal.v1\x1a\x1dshellgate/api/datamodel.proto\x1a\x1dshellgate/api/openshell.proto\x1a\x1bshellgate/api/sandbox.proto\"\xb2\x02\n\x0fGatewaySettings\x12\x34\n\x08metadata\x18\x01 \x01(\x0b\x32\".openshell.datamodel.v1.ObjectMeta\x12\x10\n\x08revision\x18\x02 \x01(\x04\x12\x46\n\x08settings\x18\x03 \x03(\x0b\x32\x34.shellgate.internal.v1.GatewaySettings.SettingsEntry\x12:\n\rglobal_policy\x18\x04 \x01(\x0b\x32#.shellgate.internal.v1.GlobalPolicy\x1aS\n\rSettingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x31\n\x05value\x18\x02 \x01(\x0b\x32\".openshell.sandbox.v1.SettingValue:\x02\x38\x01\"i\n\x0cGlobalPolicy\x12\x33\n\x06policy\x18\x01 \x01(\x0b\x32#.openshell.sandbox.v1.SandboxPolicy\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x13\n\x0bpolicy_hash\x18\x03 \x01(\t\"\x8a\x02\n\x0fSandboxSettings\x12\x34\n\x08metadata\x18\x01 \x01(\x0b\x32\".openshell.datamodel.v1.ObjectMeta\x12\x12\n\nsandbox_id\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\x04\x12\x46\n\x08settings\x18\x04 \x03(\x0b\x32\x34.shellgate.internal.v1.SandboxSettings.SettingsEntry\x1aS\n\rSettingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x31\n\x05value\x18\x02 \x01(\x0b\x32\".openshell.sandbox.v1.SettingValue:\x02\x38\x01\"\x97\x01\n\x14StoredPolicyRevision\x12\x34\n\x08metadata\x18\x01 \x01(\x0b\x32\".openshell.datamodel.v1.ObjectMeta\x12\x12\n\nsandbox_id\x18\x02 \x01(\t\x12\x35\n\x08revision\x18\x03 \x01(\x0b\x32#.openshell.v1.SandboxPolicyRevision\"\xde\x02\n\x10StoredDraftChunk\x12\x34\n\x08metadata\x18\x01 \x01(\x0b\x32\".openshell.datamodel.v1.ObjectMeta\x12\x12\n\nsandbox_id\x18\x02 \x01(\t\x12(\n\x05\x63hunk\x18\x03 \x01(\x0b\x32\x19.openshell.v1.PolicyChunk\x12\x15\n\rdraft_version\x18\x04 \x01(\x04\x12\x11\n\tdedup_key\x18\x05 \x01(\t\x12\x12\n\nreview_seq\x18\x06 \x01(\x04\x12\x32\n\x06\x65\x66\x66\x65\x63t\x18\x07 \x01(\x0e\x32\".shellgate.internal.v1.ChunkEffect\x12\x19\n\x11\x61pplied_rule_name\x18\x08 \x01(\t\x12\x17\n\x0f\x61pplied_version\x18\t \x01(\r\x12\x30\n\x07history\x18\n \x03(\x0b\x32\x1f.openshell.v1.DraftHistoryEntry*X\n\x0b\x43hunkEffect\x12\x15\n\x11\x43HUNK_EFFECT_NONE\x10\x00\x12\x17\n\x13\x43HUNK_EFFECT_ADDING\x10\x01\x12\x19\n\x15\x43HUNK_EFFECT_REMOVING\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cshellgate/api/internal.proto\x12\x15shellgate.internal.v1\x1a\x1dshellgate/api/datamodel.proto\x1a\x1dshellgate/api/openshell.proto\x1a\x1bshellgate/api/sandbox.proto\"\xb2\x02\n\x0fGatewaySettings\x12\x34\n\x08metadata\x18\x01 \x01(\x0b\x32\".openshell.datamodel.v1.ObjectMeta\x12\x10\n\x08revision\x18\x02 \x01(\x04\x12\x46\n\x08settings\x18\x03 \x03(\x0b\x32\x34.shellgate.internal.v1.GatewaySettings.SettingsEntry\x12:\n\rglobal_policy\x18\x04 \x01(\x0b\x32#.shellgate.internal.v1.GlobalPolicy\x1aS\n\rSettingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x31\n\x05value\x18\x02 \x01(\x0b\x32\".openshell.sandbox.v1.SettingValue:\x02\x38\x01\"i\n\x0cGlobalPolicy\x12\x33\n\x06policy\x18\x01 \x01(\x0b\x32#.openshell.sandbox.v1.SandboxPolicy\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x13\n\x0bpolicy_hash\x18\x03 \x01(\t\"\x8a\x02\n\x0fSandboxSettings\x12\x34\n\x08metadata\x18\x01 \x01(\x0b\x32\".openshell.datamodel.v1.ObjectMeta\x12\x12\n\nsandbox_id\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\x04\x12\x46\n\x08settings\x18\x04 \x03(\x0b\x32\x34.shellgate.internal.v1.SandboxSettings.SettingsEntry\x1aS\n\rSettingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x31\n\x05value\x18\x02 \x01(\x0b\x32\".openshell.sandbox.v1.SettingValue:\x02\x38\x01\"\xd6\x01\n\x14StoredPolicyRevision\x12\x34\n\x08metadata\x18\x01 \x01(\x0b\x32\".openshell.datamodel.v1.ObjectMeta\x12\x12\n\nsandbox_id\x18\x02 \x01(\t\x12\x35\n\x08revision\x18\x03 \x01(\x0b\x32#.openshell.v1.SandboxPolicyRevision\x12=\n\x0f\x63hunk_additions\x18\x04 \x03(\x0b\x32$.shellgate.internal.v1.ChunkAddition\"\'\n\tAddedPort\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\"}\n\x0f\x41ppliedAddition\x12\x11\n\trule_name\x18\x01 \x01(\t\x12\x14\n\x0c\x63reated_rule\x18\x02 \x01(\x08\x12\x10\n\x08\x62inaries\x18\x03 \x03(\t\x12/\n\x05ports\x18\x04 \x03(\x0b\x32 .shellgate.internal.v1.AddedPort\"o\n\rChunkAddition\x12\x10\n\x08\x63hunk_id\x18\x01 \x01(\t\x12\x12\n\nreview_seq\x18\x02 \x01(\x04\x12\x38\n\x08\x61\x64\x64ition\x18\x03 \x01(\x0b\x32&.shellgate.internal.v1.AppliedAddition\"\xbc\x03\n\x10StoredDraftChunk\x12\x34\n\x08metadata\x18\x01 \x01(\x0b\x32\".openshell.datamodel.v1.ObjectMeta\x12\x12\n\nsandbox_id\x18\x02 \x01(\t\x12(\n\x05\x63hunk\x18\x03 \x01(\x0b\x32\x19.openshell.v1.PolicyChunk\x12\x15\n\rdraft_version\x18\x04 \x01(\x04\x12\x11\n\tdedup_key\x18\x05 \x01(\t\x12\x12\n\nreview_seq\x18\x06 \x01(\x04\x12\x32\n\x06\x65\x66\x66\x65\x63t\x18\x07 \x01(\x0e\x32\".shellgate.internal.v1.ChunkEffect\x12\x19\n\x11\x61pplied_rule_name\x18\x08 \x01(\t\x12\x17\n\x0f\x61pplied_version\x18\t \x01(\r\x12\x30\n\x07history\x18\n \x03(\x0b\x32\x1f.openshell.v1.DraftHistoryEntry\x12@\n\x10\x61pplied_addition\x18\x0b \x01(\x0b\x32&.shellgate.internal.v1.AppliedAddition\x12\x1a\n\x12\x64\x65\x63ided_at_version\x18\x0c \x01(\r*X\n\x0b\x43hunkEffect\x12\x15\n\x11\x43HUNK_EFFECT_NONE\x10\x00\x12\x17\n\x13\x43HUNK_EFFECT_ADDING\x10\x01\x12\x19\n\x15\x43HUNK_EFFECT_REMOVING\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,8 +40,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GATEWAYSETTINGS_SETTINGSENTRY']._serialized_options = b'8\001'
   _globals['_SANDBOXSETTINGS_SETTINGSENTRY']._loaded_options = None
   _globals['_SANDBOXSETTINGS_SETTINGSENTRY']._serialized_options = b'8\001'
-  _globals['_CHUNKEFFECT']._serialized_start=1338
-  _globals['_CHUNKEFFECT']._serialized_end=1426
+  _globals['_CHUNKEFFECT']._serialized_start=1776
+  _globals['_CHUNKEFFECT']._serialized_end=1864
   _globals['_GATEWAYSETTINGS']._serialized_start=147
   _globals['_GATEWAYSETTINGS']._serialized_end=453
   _globals['_GATEWAYSETTINGS_SETTINGSENTRY']._serialized_start=370
@@ -53,7 +53,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SANDBOXSETTINGS_SETTINGSENTRY']._serialized_start=370
   _globals['_SANDBOXSETTINGS_SETTINGSENTRY']._serialized_end=453
   _globals['_STOREDPOLICYREVISION']._serialized_start=832
-  _globals['_STOREDPOLICYREVISION']._serialized_end=983
-  _globals['_STOREDDRAFTCHUNK']._serialized_start=986
-  _globals['_STOREDDRAFTCHUNK']._serialized_end=1336
+  _globals['_STOREDPOLICYREVISION']._serialized_end=1046
+  _globals['_ADDEDPORT']._serialized_start=1048
+  _globals['_ADDEDPORT']._serialized_end=1087
+  _globals['_APPLIEDADDITION']._serialized_start=1089
+  _globals['_APPLIEDADDITION']._serialized_end=1214
+  _globals['_CHUNKADDITION']._serialized_start=1216
+  _globals['_CHUNKADDITION']._serialized_end=1327
+  _globals['_STOREDDRAFTCHUNK']._serialized_start=1330
+  _globals['_STOREDDRAFTCHUNK']._serialized_end=1774
 # @@protoc_insertion_point(module_scope)

@@ -70,17 +70,49 @@ class SandboxSettings(_message.Message):
     def __init__(self, metadata: _Optional[_Union[_datamodel_pb2.ObjectMeta, _Mapping]] = ..., sandbox_id: _Optional[str] = ..., revision: _Optional[int] = ..., settings: _Optional[_Mapping[str, _sandbox_pb2.SettingValue]] = ...) -> None: ...
 
 class StoredPolicyRevision(_message.Message):
-    __slots__ = ("metadata", "sandbox_id", "revision")
+    __slots__ = ("metadata", "sandbox_id", "revision", "chunk_additions")
     METADATA_FIELD_NUMBER: _ClassVar[int]
     SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_ADDITIONS_FIELD_NUMBER: _ClassVar[int]
     metadata: _datamodel_pb2.ObjectMeta
     sandbox_id: str
     revision: _openshell_pb2.SandboxPolicyRevision
-    def __init__(self, metadata: _Optional[_Union[_datamodel_pb2.ObjectMeta, _Mapping]] = ..., sandbox_id: _Optional[str] = ..., revision: _Optional[_Union[_openshell_pb2.SandboxPolicyRevision, _Mapping]] = ...) -> None: ...
+    chunk_additions: _containers.RepeatedCompositeFieldContainer[ChunkAddition]
+    def __init__(self, metadata: _Optional[_Union[_datamodel_pb2.ObjectMeta, _Mapping]] = ..., sandbox_id: _Optional[str] = ..., revision: _Optional[_Union[_openshell_pb2.SandboxPolicyRevision, _Mapping]] = ..., chunk_additions: _Optional[_Iterable[_Union[ChunkAddition, _Mapping]]] = ...) -> None: ...
+
+class AddedPort(_message.Message):
+    __slots__ = ("host", "port")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    port: int
+    def __init__(self, host: _Optional[str] = ..., port: _Optional[int] = ...) -> None: ...
+
+class AppliedAddition(_message.Message):
+    __slots__ = ("rule_name", "created_rule", "binaries", "ports")
+    RULE_NAME_FIELD_NUMBER: _ClassVar[int]
+    CREATED_RULE_FIELD_NUMBER: _ClassVar[int]
+    BINARIES_FIELD_NUMBER: _ClassVar[int]
+    PORTS_FIELD_NUMBER: _ClassVar[int]
+    rule_name: str
+    created_rule: bool
+    binaries: _containers.RepeatedScalarFieldContainer[str]
+    ports: _containers.RepeatedCompositeFieldContainer[AddedPort]
+    def __init__(self, rule_name: _Optional[str] = ..., created_rule: _Optional[bool] = ..., binaries: _Optional[_Iterable[str]] = ..., ports: _Optional[_Iterable[_Union[AddedPort, _Mapping]]] = ...) -> None: ...
+
+class ChunkAddition(_message.Message):
+    __slots__ = ("chunk_id", "review_seq", "addition")
+    CHUNK_ID_FIELD_NUMBER: _ClassVar[int]
+    REVIEW_SEQ_FIELD_NUMBER: _ClassVar[int]
+    ADDITION_FIELD_NUMBER: _ClassVar[int]
+    chunk_id: str
+    review_seq: int
+    addition: AppliedAddition
+    def __init__(self, chunk_id: _Optional[str] = ..., review_seq: _Optional[int] = ..., addition: _Optional[_Union[AppliedAddition, _Mapping]] = ...) -> None: ...
 
 class StoredDraftChunk(_message.Message):
-    __slots__ = ("metadata", "sandbox_id", "chunk", "draft_version", "dedup_key", "review_seq", "effect", "applied_rule_name", "applied_version", "history")
+    __slots__ = ("metadata", "sandbox_id", "chunk", "draft_version", "dedup_key", "review_seq", "effect", "applied_rule_name", "applied_version", "history", "applied_addition", "decided_at_version")
     METADATA_FIELD_NUMBER: _ClassVar[int]
     SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
@@ -91,6 +123,8 @@ class StoredDraftChunk(_message.Message):
     APPLIED_RULE_NAME_FIELD_NUMBER: _ClassVar[int]
     APPLIED_VERSION_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_ADDITION_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_AT_VERSION_FIELD_NUMBER: _ClassVar[int]
     metadata: _datamodel_pb2.ObjectMeta
     sandbox_id: str
     chunk: _openshell_pb2.PolicyChunk
@@ -101,4 +135,6 @@ class StoredDraftChunk(_message.Message):
     applied_rule_name: str
     applied_version: int
     history: _containers.RepeatedCompositeFieldContainer[_openshell_pb2.DraftHistoryEntry]
-    def __init__(self, metadata: _Optional[_Union[_datamodel_pb2.ObjectMeta, _Mapping]] = ..., sandbox_id: _Optional[str] = ..., chunk: _Optional[_Union[_openshell_pb2.PolicyChunk, _Mapping]] = ..., draft_version: _Optional[int] = ..., dedup_key: _Optional[str] = ..., review_seq: _Optional[int] = ..., effect: _Optional[_Union[ChunkEffect, str]] = ..., applied_rule_name: _Optional[str] = ..., applied_version: _Optional[int] = ..., history: _Optional[_Iterable[_Union[_openshell_pb2.DraftHistoryEntry, _Mapping]]] = ...) -> None: ...
+    applied_addition: AppliedAddition
+    decided_at_version: int
+    def __init__(self, metadata: _Optional[_Union[_datamodel_pb2.ObjectMeta, _Mapping]] = ..., sandbox_id: _Optional[str] = ..., chunk: _Optional[_Union[_openshell_pb2.PolicyChunk, _Mapping]] = ..., draft_version: _Optional[int] = ..., dedup_key: _Optional[str] = ..., review_seq: _Optional[int] = ..., effect: _Optional[_Union[ChunkEffect, str]] = ..., applied_rule_name: _Optional[str] = ..., applied_version: _Optional[int] = ..., history: _Optional[_Iterable[_Union[_openshell_pb2.DraftHistoryEntry, _Mapping]]] = ..., applied_addition: _Optional[_Union[AppliedAddition, _Mapping]] = ..., decided_at_version: _Optional[int] = ...) -> None: ...

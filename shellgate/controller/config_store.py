@@ -22,7 +22,7 @@ import asyncio
 import logging
 import random
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from google.protobuf.message import Message
@@ -244,8 +244,56 @@ async def commit_revision(
     loop reads again and rebuilds; after ``INSERT_ATTEMPTS`` it raises Conflict.
     After an insert, older revisions in ``supersedes`` are superseded.
     """
+    revision, inserted = await _commit_loop(
+        gw, scope, workspace, build, status=status, supersedes=supersedes, reusable=reusable
+    )
+    assert revision is not None  # nothing can decline the change without ``owed``
+    return revision, inserted
+
+
+Owed = Callable[[], Awaitable[bool]]
+"""Re-checks, after the latest revision was read, that the change is still owed at all."""
+
+
+async def commit_owed_revision(
+    gw: Gateway,
+    scope: str,
+    workspace: str,
+    build: Candidate,
+    owed: Owed,
+    annotate: Callable[[StoredPolicyRevision], None],
+) -> tuple[StoredPolicyRevision | None, bool]:
+    """``commit_revision`` for a change recorded elsewhere (a chunk's effect).
+
+    On every attempt, after reading the latest revision and before building, ``owed`` reads
+    the record again; False (the record moved on: undone, re-decided, settled) ends the
+    loop without a write, returning the latest revision (None: there is none). Reading the
+    latest revision first is what makes this safe against the writer that moved the record
+    on: its own insert reads the latest revision after its record write, so the version
+    index orders the two inserts, and a retry re-checks ``owed``. ``annotate`` may add
+    notes to the revision row before its insert (not part of the policy or its hash).
+    """
+    return await _commit_loop(gw, scope, workspace, build, owed=owed, annotate=annotate)
+
+
+async def _commit_loop(
+    gw: Gateway,
+    scope: str,
+    workspace: str,
+    build: Candidate,
+    *,
+    status: int = PENDING,
+    supersedes: Sequence[str] = ("pending",),
+    reusable: Callable[[StoredPolicyRevision], bool] = lambda _latest: True,
+    owed: Owed | None = None,
+    annotate: Callable[[StoredPolicyRevision], None] | None = None,
+) -> tuple[StoredPolicyRevision | None, bool]:
     for attempt in range(1, INSERT_ATTEMPTS + 1):
         latest = await latest_revision(gw, scope)
+        if owed is not None and not await owed():
+            gw.store.observer.cas_attempt(REVISION_TYPE, "noop")
+            gw.store.observer.cas_call(REVISION_TYPE, attempt, exhausted=False)
+            return latest, False
         policy = build(latest)
         digest = policy_hash(policy)
         if latest is not None and latest.revision.policy_hash == digest and reusable(latest):
@@ -264,6 +312,8 @@ async def commit_revision(
             now_ms=gw.clock_ms(),
             status=status,
         )
+        if annotate is not None:
+            annotate(stored)
         try:
             await insert_scoped(
                 gw, REVISION_TYPE, stored, scope=scope, version=version, status=status_word(status)
@@ -281,6 +331,15 @@ async def commit_revision(
         return stored, True
     gw.store.observer.cas_call(REVISION_TYPE, INSERT_ATTEMPTS, exhausted=True)
     raise Conflict(None)
+
+
+async def revisions_below(
+    gw: Gateway, scope: str, below: int | None, limit: int
+) -> list[StoredPolicyRevision]:
+    """Up to ``limit`` revisions of ``scope`` under version ``below`` (None: all), newest
+    first."""
+    rows = await gw.store.list_versions(REVISION_TYPE, scope, below=below, limit=limit)
+    return [decode(StoredPolicyRevision, row) for row in rows]
 
 
 async def supersede_older(

@@ -8,7 +8,9 @@ no longer contains) the rule; then the effect is cleared. Both later steps are i
 content: "the latest revision already contains the rule" is "merging the rule into it
 changes nothing". So whoever finds a chunk with an effect, the original handler or any
 replica that reads the chunk after a crash (``settle_effects`` runs at the start of every
-draft RPC), completes the same change, never a second one.
+draft RPC), completes the same change, never a second one. A reader's copy may be stale
+(the decision was undone or replaced meanwhile), so every insert attempt re-reads the chunk
+after the latest revision and applies only effects still owed by the same decision.
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ from shellgate.controller.config_store import (
     CHUNK_TYPE,
     StoredDraftChunk,
     StoredPolicyRevision,
-    commit_revision,
+    commit_owed_revision,
     insert_scoped,
     latest_revision,
     list_chunks,
     load_gateway_settings,
+    revisions_below,
 )
 from shellgate.controller.context import Gateway, single_workspace
 from shellgate.controller.errors import not_found
@@ -37,6 +40,7 @@ from shellgate.reconcilers.config import require_no_global_policy
 from shellgate.reconcilers.errors import DomainError, FailedPrecondition, InvalidArgument
 from shellgate.reconcilers.policy import require_valid_policy
 from shellgate.reconcilers.policy_merge import (
+    Addition,
     MergeOperation,
     add_rule_operation,
     apply_merge_operations,
@@ -44,6 +48,8 @@ from shellgate.reconcilers.policy_merge import (
 from shellgate.store import Conflict, NotFound, StoreError, UniqueViolation
 
 log = logging.getLogger(__name__)
+
+AppliedAddition = rules.AppliedAddition
 
 Sandbox = openshell_pb2.Sandbox
 DELETING = openshell_pb2.SANDBOX_PHASE_DELETING
@@ -69,6 +75,10 @@ async def decide(gw: Gateway, chunk_id: str, mutation: rules.ChunkMutation) -> S
 
 # --- effects: the second and third step of a decision -----------------------------------------
 
+Settlement = tuple[StoredDraftChunk, AppliedAddition | None]
+"""A chunk whose effect the policy now agrees with, and (ADDING) what its merge added."""
+SEARCH_PAGE = 50
+
 
 def _operations(chunks: Sequence[StoredDraftChunk]) -> tuple[list[MergeOperation], list[int]]:
     """All pending effects as one list of operations, with each chunk's first op index."""
@@ -82,35 +92,86 @@ def _operations(chunks: Sequence[StoredDraftChunk]) -> tuple[list[MergeOperation
 
 async def commit_effects(
     gw: Gateway, sandbox: Sandbox, chunks: Sequence[StoredDraftChunk]
-) -> tuple[StoredPolicyRevision | None, list[str]]:
+) -> tuple[StoredPolicyRevision | None, list[Settlement]]:
     """Step two: a revision in which every chunk's effect holds (none when it already did).
 
-    Returns the revision and, per chunk, the rule its addition landed in.
+    ``chunks`` may be stale copies (a recovery that read them a while ago): on every insert
+    attempt each is read again after the latest revision, and only the effects still owed
+    by the same decision (same effect and review_seq) are applied. Returns the revision and
+    the chunks to settle, each with what its addition added to the policy.
     """
-    operations, starts = _operations(chunks)
-    landed: list[str] = []
+    sandbox_id = sandbox.metadata.id
+    kept: list[StoredDraftChunk] = []
+    added: dict[str, Addition] = {}
+
+    async def owed() -> bool:
+        fresh = [await gw.store.get_message(StoredDraftChunk, c.metadata.id) for c in chunks]
+        kept[:] = [c for c, now in zip(chunks, fresh, strict=True) if rules.same_decision(c, now)]
+        return bool(kept)
 
     def build(latest: StoredPolicyRevision | None) -> sandbox_pb2.SandboxPolicy:
+        operations, starts = _operations(kept)
         result = apply_merge_operations(policy_base(sandbox, latest), operations)
-        landed[:] = [result.landed.get(start, "") for start in starts]
+        added.clear()
+        for stored, start in zip(kept, starts, strict=True):
+            if stored.effect == rules.EFFECT_ADDING:
+                added[stored.metadata.id] = result.added[start]
         return result.policy
 
-    if not operations:
-        return await latest_revision(gw, sandbox.metadata.id), ["" for _ in chunks]
-    revision, _ = await commit_revision(gw, sandbox.metadata.id, sandbox.metadata.workspace, build)
-    return revision, landed
+    def annotate(revision: StoredPolicyRevision) -> None:
+        for stored in kept:
+            addition = added.get(stored.metadata.id)
+            if addition is not None and not addition.adds_nothing:
+                revision.chunk_additions.append(rules.chunk_addition(stored, addition))
+
+    if not chunks:
+        return await latest_revision(gw, sandbox_id), []
+    revision, _ = await commit_owed_revision(
+        gw, sandbox_id, sandbox.metadata.workspace, build, owed, annotate
+    )
+    settlements: list[Settlement] = []
+    for stored in kept:
+        addition = added.get(stored.metadata.id)
+        if addition is None:
+            settlements.append((stored, None))
+        elif addition.adds_nothing:
+            settlements.append((stored, await _earlier_addition(gw, sandbox_id, stored, addition)))
+        else:
+            settlements.append((stored, rules.applied_addition(addition)))
+    return revision, settlements
+
+
+async def _earlier_addition(
+    gw: Gateway, sandbox_id: str, stored: StoredDraftChunk, covered: Addition
+) -> AppliedAddition:
+    """The policy already grants an approved chunk's rule: either an earlier attempt of this
+    approval put it there (a crash between insert and settle; that revision carries the
+    note of what it added) or the policy granted it anyway (undo then removes nothing)."""
+    below: int | None = None
+    while True:
+        page = await revisions_below(gw, sandbox_id, below, SEARCH_PAGE)
+        found, done = rules.recorded_addition(stored, page)
+        if found is not None:
+            return found
+        if done or len(page) < SEARCH_PAGE:
+            return rules.applied_addition(covered)
+        below = page[-1].revision.version
 
 
 async def settle(
-    gw: Gateway,
-    chunks: Sequence[StoredDraftChunk],
-    revision: StoredPolicyRevision | None,
-    landed: Sequence[str],
+    gw: Gateway, settlements: Sequence[Settlement], revision: StoredPolicyRevision | None
 ) -> None:
-    """Step three: clear each chunk's effect (a no-op if someone else already did)."""
+    """Step three: clear each chunk's effect (a no-op if someone else already did, or the
+    chunk has moved on to another decision)."""
     version = revision.revision.version if revision is not None else 0
-    for stored, rule_name in zip(chunks, landed, strict=True):
-        mutation = rules.settle(stored.effect, version, rule_name)
+    for stored, addition in settlements:
+        mutation = rules.settle(
+            stored.effect,
+            version,
+            addition.rule_name if addition is not None else "",
+            review_seq=stored.review_seq,
+            addition=addition,
+        )
         try:
             await decide(gw, stored.metadata.id, mutation)
         except NotFound:
@@ -125,11 +186,11 @@ async def apply_effects(
     returned; a lost insert race (ABORTED) leaves the effect for the next reader."""
     pending = [c for c in chunks if c.effect != rules.EFFECT_NONE]
     try:
-        revision, landed = await commit_effects(gw, sandbox, pending)
+        revision, settlements = await commit_effects(gw, sandbox, pending)
     except DomainError:
         await _withdraw(gw, sandbox, pending)
         raise
-    await settle(gw, pending, revision, landed)
+    await settle(gw, settlements, revision)
     return revision
 
 
@@ -140,21 +201,23 @@ async def _withdraw(gw: Gateway, sandbox: Sandbox, chunks: Sequence[StoredDraftC
         if stored.effect != rules.EFFECT_ADDING:
             continue
         latest = await latest_revision(gw, sandbox.metadata.id)
-        landed = _landing_if_present(policy_base(sandbox, latest), stored)
-        if landed is not None:
-            await settle(gw, [stored], latest, [landed])
+        covered = _covered_addition(policy_base(sandbox, latest), stored)
+        if covered is not None:
+            addition = await _earlier_addition(gw, sandbox.metadata.id, stored, covered)
+            await settle(gw, [(stored, addition)], latest)
             continue
         reason = "the rule no longer merges into the current policy"
-        await decide(gw, stored.metadata.id, rules.abandon_approval(reason, gw.clock_ms()))
+        mutation = rules.abandon_approval(reason, gw.clock_ms(), stored.review_seq)
+        await decide(gw, stored.metadata.id, mutation)
 
 
-def _landing_if_present(base: sandbox_pb2.SandboxPolicy, stored: StoredDraftChunk) -> str | None:
-    """The rule holding ``stored``'s addition when ``base`` already has it, else None."""
+def _covered_addition(base: sandbox_pb2.SandboxPolicy, stored: StoredDraftChunk) -> Addition | None:
+    """The (empty) addition of ``stored`` when ``base`` already grants its rule, else None."""
     try:
         result = apply_merge_operations(base, rules.effect_operations(stored))
     except DomainError:
         return None
-    return result.landed.get(0, "") if result.policy == base else None
+    return result.added.get(0) if result.policy == base else None
 
 
 async def settle_effects(
@@ -294,8 +357,9 @@ async def approve_draft_chunk(
     latest = await latest_revision(gw, sandbox.metadata.id)
     addition = add_rule_operation(stored.chunk.rule_name, stored.chunk.proposed_rule)
     _check_candidate(sandbox, latest, [addition])
+    base = latest.revision.version if latest is not None else 0
     decided = await decide(
-        gw, stored.metadata.id, rules.approve(request.review_token, gw.clock_ms())
+        gw, stored.metadata.id, rules.approve(request.review_token, gw.clock_ms(), base)
     )
     revision = await apply_effects(gw, sandbox, [decided])
     return openshell_pb2.ApproveDraftChunkResponse(
@@ -331,11 +395,12 @@ async def approve_all_draft_chunks(
     latest = await latest_revision(gw, sandbox.metadata.id)
     additions = [add_rule_operation(c.chunk.rule_name, c.chunk.proposed_rule) for c, _ in chosen]
     _check_candidate(sandbox, latest, additions)
+    base = latest.revision.version if latest is not None else 0
     decided = []
     for stored, token in chosen:
         try:
             decided.append(
-                await decide(gw, stored.metadata.id, rules.approve(token, gw.clock_ms()))
+                await decide(gw, stored.metadata.id, rules.approve(token, gw.clock_ms(), base))
             )
         except (FailedPrecondition, NotFound):
             skipped += 1  # decided (or cleared) by someone else meanwhile

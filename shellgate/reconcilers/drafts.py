@@ -28,14 +28,19 @@ from shellgate.api import internal_pb2, openshell_pb2, sandbox_pb2
 from shellgate.reconcilers.errors import FailedPrecondition, InvalidArgument
 from shellgate.reconcilers.policy import validate_rule
 from shellgate.reconcilers.policy_merge import (
+    Addition,
     MergeOperation,
     add_rule_operation,
+    covering_rule,
     ports_of,
     removal_operations,
+    undo_operations,
 )
 from shellgate.reconcilers.validation import validate_max_len
 
 StoredDraftChunk = internal_pb2.StoredDraftChunk
+AppliedAddition = internal_pb2.AppliedAddition
+ChunkAddition = internal_pb2.ChunkAddition
 PolicyChunk = openshell_pb2.PolicyChunk
 DraftHistoryEntry = openshell_pb2.DraftHistoryEntry
 ChunkMutation = Callable[[StoredDraftChunk], StoredDraftChunk]
@@ -209,7 +214,9 @@ def _touch(stored: StoredDraftChunk, now_ms: int, event: str, description: str) 
     _log(stored, now_ms, event, description)
 
 
-def approve(token: str, now_ms: int) -> ChunkMutation:
+def approve(token: str, now_ms: int, base_version: int = 0) -> ChunkMutation:
+    """``base_version``: the latest revision's version as read before deciding (0: unknown)."""
+
     def mutate(stored: StoredDraftChunk) -> StoredDraftChunk:
         chunk = stored.chunk
         if token and token != review_token(stored):
@@ -224,6 +231,8 @@ def approve(token: str, now_ms: int) -> ChunkMutation:
         chunk.decided_time.FromMilliseconds(now_ms)
         stored.effect = EFFECT_ADDING
         stored.applied_version = 0
+        stored.ClearField("applied_addition")
+        stored.decided_at_version = base_version
         _touch(stored, now_ms, APPROVED, f"Rule {chunk.rule_name!r} approved")
         return stored
 
@@ -282,30 +291,47 @@ def edit(rule: sandbox_pb2.NetworkPolicyRule, now_ms: int) -> ChunkMutation:
     return mutate
 
 
-def settle(effect: int, version: int, landed: str) -> ChunkMutation:
+def settle(
+    effect: int,
+    version: int,
+    landed: str,
+    *,
+    review_seq: int | None = None,
+    addition: AppliedAddition | None = None,
+) -> ChunkMutation:
     """The policy now agrees with the chunk: clear ``effect`` (only if it is still the one
-    applied, so a late settle cannot clear a newer decision's effect)."""
+    applied, and, given ``review_seq``, still the same decision, so a late settle cannot
+    clear a newer decision's effect). An ADDING settle records what the merge added, which
+    is what a later undo takes out."""
 
     def mutate(stored: StoredDraftChunk) -> StoredDraftChunk:
         if stored.effect != effect:
+            return stored
+        if review_seq is not None and stored.review_seq != review_seq:
             return stored
         stored.effect = EFFECT_NONE
         if effect == EFFECT_ADDING:
             stored.applied_version = version
             stored.applied_rule_name = landed
+            if addition is not None:
+                stored.applied_addition.CopyFrom(addition)
         else:
             stored.applied_version = 0
+            stored.ClearField("applied_addition")
         return stored
 
     return mutate
 
 
-def abandon_approval(reason: str, now_ms: int) -> ChunkMutation:
+def abandon_approval(reason: str, now_ms: int, review_seq: int | None = None) -> ChunkMutation:
     """An approval whose rule cannot join the policy any more (the policy moved on and the
-    merge no longer validates) goes back to pending, with the reason recorded."""
+    merge no longer validates) goes back to pending, with the reason recorded. Given
+    ``review_seq``, only that decision is withdrawn, never a newer one."""
 
     def mutate(stored: StoredDraftChunk) -> StoredDraftChunk:
         if stored.effect != EFFECT_ADDING:
+            return stored
+        if review_seq is not None and stored.review_seq != review_seq:
             return stored
         chunk = stored.chunk
         chunk.status = PENDING
@@ -324,9 +350,72 @@ def effect_operations(stored: StoredDraftChunk) -> list[MergeOperation]:
     if stored.effect == EFFECT_ADDING:
         return [add_rule_operation(chunk.rule_name, chunk.proposed_rule)]
     if stored.effect == EFFECT_REMOVING:
+        if stored.HasField("applied_addition"):
+            return undo_operations(addition_of(stored.applied_addition))
         landed = stored.applied_rule_name or chunk.rule_name
         return removal_operations(landed, chunk.proposed_rule)
     return []
+
+
+def same_decision(read: StoredDraftChunk, fresh: StoredDraftChunk | None) -> bool:
+    """``fresh`` still owes the effect ``read`` was read with: same effect, same decision
+    (review_seq). A stale copy must not be applied once the chunk moved on (undone,
+    re-approved, settled by someone else)."""
+    return (
+        fresh is not None
+        and fresh.effect != EFFECT_NONE
+        and fresh.effect == read.effect
+        and fresh.review_seq == read.review_seq
+    )
+
+
+def applied_addition(addition: Addition) -> AppliedAddition:
+    """The storage form of what a merge added."""
+    stored = AppliedAddition(
+        rule_name=addition.rule_name,
+        created_rule=addition.created_rule,
+        binaries=addition.binaries,
+    )
+    for host, port in addition.ports:
+        stored.ports.add(host=host, port=port)
+    return stored
+
+
+def addition_of(stored: AppliedAddition) -> Addition:
+    return Addition(
+        stored.rule_name,
+        stored.created_rule,
+        tuple(stored.binaries),
+        tuple((p.host, p.port) for p in stored.ports),
+    )
+
+
+def chunk_addition(stored: StoredDraftChunk, addition: Addition) -> ChunkAddition:
+    """The note a revision carries of what one approval's merge added to it."""
+    return ChunkAddition(
+        chunk_id=stored.metadata.id,
+        review_seq=stored.review_seq,
+        addition=applied_addition(addition),
+    )
+
+
+def recorded_addition(
+    stored: StoredDraftChunk, revisions: Iterable[internal_pb2.StoredPolicyRevision]
+) -> tuple[AppliedAddition | None, bool]:
+    """Search ``revisions`` (newest first, one page) for what an earlier attempt of this
+    approval added, as noted on the revision it inserted. Returns (the addition, done).
+    Done without an addition when a revision does not grant the rule or predates the
+    decision: the approval's own insert cannot be older, so the policy granted the rule
+    without it (undo then removes nothing)."""
+    for revision in revisions:
+        if revision.revision.version <= stored.decided_at_version:
+            return None, True
+        for note in revision.chunk_additions:
+            if note.chunk_id == stored.metadata.id and note.review_seq == stored.review_seq:
+                return note.addition, True
+        if covering_rule(revision.revision.policy, stored.chunk.proposed_rule) is None:
+            return None, True
+    return None, False
 
 
 def chunk_status(stored: StoredDraftChunk) -> str:

@@ -33,12 +33,33 @@ MAX_MERGE_OPERATIONS = 64
 """Operations in one UpdateConfig request."""
 
 
+@dataclass(frozen=True)
+class Addition:
+    """What one add_rule actually added to the policy (what undoing it has to take out).
+
+    Only grants are tracked: binaries and host:port pairs. A rule the policy already
+    covered adds nothing (``adds_nothing``); protocol, path, L7 rules and allowed IPs merged
+    into an existing endpoint are not tracked (docs/config.md, known limits).
+    """
+
+    rule_name: str
+    created_rule: bool = False
+    binaries: tuple[str, ...] = ()
+    ports: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def adds_nothing(self) -> bool:
+        return not self.created_rule and not self.binaries and not self.ports
+
+
 @dataclass
 class MergeResult:
-    """The candidate policy, and the rule each add_rule landed in (by operation index)."""
+    """The candidate policy, and the rule each add_rule landed in and what it added there
+    (both by operation index)."""
 
     policy: SandboxPolicy
     landed: dict[int, str] = field(default_factory=dict)
+    added: dict[int, Addition] = field(default_factory=dict)
 
 
 def apply_merge_operations(
@@ -55,13 +76,14 @@ def apply_merge_operations(
     merged.CopyFrom(policy)
     result = MergeResult(merged)
     for index, operation in enumerate(operations):
-        landed = _apply(merged, operation, f"merge_operations[{index}]")
-        if landed is not None:
-            result.landed[index] = landed
+        addition = _apply(merged, operation, f"merge_operations[{index}]")
+        if addition is not None:
+            result.landed[index] = addition.rule_name
+            result.added[index] = addition
     return result
 
 
-def _apply(policy: SandboxPolicy, operation: MergeOperation, field: str) -> str | None:
+def _apply(policy: SandboxPolicy, operation: MergeOperation, field: str) -> Addition | None:
     kind = operation.WhichOneof("operation")
     if kind == "add_rule":
         return add_rule(policy, operation.add_rule.rule_name, operation.add_rule.rule, field)
@@ -184,8 +206,19 @@ def covering_rule(policy: SandboxPolicy, incoming: NetworkPolicyRule) -> str | N
     return None
 
 
-def add_rule(policy: SandboxPolicy, rule_name: str, rule: NetworkPolicyRule, field: str) -> str:
-    """Merge ``rule`` into ``policy`` in place; returns the name of the rule it landed in.
+def _grants(rule: NetworkPolicyRule | None) -> tuple[list[str], list[tuple[str, int]]]:
+    """A rule's binary paths and host:port pairs (hosts lowercased), in order."""
+    if rule is None:
+        return [], []
+    pairs = [(e.host.lower(), port) for e in rule.endpoints for port in ports_of(e)]
+    return [b.path for b in rule.binaries], list(dict.fromkeys(pairs))
+
+
+def add_rule(
+    policy: SandboxPolicy, rule_name: str, rule: NetworkPolicyRule, field: str
+) -> Addition:
+    """Merge ``rule`` into ``policy`` in place; returns the rule it landed in and what it
+    added there.
 
     Already granted by some rule: nothing changes. Otherwise a rule of that name, or else the
     first rule (by name) sharing an endpoint with it, absorbs the new binaries, endpoints and
@@ -198,12 +231,20 @@ def add_rule(policy: SandboxPolicy, rule_name: str, rule: NetworkPolicyRule, fie
         raise InvalidArgument(violations)
     covered = covering_rule(policy, rule)
     if covered is not None:
-        return covered
+        return Addition(covered)
     landing = _landing_rule(policy, rule_name, rule)
-    if landing not in policy.network_policies:
+    created = landing not in policy.network_policies
+    old_binaries, old_ports = _grants(policy.network_policies.get(landing))
+    if created:
         policy.network_policies[landing].name = rule.name or rule_name
     _merge_rule(policy.network_policies[landing], rule)
-    return landing
+    new_binaries, new_ports = _grants(policy.network_policies[landing])
+    return Addition(
+        landing,
+        created,
+        tuple(b for b in new_binaries if b not in old_binaries),
+        tuple(p for p in new_ports if p not in old_ports),
+    )
 
 
 # --- removals ---------------------------------------------------------------------------------
@@ -311,6 +352,37 @@ def add_rule_operation(rule_name: str, rule: NetworkPolicyRule) -> MergeOperatio
     operation.add_rule.rule_name = rule_name
     operation.add_rule.rule.CopyFrom(rule)
     return operation
+
+
+def _remove_binary_op(rule_name: str, path: str) -> MergeOperation:
+    operation = MergeOperation()
+    operation.remove_binary.rule_name = rule_name
+    operation.remove_binary.binary_path = path
+    return operation
+
+
+def _remove_endpoint_op(rule_name: str, host: str, port: int) -> MergeOperation:
+    operation = MergeOperation()
+    operation.remove_endpoint.rule_name = rule_name
+    operation.remove_endpoint.host = host
+    operation.remove_endpoint.port = port
+    return operation
+
+
+def undo_operations(addition: Addition) -> list[MergeOperation]:
+    """What takes ``addition`` back out of the policy, and nothing else.
+
+    A rule the addition created loses its binaries (and goes with the last one), or, without
+    binaries, its endpoints, as ``removal_operations`` does. A rule that existed before
+    loses only the binaries and host:port pairs the addition brought; a covered addition
+    (nothing added) is undone by no operation at all.
+    """
+    name = addition.rule_name
+    binaries = [_remove_binary_op(name, path) for path in addition.binaries]
+    ports = [_remove_endpoint_op(name, host, port) for host, port in addition.ports]
+    if addition.created_rule:
+        return binaries or ports
+    return binaries + ports
 
 
 def removal_operations(rule_name: str, rule: NetworkPolicyRule) -> list[MergeOperation]:

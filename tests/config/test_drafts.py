@@ -18,6 +18,7 @@ from shellgate.api import internal_pb2
 from shellgate.controller import config_store, drafts
 from shellgate.reconcilers import drafts as rules
 from shellgate.reconcilers.errors import InvalidArgument
+from shellgate.reconcilers.policy_merge import ports_of
 from shellgate.store import Store
 from tests.config.helpers import (
     P,
@@ -372,3 +373,87 @@ async def test_concurrent_approve_and_reject_exactly_one_wins(
         assert chunk.status == winners[chunk.id]
         assert (chunk.rule_name in in_policy) == (chunk.status == "approved")
     assert {"approved", "rejected"} <= set(winners.values())
+
+
+# --- stale recoveries and what undo takes out ----------------------------------------------------
+
+
+async def test_a_stale_recovery_does_not_re_add_an_undone_rule(seeded: Running) -> None:
+    """A replica read the chunk while approved (ADDING) and stalled; meanwhile the approval
+    finished and was undone. Resuming with its stale copy must not put the rule back."""
+    [chunk_id] = (
+        await seeded.stub.SubmitPolicyAnalysis(submit("alpha", proposal("github.com")))
+    ).accepted_chunk_ids
+    sandbox = await _sandbox(seeded)
+    stale_copy = await drafts.decide(seeded.gateway, chunk_id, rules.approve("", 1))
+    await drafts.apply_effects(seeded.gateway, sandbox, [stale_copy])  # the handler finishes
+    await seeded.stub.UndoDraftChunk(P.UndoDraftChunkRequest(sandbox="alpha", chunk_id=chunk_id))
+    assert await rules_in_policy(seeded) == set()
+    versions = await revision_count(seeded, sandbox.metadata.id)
+    await drafts.apply_effects(seeded.gateway, sandbox, [stale_copy])  # the slow replica
+    after = await stored_chunk(seeded, chunk_id)
+    assert (after.chunk.status, after.effect) == ("pending", rules.EFFECT_NONE)
+    assert await rules_in_policy(seeded) == set()
+    assert await revision_count(seeded, sandbox.metadata.id) == versions
+    # Re-approved since: the stale copy neither applies nor settles the new decision.
+    await seeded.stub.ApproveDraftChunk(approve(chunk_id))
+    await seeded.stub.UndoDraftChunk(P.UndoDraftChunkRequest(sandbox="alpha", chunk_id=chunk_id))
+    redecided = await drafts.decide(seeded.gateway, chunk_id, rules.approve("", 4))
+    await drafts.settle(seeded.gateway, [(stale_copy, None)], None)
+    assert (await stored_chunk(seeded, chunk_id)).effect == rules.EFFECT_ADDING
+    await drafts.apply_effects(seeded.gateway, sandbox, [redecided])
+    assert "allow_github_com_443" in await rules_in_policy(seeded)
+
+
+async def test_undo_of_an_approval_the_policy_already_granted_keeps_the_users_rule(
+    gw: Running,
+) -> None:
+    await create_sandbox(gw, "alpha", policy(mine=rule("github.com", name="mine")))
+    [chunk_id] = (
+        await gw.stub.SubmitPolicyAnalysis(submit("alpha", proposal("github.com")))
+    ).accepted_chunk_ids
+    before = (await config(gw, "alpha")).policy
+    await gw.stub.ApproveDraftChunk(approve(chunk_id))
+    assert (await config(gw, "alpha")).policy == before
+    settled = await stored_chunk(gw, chunk_id)
+    assert settled.applied_addition.rule_name == "mine"
+    assert not settled.applied_addition.binaries and not settled.applied_addition.ports
+    await gw.stub.UndoDraftChunk(P.UndoDraftChunkRequest(sandbox="alpha", chunk_id=chunk_id))
+    assert (await config(gw, "alpha")).policy == before
+    assert [c.status for c in await chunks(gw)] == ["pending"]
+
+
+async def test_undo_of_a_partial_overlap_removes_only_what_the_approval_added(
+    gw: Running,
+) -> None:
+    await create_sandbox(gw, "alpha", policy(mine=rule("github.com", name="mine")))
+    wider = proposal("github.com", binary="/usr/bin/git")
+    wider.proposed_rule.endpoints[0].ports.extend([443, 8443])
+    [chunk_id] = (await gw.stub.SubmitPolicyAnalysis(submit("alpha", wider))).accepted_chunk_ids
+    before = (await config(gw, "alpha")).policy
+    await gw.stub.ApproveDraftChunk(approve(chunk_id))
+    merged = (await config(gw, "alpha")).policy.network_policies["mine"]
+    assert [b.path for b in merged.binaries] == ["/usr/bin/curl", "/usr/bin/git"]
+    assert list(merged.endpoints[0].ports) == [443, 8443]
+    await gw.stub.UndoDraftChunk(P.UndoDraftChunkRequest(sandbox="alpha", chunk_id=chunk_id))
+    after = (await config(gw, "alpha")).policy.network_policies["mine"]
+    assert [b.path for b in after.binaries] == ["/usr/bin/curl"]
+    assert ports_of(after.endpoints[0]) == ports_of(before.network_policies["mine"].endpoints[0])
+
+
+async def test_undo_after_a_crash_between_revision_and_settle_removes_the_rule(
+    seeded: Running, replica_b: Running
+) -> None:
+    """The recovery finds the rule already merged (a no-op merge) and must still record what
+    the crashed attempt added, from the note on the revision it inserted."""
+    [chunk_id] = (
+        await seeded.stub.SubmitPolicyAnalysis(submit("alpha", proposal("github.com")))
+    ).accepted_chunk_ids
+    sandbox = await _sandbox(seeded)
+    decided = await drafts.decide(seeded.gateway, chunk_id, rules.approve("", 1))
+    await drafts.commit_effects(seeded.gateway, sandbox, [decided])  # then crash
+    await chunks(replica_b)
+    settled = await stored_chunk(seeded, chunk_id)
+    assert settled.effect == rules.EFFECT_NONE and settled.applied_addition.created_rule
+    await replica_b.stub.UndoDraftChunk(P.UndoDraftChunkRequest(sandbox="alpha", chunk_id=chunk_id))
+    assert await rules_in_policy(seeded) == set()

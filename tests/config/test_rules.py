@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -26,9 +28,11 @@ from shellgate.reconcilers.policy import (
     with_default_identity,
 )
 from shellgate.reconcilers.policy_merge import (
+    Addition,
     add_rule_operation,
     apply_merge_operations,
     removal_operations,
+    undo_operations,
 )
 from tests.config.helpers import P, S, add_rule_op, policy, proposal, rule
 
@@ -250,6 +254,26 @@ def test_undo_of_an_added_rule_restores_the_policy() -> None:
     assert apply_merge_operations(with_x.policy, removal_operations("x", no_binary)).policy == base
 
 
+def test_an_addition_records_only_what_the_merge_added() -> None:
+    """Undo takes out what the approval added: nothing when the policy already granted it,
+    only the new binaries and ports when it landed in an existing rule."""
+    base = policy(mine=rule("github.com"))
+    covered = apply_merge_operations(base, [add_rule_operation("gh", rule("github.com"))])
+    assert covered.added == {0: Addition("mine")} and covered.added[0].adds_nothing
+    assert undo_operations(covered.added[0]) == []
+    wider = rule("GitHub.com", binary="/usr/bin/git")
+    wider.endpoints[0].ports.extend([443, 8443])
+    partial = apply_merge_operations(base, [add_rule_operation("gh", wider)])
+    assert partial.added[0] == Addition("mine", False, ("/usr/bin/git",), (("github.com", 8443),))
+    undone = apply_merge_operations(partial.policy, undo_operations(partial.added[0])).policy
+    assert [b.path for b in undone.network_policies["mine"].binaries] == ["/usr/bin/curl"]
+    assert list(undone.network_policies["mine"].endpoints[0].ports) == [443]
+    created = apply_merge_operations(base, [add_rule_operation("o", rule("o.example.com"))])
+    assert created.added[0].created_rule
+    restored = apply_merge_operations(created.policy, undo_operations(created.added[0]))
+    assert restored.policy == base
+
+
 # --- revision states --------------------------------------------------------------------------
 
 
@@ -369,6 +393,50 @@ def test_a_chunk_with_an_effect_takes_no_new_decision_and_settles_once() -> None
     assert [op.WhichOneof("operation") for op in rules.effect_operations(undone)] == [
         "remove_binary"
     ]
+
+
+def test_settle_and_withdrawal_apply_to_the_decision_they_were_read_with() -> None:
+    """A stale copy (older review_seq) settles or withdraws nothing, and is not owed."""
+    first = rules.approve("", 5)(_chunk())
+    stale = internal_pb2.StoredDraftChunk()
+    stale.CopyFrom(first)
+    undone = rules.undo(7)(rules.settle(rules.EFFECT_ADDING, 1, "r")(first))
+    again = rules.approve("", 8)(rules.settle(rules.EFFECT_REMOVING, 2, "")(undone))
+    assert not rules.same_decision(stale, undone) and not rules.same_decision(stale, again)
+    seq = stale.review_seq
+    assert rules.settle(rules.EFFECT_ADDING, 3, "r", review_seq=seq)(again).effect == (
+        rules.EFFECT_ADDING
+    )
+    assert rules.abandon_approval("x", 9, seq)(again).chunk.status == "approved"
+    assert rules.same_decision(again, again)
+    addition = rules.AppliedAddition(rule_name="mine")
+    settled = rules.settle(
+        rules.EFFECT_ADDING, 3, "mine", review_seq=again.review_seq, addition=addition
+    )(again)
+    assert settled.effect == rules.EFFECT_NONE and settled.applied_addition == addition
+    assert rules.effect_operations(rules.undo(10)(settled)) == []
+
+
+def test_a_recovery_finds_the_addition_noted_on_the_revision_it_came_from() -> None:
+    chunk = rules.approve("", 5, base_version=1)(_chunk())
+    chunk.chunk.proposed_rule.CopyFrom(rule("github.com"))
+    added = apply_merge_operations(policy(), [add_rule_operation("gh", rule("github.com"))])
+    note = rules.chunk_addition(chunk, added.added[0])
+
+    def revision(version: int, grants: bool, *notes: internal_pb2.ChunkAddition) -> Any:
+        made = _revision(PENDING)
+        made.revision.version = version
+        made.revision.policy.CopyFrom(added.policy if grants else policy())
+        made.chunk_additions.extend(notes)
+        return made
+
+    assert rules.recorded_addition(chunk, [revision(3, True), revision(2, True, note)]) == (
+        note.addition,
+        True,
+    )
+    assert rules.recorded_addition(chunk, [revision(3, True), revision(2, False)]) == (None, True)
+    assert rules.recorded_addition(chunk, [revision(1, True, note)]) == (None, True)
+    assert rules.recorded_addition(chunk, [revision(3, True)]) == (None, False)
 
 
 def test_submission_checks_and_notes() -> None:
