@@ -22,6 +22,7 @@ from shellgate.store import (
     Conflict,
     InvalidPageToken,
     InvalidSelector,
+    InvalidValue,
     NotFound,
     StoreUnavailable,
     UniqueViolation,
@@ -62,6 +63,8 @@ def _rich_status(error: BaseException, operation: str) -> status_pb2.Status:
         case InvalidSelector() | InvalidPageToken():
             field = "label_selector" if isinstance(error, InvalidSelector) else "page_token"
             return _invalid((FieldViolation(field, str(error)),))
+        case InvalidValue():
+            return _invalid((FieldViolation("request", str(error)),))
         case FailedPrecondition():
             return _failed_precondition(error)
         case NotFound():

@@ -14,6 +14,7 @@ import logging
 
 from shellgate.api import openshell_pb2
 from shellgate.controller.context import Gateway
+from shellgate.controller.drivers.base import DriverError
 from shellgate.store import StoreError
 
 log = logging.getLogger(__name__)
@@ -73,11 +74,16 @@ async def follow_one(gw: Gateway, sandbox_id: str) -> None:
 
 
 async def act(gw: Gateway, sandbox: Sandbox) -> None:
+    """Ask the driver for what the row's phase says; a failure is logged and left to the next
+    hint or the sweep, and never keeps the loop from the other sandboxes."""
     sandbox_id = sandbox.metadata.id
     phase = sandbox.status.phase
-    if phase == openshell_pb2.SANDBOX_PHASE_STOPPING:
-        await gw.driver.stop_sandbox(sandbox_id)
-    elif phase == openshell_pb2.SANDBOX_PHASE_STARTING:
-        await gw.driver.start_sandbox(sandbox_id)
-    elif phase == openshell_pb2.SANDBOX_PHASE_DELETING:
-        await gw.driver.delete_sandbox(sandbox_id)
+    try:
+        if phase == openshell_pb2.SANDBOX_PHASE_STOPPING:
+            await gw.driver.stop_sandbox(sandbox_id)
+        elif phase == openshell_pb2.SANDBOX_PHASE_STARTING:
+            await gw.driver.start_sandbox(sandbox_id)
+        elif phase == openshell_pb2.SANDBOX_PHASE_DELETING:
+            await gw.driver.delete_sandbox(sandbox_id)
+    except DriverError as exc:  # DriverNotOwner included: someone else's after all
+        log.warning("intent loop: %s of sandbox %s failed: %s", phase, sandbox_id, exc)

@@ -147,6 +147,6 @@ async def list_sandbox_providers(
 def _offset(token: str) -> int:
     if not token:
         return 0
-    if not token.isdigit():
+    if not (token.isascii() and token.isdigit()):
         raise InvalidArgument.single("page_token", "invalid page token")
     return int(token)

@@ -14,13 +14,12 @@ undoes itself.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import secrets
 import string
 import uuid
-
-from google.protobuf import timestamp_pb2
 
 from shellgate.api import openshell_pb2
 from shellgate.controller.context import Gateway, single_workspace, workspace_of
@@ -58,7 +57,9 @@ async def find_sandbox(gw: Gateway, name: str, workspace: str) -> Sandbox:
 
 async def fence_provider(gw: Gateway, name: str, workspace: str) -> None:
     """Bump the provider's version by CAS, proving it still exists after our reference."""
-    for _ in range(FENCE_ATTEMPTS):
+    for attempt in range(1, FENCE_ATTEMPTS + 1):
+        if attempt > 1:
+            await gw.store.pause_before_retry(attempt - 1)
         record = await gw.store.get_by_name("provider", name, workspace)
         if record is None:
             raise FailedPrecondition(f"provider {name!r} not found", "PROVIDER_MISSING")
@@ -73,10 +74,8 @@ async def fence_provider(gw: Gateway, name: str, workspace: str) -> None:
                 record.workspace,
             )
             return
-        except NotFound:
-            continue
-        except Conflict:
-            continue
+        except (NotFound, Conflict):
+            continue  # deleted or touched meanwhile: read again
     raise Conflict(None)
 
 
@@ -86,7 +85,8 @@ async def require_providers(gw: Gateway, names: list[str], workspace: str) -> No
             raise FailedPrecondition(f"provider {name!r} not found", "PROVIDER_MISSING")
 
 
-def build_sandbox(request: openshell_pb2.CreateSandboxRequest, now_ms: int) -> Sandbox:
+def build_sandbox(request: openshell_pb2.CreateSandboxRequest) -> Sandbox:
+    """The candidate row; ``created_time`` comes later, from the database's insert."""
     if not request.HasField("spec"):
         raise InvalidArgument.single("spec", "spec is required")
     sandbox = Sandbox()
@@ -96,9 +96,6 @@ def build_sandbox(request: openshell_pb2.CreateSandboxRequest, now_ms: int) -> S
     meta.workspace = single_workspace(request.workspace_scope)
     meta.labels.update(request.labels)
     meta.annotations.update(request.annotations)
-    meta.created_time.CopyFrom(
-        timestamp_pb2.Timestamp(seconds=now_ms // 1000, nanos=(now_ms % 1000) * 1_000_000)
-    )
     sandbox.spec.CopyFrom(request.spec)
     sandbox.status.phase = openshell_pb2.SANDBOX_PHASE_PROVISIONING
     require_valid(validate_sandbox_for_create(sandbox))
@@ -107,7 +104,7 @@ def build_sandbox(request: openshell_pb2.CreateSandboxRequest, now_ms: int) -> S
 
 async def create_sandbox(gw: Gateway, request: openshell_pb2.CreateSandboxRequest) -> Sandbox:
     """Validate → MUST_CREATE → fence providers → driver create; undo the row on failure."""
-    candidate = build_sandbox(request, gw.clock_ms())
+    candidate = build_sandbox(request)
     workspace = candidate.metadata.workspace
     providers = list(dict.fromkeys(candidate.spec.providers))
     await require_providers(gw, providers, workspace)
@@ -158,14 +155,19 @@ async def delete_sandbox(
     if not request.name:
         raise InvalidArgument.single("name", "name is required")
     found = await gw.store.get_message_by_name(Sandbox, request.name, workspace)
-    if found is None:
+    try:
+        if found is None:
+            raise NotFound("sandbox", request.name)
+        sandbox_id = found.metadata.id
+        deleting = await gw.store.update_message_cas(
+            Sandbox, sandbox_id, sandbox_rules.begin_delete()
+        )
+    except NotFound:  # absent, or removed by a concurrent delete since our read
         if request.allow_missing:
             return openshell_pb2.DeleteSandboxResponse(
                 outcome=openshell_pb2.DELETION_OUTCOME_ALREADY_ABSENT
             )
-        raise not_found("sandbox", request.name)
-    sandbox_id = found.metadata.id
-    deleting = await gw.store.update_message_cas(Sandbox, sandbox_id, sandbox_rules.begin_delete())
+        raise not_found("sandbox", request.name) from None
     try:
         existed = await gw.driver.delete_sandbox(sandbox_id)
     except DriverNotOwner:
@@ -216,13 +218,22 @@ async def attach_provider(
     if mutation.applied:
         try:
             await fence_provider(gw, request.provider, workspace)
-        except FailedPrecondition:
-            # The provider was deleted between our check and our write: take it back out.
-            await gw.store.update_message_cas(
-                Sandbox, found.metadata.id, sandbox_rules.detach_provider(request.provider)
-            )
+        except BaseException:
+            # Unfenced, the reference could outlive a concurrent DeleteProvider: take it back
+            # out whatever the failure (provider gone, store down, lost races, cancellation),
+            # so an error answer always means nothing was attached.
+            await asyncio.shield(_undo_attach(gw, found.metadata.id, request.provider))
             raise
     return openshell_pb2.AttachSandboxProviderResponse(sandbox=updated, attached=mutation.applied)
+
+
+async def _undo_attach(gw: Gateway, sandbox_id: str, provider: str) -> None:
+    try:
+        await gw.store.update_message_cas(
+            Sandbox, sandbox_id, sandbox_rules.detach_provider(provider)
+        )
+    except StoreError as exc:  # the sandbox went away, or the store did; the sweep cannot help
+        log.error("could not undo the attach of %s to sandbox %s: %s", provider, sandbox_id, exc)
 
 
 async def detach_provider(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from google.protobuf import timestamp_pb2
@@ -103,18 +103,25 @@ async def _wait_for_change(
         waiters: dict[asyncio.Task[Any], str] = {asyncio.ensure_future(feed.get()): "row"}
         if events is not None:
             waiters[asyncio.ensure_future(events.get())] = "event"
-        done, pending = await asyncio.wait(
-            waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
-        )
-        for task in pending:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, StoreError):
-                await task
+        try:
+            done, _pending = await asyncio.wait(
+                waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:  # also when the client goes away and this handler is cancelled
+            await _cancel_unfinished(waiters)
         for task in done:
             if waiters[task] == "event":
                 yield _event_message(task.result())
             elif _concerns(task.result(), sandbox_id, gw):
                 return
+
+
+async def _cancel_unfinished(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    for task in tasks:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StoreError):
+                await task
 
 
 def _concerns(event: ChangeEvent, sandbox_id: str, gw: Gateway) -> bool:

@@ -217,6 +217,11 @@ class Store(abc.ABC):
     async def list_with_selector(self, object_type: str, selector: str, **kwargs: Any) -> Page:
         return await self.list(object_type, selector=selector, **kwargs)
 
+    async def pause_before_retry(self, failed_attempt: int) -> None:
+        """Sleep the retry policy's full-jitter pause, for callers with a CAS loop of their
+        own (a fence, a revision insert), so they spread out like update_message_cas."""
+        await asyncio.sleep(self.retry.pause(failed_attempt, self._rng))
+
     def subscribe(self) -> Subscription:
         """A subscription to the change feed: ``async with store.subscribe() as sub``."""
         return Subscription(self._hub)
@@ -260,6 +265,7 @@ class Store(abc.ABC):
             meta.workspace,
         )
         meta.resource_version = result.resource_version
+        meta.created_time.FromMilliseconds(result.created_at_ms)
         return created
 
     async def update_message_cas(
@@ -352,29 +358,35 @@ class Store(abc.ABC):
 
 
 def decode(message_type: type[M], record: ObjectRecord) -> M:
-    """Decode a row's payload and hydrate ``metadata.resource_version`` from the column.
+    """Decode a row's payload and hydrate ``metadata`` from the columns.
 
-    The version inside the stored payload means nothing (it is always 0); the column is the
-    truth. The workspace is hydrated too, for rows written before workspaces existed.
+    ``resource_version`` and ``created_time`` are not kept in the stored payload; their
+    columns are the truth (the creation time is the database's, decision 12). The workspace
+    is hydrated too, for rows written before workspaces existed.
     """
     message = message_type.FromString(record.payload)
     meta: Any = message.metadata  # type: ignore[attr-defined]
     meta.resource_version = record.resource_version
+    meta.created_time.FromMilliseconds(record.created_at_ms)
     if record.workspace and not meta.workspace:
         meta.workspace = record.workspace
     return message
 
 
 def _encode_for_storage(message: Message) -> bytes:
-    """The stored encoding: deterministic, with ``resource_version`` 0 (the column holds it),
-    so equal content always encodes to equal bytes."""
+    """The stored encoding: deterministic, without ``resource_version`` and ``created_time``
+    (their columns hold them; readers hydrate both), so equal content encodes to equal bytes."""
     meta: Any = message.metadata  # type: ignore[attr-defined]
     version = meta.resource_version
+    created = type(meta.created_time)()
+    created.CopyFrom(meta.created_time)
     meta.resource_version = 0
+    meta.ClearField("created_time")
     try:
         return message.SerializeToString(deterministic=True)
     finally:
         meta.resource_version = version
+        meta.created_time.CopyFrom(created)
 
 
 def _check_immutable_metadata(record: ObjectRecord, candidate: Message) -> None:

@@ -69,3 +69,7 @@ class InvalidSelector(StoreError, ValueError):
 
 class InvalidPageToken(StoreError, ValueError):
     """A page token was not one this store issued."""
+
+
+class InvalidValue(StoreError, ValueError):
+    """The database refused a value of the request (out of range, not encodable)."""

@@ -27,7 +27,12 @@ def decode_page_token(token: str) -> tuple[int, str]:
         created_at_ms, object_id = json.loads(base64.urlsafe_b64decode(padded))
     except (ValueError, TypeError) as exc:
         raise InvalidPageToken(f"invalid page token {token!r}") from exc
-    if not isinstance(created_at_ms, int) or not isinstance(object_id, str):
+    if (
+        not isinstance(created_at_ms, int)
+        or isinstance(created_at_ms, bool)
+        or not 0 <= created_at_ms < 2**63
+        or not isinstance(object_id, str)
+    ):
         raise InvalidPageToken(f"invalid page token {token!r}")
     return created_at_ms, object_id
 

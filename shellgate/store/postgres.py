@@ -27,6 +27,7 @@ from shellgate.store import migrations
 from shellgate.store.base import RetryPolicy, Store, timed
 from shellgate.store.errors import (
     Conflict,
+    InvalidValue,
     MigrationError,
     NotFound,
     StoreError,
@@ -67,8 +68,13 @@ _UNAVAILABLE = (
     asyncpg.exceptions.ConnectionDoesNotExistError,
     asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
+    asyncpg.exceptions.InvalidAuthorizationSpecificationError,  # credentials refused
     asyncpg.exceptions.InterfaceError,
 )
+# A value the database (or asyncpg's encoder) refuses: the request is wrong, not the server.
+# asyncpg's client-side DataError subclasses InterfaceError, so it is matched first.
+_BAD_VALUE = (asyncpg.exceptions.DataError, asyncpg.exceptions._base.DataError)
 
 _INSERT = (
     "INSERT INTO objects (object_type, id, name, workspace, payload, labels, resource_version, "
@@ -353,6 +359,8 @@ class PostgresStore(Store):
                 return await getattr(conn, method)(sql, *args)
         except asyncpg.exceptions.UniqueViolationError as exc:
             raise UniqueViolation(exc.constraint_name, exc.detail) from exc
+        except _BAD_VALUE as exc:
+            raise InvalidValue(f"the database refused a value: {exc}") from exc
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"Postgres unavailable: {exc}") from exc
         except asyncpg.PostgresError as exc:
@@ -379,7 +387,7 @@ class PostgresStore(Store):
         while True:
             try:
                 conn = await asyncpg.connect(self.dsn)
-            except _UNAVAILABLE as exc:
+            except Exception as exc:  # whatever it is, the feed must come back when it can
                 log.warning("change feed: cannot connect to Postgres (%s); retrying", exc)
                 await asyncio.sleep(LISTEN_RETRY_SECONDS)
                 continue
@@ -393,7 +401,7 @@ class PostgresStore(Store):
                 listening.set()
                 await lost.wait()
                 log.warning("change feed: LISTEN connection lost; reconnecting")
-            except _UNAVAILABLE as exc:
+            except Exception as exc:  # keep the listener alive; subscribers re-read on return
                 log.warning("change feed: LISTEN failed (%s); reconnecting", exc)
             finally:
                 with contextlib.suppress(Exception):

@@ -137,3 +137,15 @@ async def test_selector_keys_and_values_are_bound_not_spliced(store: Store) -> N
     await seed(store, {"a": {"k.io/x": "1"}, "b": {"k.io/x": "2"}})
     assert await ids(store, "k.io/x in (1)") == ["a"]
     assert await ids(store, "k.io/x notin (1)") == ["b"]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ['[18446744073709551616,"x"]', '[-1,"x"]', '[true,"x"]', "[1,2]", "{}", "[1]"],
+)
+async def test_crafted_page_tokens_are_rejected(store: Store, raw: str) -> None:
+    import base64
+
+    token = base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    with pytest.raises(InvalidPageToken):
+        await store.list("sandbox", page_token=token)
