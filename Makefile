@@ -27,7 +27,9 @@ test: lint unit ## Lint, then every test (starts a throwaway Postgres unless SHE
 # A private --basetemp: pytest's shared default keeps only the newest three runs' folders and
 # deletes older ones, which would pull the data directory out from under another run's Postgres.
 unit: $(STAMP)
-	$(BIN)/pytest --basetemp="$$(mktemp -d /tmp/shellgate-pytest.XXXXXX)" $(PYTEST_ARGS)
+	@tmp="$$(mktemp -d /tmp/shellgate-pytest.XXXXXX)"; \
+	$(BIN)/pytest --basetemp="$$tmp" $(PYTEST_ARGS); status=$$?; \
+	rm -rf "$$tmp"; exit $$status
 
 lint: $(STAMP) ## ruff, mypy and the architecture's import layers
 	$(BIN)/ruff check .
