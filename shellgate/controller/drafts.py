@@ -373,11 +373,7 @@ async def reject_draft_chunk(
 ) -> openshell_pb2.RejectDraftChunkResponse:
     """Pending → rejected; the policy is untouched (a pending chunk was never merged)."""
     mutation = rules.reject(request.reason, gw.clock_ms())
-    sandbox = await find_live_sandbox(
-        gw, request.sandbox, single_workspace(request.workspace_scope)
-    )
-    stored = await _chunk(gw, sandbox, request.chunk_id)
-    await decide(gw, stored.metadata.id, mutation)
+    await _decide_named_chunk(gw, request, mutation)
     return openshell_pb2.RejectDraftChunkResponse()
 
 
@@ -419,12 +415,21 @@ async def edit_draft_chunk(
     if not request.HasField("proposed_rule"):
         raise InvalidArgument.single("proposed_rule", "proposed_rule is required")
     mutation = rules.edit(request.proposed_rule, gw.clock_ms())
+    await _decide_named_chunk(gw, request, mutation)
+    return openshell_pb2.EditDraftChunkResponse()
+
+
+async def _decide_named_chunk(
+    gw: Gateway,
+    request: openshell_pb2.RejectDraftChunkRequest | openshell_pb2.EditDraftChunkRequest,
+    mutation: rules.ChunkMutation,
+) -> None:
+    """The chunk a request names, in its live sandbox, changed by one state-checked CAS."""
     sandbox = await find_live_sandbox(
         gw, request.sandbox, single_workspace(request.workspace_scope)
     )
     stored = await _chunk(gw, sandbox, request.chunk_id)
     await decide(gw, stored.metadata.id, mutation)
-    return openshell_pb2.EditDraftChunkResponse()
 
 
 async def undo_draft_chunk(
