@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 
 from shellgate.api import datamodel_pb2, openshell_pb2
-from shellgate.controller.context import Gateway, single_workspace, workspace_of
+from shellgate.controller.context import Gateway, find_named, single_workspace, workspace_of
 from shellgate.controller.errors import not_found
 from shellgate.controller.sandboxes import find_sandbox, generated_name
 from shellgate.reconcilers.errors import FailedPrecondition, InvalidArgument
@@ -34,12 +34,7 @@ def response(provider: Provider) -> openshell_pb2.ProviderResponse:
 
 
 async def find_provider(gw: Gateway, name: str, workspace: str) -> Provider:
-    if not name:
-        raise InvalidArgument.single("name", "name is required")
-    found = await gw.store.get_message_by_name(Provider, name, workspace)
-    if found is None:
-        raise not_found("provider", name)
-    return found
+    return await find_named(gw, Provider, name, workspace)
 
 
 async def create_provider(gw: Gateway, request: openshell_pb2.CreateProviderRequest) -> Provider:

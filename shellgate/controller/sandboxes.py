@@ -22,7 +22,7 @@ import string
 import uuid
 
 from shellgate.api import openshell_pb2
-from shellgate.controller.context import Gateway, single_workspace, workspace_of
+from shellgate.controller.context import Gateway, find_named, single_workspace, workspace_of
 from shellgate.controller.drivers.base import DriverError, DriverNotOwner
 from shellgate.controller.errors import not_found
 from shellgate.controller.removal import remove_sandbox, remove_sandbox_row
@@ -47,12 +47,7 @@ def generated_name(prefix: str) -> str:
 
 
 async def find_sandbox(gw: Gateway, name: str, workspace: str) -> Sandbox:
-    if not name:
-        raise InvalidArgument.single("name", "name is required")
-    found = await gw.store.get_message_by_name(Sandbox, name, workspace)
-    if found is None:
-        raise not_found("sandbox", name)
-    return found
+    return await find_named(gw, Sandbox, name, workspace)
 
 
 async def fence_provider(gw: Gateway, name: str, workspace: str) -> None:
