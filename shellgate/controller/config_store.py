@@ -124,7 +124,7 @@ async def update_settings(
     row_id = blank.metadata.id  # type: ignore[attr-defined]
     for _ in range(CREATE_ATTEMPTS):
         try:
-            return await gw.store.update_message_cas(message_type, row_id, mutate)
+            return (await gw.store.update_message_cas(message_type, row_id, mutate)).message
         except NotFound:
             pass
         empty = type(blank)()

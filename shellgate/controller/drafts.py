@@ -68,9 +68,10 @@ def _chunk_id(sandbox_id: str, key: str) -> str:
 async def decide(gw: Gateway, chunk_id: str, mutation: rules.ChunkMutation) -> StoredDraftChunk:
     """A CAS on one chunk with a state-checking mutation (and its status column kept): step
     one of a decision, and also its settling, withdrawal and hit-count folds."""
-    return await gw.store.update_message_cas(
+    outcome = await gw.store.update_message_cas(
         StoredDraftChunk, chunk_id, mutation, status=rules.chunk_status
     )
+    return outcome.message
 
 
 # --- effects: the second and third step of a decision -----------------------------------------

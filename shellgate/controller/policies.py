@@ -36,6 +36,7 @@ from shellgate.reconcilers.policy import (
     ACTIVE_WORDS,
     GLOBAL_SCOPE,
     LOADED,
+    SUPERSEDED,
     backfill_policy,
     new_revision,
     policy_hash,
@@ -259,10 +260,10 @@ async def report_policy_status(
     found = await revision_at(gw, request.sandbox_id, request.version)
     if found is None:
         raise not_found("policy revision", f"{request.sandbox_id} v{request.version}")
-    await gw.store.update_message_cas(
+    outcome = await gw.store.update_message_cas(
         StoredPolicyRevision, found.metadata.id, mutation, status=revision_status
     )
-    if mutation.superseded:
+    if outcome.message.revision.status == SUPERSEDED:
         return openshell_pb2.ReportPolicyStatusResponse()  # a late report changes nothing
     if request.status == LOADED:
         await supersede_older(gw, request.sandbox_id, request.version, ACTIVE_WORDS)

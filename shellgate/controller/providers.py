@@ -68,12 +68,13 @@ async def update_provider(gw: Gateway, request: openshell_pb2.UpdateProviderRequ
     existing = await find_provider(
         gw, incoming.metadata.name, single_workspace(request.workspace_scope)
     )
-    return await gw.store.update_message_cas(
+    outcome = await gw.store.update_message_cas(
         Provider,
         existing.metadata.id,
         lambda stored: merge_provider_update(stored, incoming),
         incoming.metadata.resource_version,
     )
+    return outcome.message
 
 
 async def delete_provider(

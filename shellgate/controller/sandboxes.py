@@ -154,9 +154,9 @@ async def delete_sandbox(
         if found is None:
             raise NotFound("sandbox", request.name)
         sandbox_id = found.metadata.id
-        deleting = await gw.store.update_message_cas(
-            Sandbox, sandbox_id, sandbox_rules.begin_delete()
-        )
+        deleting = (
+            await gw.store.update_message_cas(Sandbox, sandbox_id, sandbox_rules.begin_delete())
+        ).message
     except NotFound:  # absent, or removed by a concurrent delete since our read
         if request.allow_missing:
             return openshell_pb2.DeleteSandboxResponse(
@@ -179,9 +179,9 @@ async def delete_sandbox(
 async def stop_sandbox(gw: Gateway, request: openshell_pb2.StopSandboxRequest) -> Sandbox:
     """Answer once the row is STOPPING (or already STOPPED)."""
     found = await find_sandbox(gw, request.name, single_workspace(request.workspace_scope))
-    updated = await gw.store.update_message_cas(
-        Sandbox, found.metadata.id, sandbox_rules.begin_stop()
-    )
+    updated = (
+        await gw.store.update_message_cas(Sandbox, found.metadata.id, sandbox_rules.begin_stop())
+    ).message
     if updated.status.phase == openshell_pb2.SANDBOX_PHASE_STOPPING:
         with contextlib.suppress(DriverNotOwner):  # the owner follows the store
             await gw.driver.stop_sandbox(updated.metadata.id)
@@ -191,9 +191,9 @@ async def stop_sandbox(gw: Gateway, request: openshell_pb2.StopSandboxRequest) -
 async def start_sandbox(gw: Gateway, request: openshell_pb2.StartSandboxRequest) -> Sandbox:
     """Answer once the row is STARTING, never while it still reads STOPPED."""
     found = await find_sandbox(gw, request.name, single_workspace(request.workspace_scope))
-    updated = await gw.store.update_message_cas(
-        Sandbox, found.metadata.id, sandbox_rules.begin_start()
-    )
+    updated = (
+        await gw.store.update_message_cas(Sandbox, found.metadata.id, sandbox_rules.begin_start())
+    ).message
     if updated.status.phase == openshell_pb2.SANDBOX_PHASE_STARTING:
         with contextlib.suppress(DriverNotOwner):  # the owner follows the store
             await gw.driver.start_sandbox(updated.metadata.id)
@@ -207,10 +207,10 @@ async def attach_provider(
     workspace = single_workspace(request.workspace_scope)
     await require_providers(gw, [request.provider], workspace)
     found = await find_sandbox(gw, request.sandbox, workspace)
-    updated = await gw.store.update_message_cas(
+    outcome = await gw.store.update_message_cas(
         Sandbox, found.metadata.id, mutation, request.expected_resource_version
     )
-    if mutation.applied:
+    if outcome.written:
         try:
             await fence_provider(gw, request.provider, workspace)
         except BaseException:
@@ -219,7 +219,9 @@ async def attach_provider(
             # so an error answer always means nothing was attached.
             await asyncio.shield(_undo_attach(gw, found.metadata.id, request.provider))
             raise
-    return openshell_pb2.AttachSandboxProviderResponse(sandbox=updated, attached=mutation.applied)
+    return openshell_pb2.AttachSandboxProviderResponse(
+        sandbox=outcome.message, attached=outcome.written
+    )
 
 
 async def _undo_attach(gw: Gateway, sandbox_id: str, provider: str) -> None:
@@ -236,7 +238,9 @@ async def detach_provider(
 ) -> openshell_pb2.DetachSandboxProviderResponse:
     mutation = sandbox_rules.detach_provider(request.provider)
     found = await find_sandbox(gw, request.sandbox, single_workspace(request.workspace_scope))
-    updated = await gw.store.update_message_cas(
+    outcome = await gw.store.update_message_cas(
         Sandbox, found.metadata.id, mutation, request.expected_resource_version
     )
-    return openshell_pb2.DetachSandboxProviderResponse(sandbox=updated, detached=mutation.applied)
+    return openshell_pb2.DetachSandboxProviderResponse(
+        sandbox=outcome.message, detached=outcome.written
+    )

@@ -213,12 +213,12 @@ async def _apply_bound(
     """Apply a snapshot at exactly the version read: (changed, the row now; None if gone)."""
     mutation = sandbox_rules.apply_snapshot(snapshot, gw.clock_ms())
     try:
-        written = await gw.store.update_message_cas(
+        outcome = await gw.store.update_message_cas(
             Sandbox, record.id, mutation, expected_version=record.resource_version
         )
     except NotFound:
         return False, None
-    return written.metadata.resource_version != record.resource_version, written
+    return outcome.written, outcome.message
 
 
 async def _repair_present(

@@ -93,19 +93,13 @@ def _sandbox_id(event: DriverEvent) -> str:
 async def apply_snapshot(gw: Gateway, snapshot: DriverSnapshot) -> str:
     """'applied' when written, 'stale' when older than what is stored, else 'noop'."""
     mutation = sandbox_rules.apply_snapshot(snapshot, gw.clock_ms())
-    before: list[int] = []
-
-    def observe(current: Sandbox) -> Sandbox:
-        before.append(current.metadata.resource_version)
-        return mutation(current)
-
     try:
-        written = await gw.store.update_message_cas(Sandbox, snapshot.sandbox_id, observe)
+        outcome = await gw.store.update_message_cas(Sandbox, snapshot.sandbox_id, mutation)
     except NotFound:
         return "noop"  # the store is authoritative: a snapshot never creates a row
-    if written.metadata.resource_version != before[-1]:
+    if outcome.written:
         return "applied"
-    return "stale" if sandbox_rules.is_stale(snapshot, written) else "noop"
+    return "stale" if sandbox_rules.is_stale(snapshot, outcome.message) else "noop"
 
 
 async def finalize_deleted(gw: Gateway, sandbox_id: str) -> str:

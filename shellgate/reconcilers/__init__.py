@@ -28,7 +28,6 @@ from shellgate.reconcilers.provider import (
 )
 from shellgate.reconcilers.sandbox import (
     Mutation,
-    ProviderListMutation,
     apply_snapshot,
     attach_provider,
     begin_delete,
@@ -121,7 +120,6 @@ __all__ = [
     "InvalidArgument",
     "Mutation",
     "Phase",
-    "ProviderListMutation",
     "apply_snapshot",
     "attach_provider",
     "begin_delete",

@@ -303,19 +303,18 @@ def report_status(status: int, load_error: str, now_ms: int) -> ReportMutation:
 class ReportMutation:
     """Record a sandbox's load result on its revision, checked against the current state.
 
-    ``superseded`` tells the caller that the revision had already been replaced.
+    A revision already superseded is returned unchanged: the caller sees SUPERSEDED in the
+    stored message and knows the report came too late.
     """
 
     def __init__(self, status: int, load_error: str, now_ms: int) -> None:
         self.status = status
         self.load_error = load_error
         self.now_ms = now_ms
-        self.superseded = False
 
     def __call__(self, stored: StoredPolicyRevision) -> StoredPolicyRevision:
         revision = stored.revision
         current = revision.status
-        self.superseded = current == SUPERSEDED
         if current in (self.status, SUPERSEDED):
             return stored
         if current != PENDING:

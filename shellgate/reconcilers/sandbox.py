@@ -41,7 +41,6 @@ from shellgate.reconcilers.validation import (
 __all__ = [
     "DRIVER_REVISION_ANNOTATION",
     "Mutation",
-    "ProviderListMutation",
     "apply_snapshot",
     "attach_provider",
     "begin_delete",
@@ -261,31 +260,23 @@ def _dedupe(names: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-class ProviderListMutation:
-    """A mutation of ``spec.providers`` that remembers whether its last run changed the list.
+def _provider_list_edit(name: str, edit: Callable[[Sandbox, str], None]) -> Mutation:
+    """A mutation of ``spec.providers``; the name is checked once, before any I/O. Whether a
+    run changed the list is what the store's outcome reports (``written``)."""
+    require_valid(validate_object_name(name, "provider_name"))
 
-    The store may run a mutation several times (one per CAS attempt); ``applied`` describes
-    the latest run, which is the one whose result was written. The handler reports it as
-    ``attached`` / ``detached``.
-    """
-
-    def __init__(self, name: str, edit: Callable[[Sandbox, str], bool]) -> None:
-        require_valid(validate_object_name(name, "provider_name"))
-        self.name = name
-        self.applied = False
-        self._edit = edit
-
-    def __call__(self, sandbox: Sandbox) -> Sandbox:
-        self.applied = False
-        self.applied = self._edit(sandbox, self.name)
+    def mutate(sandbox: Sandbox) -> Sandbox:
+        edit(sandbox, name)
         return sandbox
 
+    return mutate
 
-def _attach(sandbox: Sandbox, name: str) -> bool:
+
+def _attach(sandbox: Sandbox, name: str) -> None:
     """Append ``name`` unless present; refuse a 33rd provider; validate the candidate spec."""
     current = _dedupe(sandbox.spec.providers)
     if name in current:
-        return False
+        return
     if len(current) >= MAX_PROVIDERS:
         raise InvalidArgument.single(
             "spec.providers",
@@ -298,38 +289,36 @@ def _attach(sandbox: Sandbox, name: str) -> bool:
     candidate.providers.extend([*current, name])
     require_valid(validate_sandbox_spec(candidate))
     sandbox.spec.CopyFrom(candidate)
-    return True
 
 
-def _detach(sandbox: Sandbox, name: str) -> bool:
+def _detach(sandbox: Sandbox, name: str) -> None:
     """Remove every copy of ``name``; absent means nothing to do."""
     if name not in sandbox.spec.providers:
-        return False
+        return
     kept = [p for p in sandbox.spec.providers if p != name]
     del sandbox.spec.providers[:]
     sandbox.spec.providers.extend(kept)
-    return True
 
 
-def attach_provider(name: str) -> ProviderListMutation:
+def attach_provider(name: str) -> Mutation:
     """Attach a provider by name (AttachSandboxProvider).
 
-    Already attached: unchanged (``applied`` is False). The 32-provider limit is checked
+    Already attached: unchanged (nothing is written). The 32-provider limit is checked
     against the freshly read row, so a list filled by a racing writer is an INVALID_ARGUMENT
-    with nothing written, never a silent "not attached" (openshell-cas.md §9 item 5). The
+    with nothing written, never a silent "not attached". The
     whole candidate spec is validated before it replaces the stored one. Raises
     ``InvalidArgument`` at once when ``name`` is empty or longer than 253 bytes.
     """
-    return ProviderListMutation(name, _attach)
+    return _provider_list_edit(name, _attach)
 
 
-def detach_provider(name: str) -> ProviderListMutation:
+def detach_provider(name: str) -> Mutation:
     """Detach a provider by name (DetachSandboxProvider), removing every copy of it.
 
-    Not attached: unchanged (``applied`` is False), and unlike the reference nothing is
+    Not attached: unchanged, and unlike the reference nothing is
     written. Raises ``InvalidArgument`` at once when ``name`` is empty or too long.
     """
-    return ProviderListMutation(name, _detach)
+    return _provider_list_edit(name, _detach)
 
 
 # --- compute resource missing (the sweep) ----------------------------------------------------

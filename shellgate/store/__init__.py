@@ -22,6 +22,7 @@ from shellgate.store.messages import object_type_of, register_object_type
 from shellgate.store.observer import CasResult, NullObserver, StoreObserver
 from shellgate.store.records import (
     DEFAULT_WORKSPACE,
+    CasOutcome,
     ChangeEvent,
     ObjectRecord,
     Page,
@@ -32,6 +33,7 @@ from shellgate.store.records import (
 __all__ = [
     "ACCEPTED_FORMS",
     "DEFAULT_WORKSPACE",
+    "CasOutcome",
     "CasResult",
     "ChangeEvent",
     "ConfigurationError",

@@ -37,6 +37,7 @@ from shellgate.store.messages import object_type_of
 from shellgate.store.observer import NullObserver, StoreObserver
 from shellgate.store.records import (
     DEFAULT_WORKSPACE,
+    CasOutcome,
     ObjectRecord,
     Page,
     WriteCondition,
@@ -276,21 +277,22 @@ class Store(abc.ABC):
         expected_version: int = 0,
         *,
         status: Callable[[M], str | None] | None = None,
-    ) -> M:
+    ) -> CasOutcome[M]:
         """Read, mutate a copy, and CAS-write ``id``; see the module docstring for the rules.
 
-        Returns the message as stored (with its new ``resource_version``), or the unchanged
-        message when the mutation changed nothing. Raises ``NotFound`` when the row does not
-        exist, ``Conflict`` when a client-driven version is stale or retries ran out, and
-        whatever the mutation raises. ``status``, when given, derives the row's status column
-        from the written message, so the column never disagrees with the payload.
+        Returns a ``CasOutcome``: the message as stored (with its new ``resource_version``) or
+        unchanged when the mutation changed nothing, whether it was written, and the attempts.
+        Raises ``NotFound`` when the row does not exist, ``Conflict`` when a client-driven
+        version is stale or retries ran out, and whatever the mutation raises. ``status``, when
+        given, derives the row's status column from the written message, so the column never
+        disagrees with the payload.
         """
         object_type = object_type_of(message_type)
         attempts = 1 if expected_version else self.retry.attempts
         last_conflict: Conflict | None = None
         for attempt in range(1, attempts + 1):
             try:
-                written = await self._cas_attempt(
+                message, written = await self._cas_attempt(
                     message_type, object_type, id, mutate, expected_version, status
                 )
             except Conflict as conflict:
@@ -307,7 +309,7 @@ class Store(abc.ABC):
                 self.observer.cas_call(object_type, attempt, exhausted=False)
                 raise
             self.observer.cas_call(object_type, attempt, exhausted=False)
-            return written
+            return CasOutcome(message, written, attempt)
         # Client-driven mode made its one attempt: a stale version, not an exhausted retry.
         self.observer.cas_call(object_type, attempts, exhausted=not expected_version)
         assert last_conflict is not None
@@ -321,7 +323,8 @@ class Store(abc.ABC):
         mutate: Mutation[M],
         expected_version: int,
         status: Callable[[M], str | None] | None = None,
-    ) -> M:
+    ) -> tuple[M, bool]:
+        """One read-mutate-write; returns the message and whether it was written."""
         async with self._attempt_scope():
             record = await self.get(object_type, id)
             if record is None:
@@ -335,7 +338,7 @@ class Store(abc.ABC):
                 # Equal bytes: the mutation changed nothing (stored payloads are the same
                 # deterministic encoding), so nothing is written.
                 self.observer.cas_attempt(object_type, "noop")
-                return candidate
+                return candidate, False
             meta: Any = candidate.metadata  # type: ignore[attr-defined]
             labels = dict(meta.labels)
             result = await self.put_if(
@@ -350,7 +353,7 @@ class Store(abc.ABC):
             )
         meta.resource_version = result.resource_version
         self.observer.cas_attempt(object_type, "written")
-        return candidate
+        return candidate, True
 
     def _attempt_scope(self) -> AbstractAsyncContextManager[None]:
         """Held around one CAS attempt's read and write; backends may pin a connection."""

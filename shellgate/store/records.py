@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, NewType
+from typing import ClassVar, Generic, TypeVar
 
-ResourceVersion = NewType("ResourceVersion", int)
+T = TypeVar("T")
 
 DEFAULT_WORKSPACE = "default"
 
@@ -85,3 +85,18 @@ class ChangeEvent:
     resource_version: int | None = None
     deleted: bool = False
     committed_at_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CasOutcome(Generic[T]):
+    """What ``update_message_cas`` did: the message as it now stands, whether this call wrote
+    it, and how many attempts it took.
+
+    ``written`` is False when the mutation changed nothing (no version bump, no notification);
+    callers that report "attached", "applied" or count repairs read it here rather than from
+    flags on the mutation or version comparisons.
+    """
+
+    message: T
+    written: bool
+    attempts: int

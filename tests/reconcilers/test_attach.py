@@ -47,12 +47,9 @@ def names(n: int) -> list[str]:
 )
 def test_attach(stored: list[str], name: str, expected: list[str], applied: bool) -> None:
     row = sandbox(P.SANDBOX_PHASE_READY, providers=stored)
-    mutation = attach_provider(name)
-    result = mutation(copy_of(row))
+    result = attach_provider(name)(copy_of(row))
     assert list(result.spec.providers) == expected
-    assert mutation.applied is applied
-    if not applied:
-        assert result == row
+    assert (result != row) is applied
 
 
 def test_attach_33rd_is_invalid_argument_and_nothing_changes() -> None:
@@ -103,12 +100,12 @@ def test_provider_name_is_checked_before_any_io(factory, name: str, ok: bool) ->
     assert [v.field for v in raised.value.violations] == ["provider_name"]
 
 
-def test_applied_reflects_the_latest_attempt() -> None:
+def test_a_retry_decides_on_the_row_it_is_given() -> None:
+    """The store runs the mutation once per attempt: each run decides on its fresh copy."""
     mutation = attach_provider("gh")
-    mutation(sandbox(providers=[]))
-    assert mutation.applied
-    mutation(sandbox(providers=["gh"]))  # a retry that found it attached by someone else
-    assert not mutation.applied
+    assert list(mutation(sandbox(providers=[])).spec.providers) == ["gh"]
+    found_attached = sandbox(providers=["gh"])  # a retry that found it attached by someone else
+    assert mutation(copy_of(found_attached)) == found_attached
 
 
 @pytest.mark.parametrize(
@@ -123,9 +120,6 @@ def test_applied_reflects_the_latest_attempt() -> None:
 )
 def test_detach(stored: list[str], name: str, expected: list[str], applied: bool) -> None:
     row = sandbox(P.SANDBOX_PHASE_READY, providers=stored)
-    mutation = detach_provider(name)
-    result = mutation(copy_of(row))
+    result = detach_provider(name)(copy_of(row))
     assert list(result.spec.providers) == expected
-    assert mutation.applied is applied
-    if not applied:
-        assert result == row
+    assert (result != row) is applied

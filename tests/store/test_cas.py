@@ -124,7 +124,9 @@ async def test_update_message_cas_server_driven(store: Store) -> None:
         message.status.current_policy_version = 3
         return message
 
-    updated = await store.update_message_cas(openshell_pb2.Sandbox, created.metadata.id, make_ready)
+    outcome = await store.update_message_cas(openshell_pb2.Sandbox, created.metadata.id, make_ready)
+    assert (outcome.written, outcome.attempts) == (True, 1)
+    updated = outcome.message
     assert updated.metadata.resource_version == 2
     stored = await store.get_message(openshell_pb2.Sandbox, created.metadata.id)
     assert stored is not None
@@ -146,7 +148,9 @@ async def test_update_message_cas_client_driven_stale_is_conflict(store: Store) 
         await store.update_message_cas(openshell_pb2.Sandbox, created.metadata.id, mutate, 99)
     assert caught.value.current_resource_version == 1
     assert calls == 0
-    updated = await store.update_message_cas(openshell_pb2.Sandbox, created.metadata.id, mutate, 1)
+    updated = (
+        await store.update_message_cas(openshell_pb2.Sandbox, created.metadata.id, mutate, 1)
+    ).message
     assert updated.metadata.resource_version == 2
 
 
@@ -202,7 +206,9 @@ async def test_retry_succeeds_after_one_conflict(store: Store, store_url: str) -
         message.spec.providers.append("p")
         return message
 
-    updated = await store.update_message_cas(openshell_pb2.Sandbox, created.metadata.id, mutate)
+    outcome = await store.update_message_cas(openshell_pb2.Sandbox, created.metadata.id, mutate)
+    assert (outcome.written, outcome.attempts) == (True, 2)
+    updated = outcome.message
     assert calls == 2
     assert updated.metadata.resource_version == 3
     assert list(updated.spec.providers) == ["p"]
@@ -225,9 +231,11 @@ async def test_noop_mutation_keeps_version_and_updated_time(store: Store) -> Non
     created = await store.create_message(sandbox("alpha"))
     before = await store.get("sandbox", created.metadata.id)
     await asyncio.sleep(0.01)
-    result = await store.update_message_cas(
+    outcome = await store.update_message_cas(
         openshell_pb2.Sandbox, created.metadata.id, lambda message: message
     )
+    assert (outcome.written, outcome.attempts) == (False, 1)
+    result = outcome.message
     assert result.metadata.resource_version == 1
     assert await store.get("sandbox", created.metadata.id) == before
 

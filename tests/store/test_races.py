@@ -42,12 +42,12 @@ def _increment_worker(url: str, sandbox_id: str) -> list[int]:
         for _ in range(INCREMENTS_PER_TASK):
             while True:
                 try:
-                    written = await store.update_message_cas(
+                    outcome = await store.update_message_cas(
                         openshell_pb2.Sandbox, sandbox_id, increment
                     )
                 except Conflict:
                     continue  # retries ran out: call again, as a client would
-                versions.append(written.metadata.resource_version)
+                versions.append(outcome.message.metadata.resource_version)
                 break
         return versions
 

@@ -87,15 +87,16 @@ class StoreModel(RuleBasedStateMachine):
 
         known = self.model.get(object_id)
         try:
-            written = self.run(self.store.update_message_cas(openshell_pb2.Sandbox, object_id, add))
+            outcome = self.run(self.store.update_message_cas(openshell_pb2.Sandbox, object_id, add))
         except NotFound:
             assert known is None
             return
         assert known is not None
         if delta:
             known[1:] = [known[1] + 1, known[2] + delta]
-        assert written.metadata.resource_version == known[1]
-        assert written.status.current_policy_version == known[2]
+        assert outcome.written is bool(delta)
+        assert outcome.message.metadata.resource_version == known[1]
+        assert outcome.message.status.current_policy_version == known[2]
 
     @rule(object_id=IDS, stale=st.booleans())
     def delete_if(self, object_id: str, stale: bool) -> None:
