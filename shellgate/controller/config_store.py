@@ -28,7 +28,7 @@ from typing import TypeVar
 from google.protobuf.message import Message
 
 from shellgate.api import internal_pb2, sandbox_pb2
-from shellgate.controller.context import Gateway
+from shellgate.controller.gateway import Gateway
 from shellgate.reconcilers.policy import (
     ACTIVE_WORDS,
     PENDING,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 
 from shellgate.controller.config_store import cleanup_sandbox_config
-from shellgate.controller.context import Gateway
+from shellgate.controller.gateway import Gateway
 from shellgate.store import Conflict
 
 log = logging.getLogger(__name__)

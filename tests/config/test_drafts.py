@@ -15,7 +15,8 @@ import grpc
 import pytest
 
 from shellgate.api import internal_pb2
-from shellgate.controller import config_store, drafts
+from shellgate.controller import config_store
+from shellgate.controller.service import drafts
 from shellgate.reconcilers import drafts as rules
 from shellgate.reconcilers.errors import InvalidArgument
 from shellgate.reconcilers.policy_merge import ports_of

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from shellgate.api import openshell_pb2 as P
-from shellgate.controller import config_store, policies
-from shellgate.reconcilers.config import GlobalPolicyChange
+from shellgate.controller import config_store
+from shellgate.controller.service import policies
 from shellgate.reconcilers.policy import ACTIVE_WORDS, GLOBAL_SCOPE, LOADED, with_default_identity
+from shellgate.reconcilers.settings import GlobalPolicyChange
 from tests.config.helpers import create_sandbox, policy, rule
 from tests.support.gateway import Running
 

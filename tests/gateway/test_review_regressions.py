@@ -6,8 +6,9 @@ import grpc
 import pytest
 
 from shellgate.api import datamodel_pb2, openshell_pb2
-from shellgate.controller import intents, sandboxes
 from shellgate.controller.drivers.base import DriverError
+from shellgate.controller.reconcile import intents
+from shellgate.controller.service import sandboxes
 from shellgate.reconcilers import sandbox as sandbox_rules
 from shellgate.store import StoreUnavailable
 from tests.support.gateway import Running

@@ -12,8 +12,8 @@ import asyncio
 import pytest
 
 from shellgate.api import openshell_pb2
-from shellgate.controller import watch_stream
 from shellgate.controller.drivers.base import SnapshotEvent
+from shellgate.controller.service import watch as watch_stream
 from shellgate.store import Store
 from tests.support.fake_driver import FakeDriver, ready
 from tests.support.gateway import running_gateway

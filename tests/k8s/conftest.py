@@ -22,12 +22,12 @@ import pytest
 from kmock import KubernetesEmulator
 
 from shellgate.api import openshell_pb2, openshell_pb2_grpc
-from shellgate.controller.context import Gateway
+from shellgate.controller.app.serve import start_grpc
 from shellgate.controller.drivers.k8s.client import fixed_login
 from shellgate.controller.drivers.kubernetes import KubernetesDriver
+from shellgate.controller.gateway import Gateway
 from shellgate.controller.metrics import Metrics
-from shellgate.controller.serve import start_grpc
-from shellgate.controller.watch import run_watch_loop
+from shellgate.controller.reconcile.driver_events import run_watch_loop
 from shellgate.store import Store
 from tests.support.k8s_emulator import NAMESPACE, SandboxEmulator, serve_sandboxes
 

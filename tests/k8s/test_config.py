@@ -1,4 +1,4 @@
-"""Production wiring of the Kubernetes driver: namespace and image from ``ServeConfig``."""
+"""Production wiring of the Kubernetes driver: namespace and image from ``ServeOptions``."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from shellgate.controller.app.options import ServeOptions
+from shellgate.controller.app.serve import build_driver
 from shellgate.controller.drivers.k8s import client
 from shellgate.controller.drivers.kubernetes import KubernetesDriver
-from shellgate.controller.serve import ServeConfig, build_driver
 
 
 def test_the_namespace_defaults_to_the_pods_own(
@@ -18,7 +19,7 @@ def test_the_namespace_defaults_to_the_pods_own(
     monkeypatch.setattr(client, "SERVICE_ACCOUNT_NAMESPACE", namespace_file)
     assert client.default_namespace() == "default"  # not in a pod
     namespace_file.write_text("sandboxes-prod\n")
-    driver = build_driver(ServeConfig(driver="kubernetes", sandbox_image="img:1"))
+    driver = build_driver(ServeOptions(driver="kubernetes", sandbox_image="img:1"))
     assert isinstance(driver, KubernetesDriver)
     assert (driver.namespace, driver.sandbox_image) == ("sandboxes-prod", "img:1")
     assert driver.name == "kubernetes" and driver.routes_by_owner is False
@@ -27,6 +28,6 @@ def test_the_namespace_defaults_to_the_pods_own(
 
 def test_an_explicit_namespace_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(client, "SERVICE_ACCOUNT_NAMESPACE", tmp_path / "absent")
-    driver = build_driver(ServeConfig(driver="kubernetes", namespace="team-a"))
+    driver = build_driver(ServeOptions(driver="kubernetes", namespace="team-a"))
     assert isinstance(driver, KubernetesDriver)
     assert driver.namespace == "team-a"

@@ -16,8 +16,8 @@ import grpc
 import pytest
 
 from shellgate.api import openshell_pb2 as P
-from shellgate.controller.context import wall_clock_ms
-from shellgate.controller.sweep import sweep_once
+from shellgate.controller.gateway import wall_clock_ms
+from shellgate.controller.reconcile.sweep import sweep_once
 from shellgate.reconcilers.sandbox import MISSING_REASON
 from tests.k8s.conftest import K8sGateway, until, until_async
 from tests.support.k8s_emulator import (

@@ -15,9 +15,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from shellgate.api import openshell_pb2 as P
-from shellgate.controller.context import Gateway, wall_clock_ms
+from shellgate.controller.gateway import Gateway, wall_clock_ms
 from shellgate.controller.metrics import Metrics
-from shellgate.controller.sweep import jittered, run_sweep_loop, sweep_once
+from shellgate.controller.reconcile.sweep import jittered, run_sweep_loop, sweep_once
 from shellgate.reconcilers.sandbox import MISSING_REASON, is_marked_missing, mark_compute_missing
 from shellgate.reconcilers.snapshot import DriverSnapshot
 from shellgate.store import Store

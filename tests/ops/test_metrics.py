@@ -12,8 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shellgate import __version__
 from shellgate.api import datamodel_pb2, openshell_pb2
+from shellgate.controller.app.health import HealthState, start_http
 from shellgate.controller.drivers.base import SnapshotEvent
-from shellgate.controller.health import HealthState, start_http
 from shellgate.store import Conflict, Store
 from tests.gateway.conftest import Running
 from tests.support.fake_driver import ready

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 import grpc
 
 from shellgate.api import openshell_pb2_grpc
-from shellgate.controller.context import Gateway
+from shellgate.controller.app.serve import start_grpc
 from shellgate.controller.drivers.base import ComputeDriver
+from shellgate.controller.gateway import Gateway
 from shellgate.controller.metrics import Metrics
-from shellgate.controller.serve import start_grpc
-from shellgate.controller.watch import run_watch_loop
+from shellgate.controller.reconcile.driver_events import run_watch_loop
 from shellgate.store import Store
 from tests.support.fake_driver import FakeDriver
 

@@ -86,7 +86,7 @@ _LABEL_VALUE = re.compile(r"(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)"
 
 
 class DriverSettings(Protocol):
-    """The part of ``ServeConfig`` this driver reads."""
+    """The part of ``ServeOptions`` this driver reads."""
 
     namespace: str
     sandbox_image: str

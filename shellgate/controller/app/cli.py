@@ -9,19 +9,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import sys
 from collections.abc import Sequence
 
+from shellgate.controller.app import serve
+from shellgate.controller.app.options import DEFAULT_DATABASE_URL, env_default
 from shellgate.store import ConfigurationError, StoreError, connect
 
-DEFAULT_DATABASE_URL = "sqlite:///./.shellgate/shellgate.db"
-
 log = logging.getLogger("shellgate")
-
-
-def env_default(name: str, default: str) -> str:
-    return os.environ.get(name, default)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,12 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=env_default("SHELLGATE_DATABASE_URL", DEFAULT_DATABASE_URL),
         help="database URL (SHELLGATE_DATABASE_URL); default %(default)s",
     )
-    try:
-        from shellgate.controller.serve import add_serve_command
-    except ImportError:  # pragma: no cover - serve arrives with the gateway
-        pass
-    else:
-        add_serve_command(commands)
+    serve.add_command(commands)
     return parser
 
 

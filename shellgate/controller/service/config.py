@@ -9,7 +9,6 @@ delete, CAS, re-read and re-apply on a conflict. No mutex (openshell-cas.md §9 
 from __future__ import annotations
 
 from shellgate.api import openshell_pb2, sandbox_pb2
-from shellgate.controller import policies
 from shellgate.controller.config_store import (
     GatewaySettings,
     SandboxSettings,
@@ -19,9 +18,11 @@ from shellgate.controller.config_store import (
     load_sandbox_settings,
     update_settings,
 )
-from shellgate.controller.context import Gateway, single_workspace
-from shellgate.controller.sandboxes import find_sandbox
-from shellgate.reconcilers.config import (
+from shellgate.controller.gateway import Gateway
+from shellgate.controller.service import policies
+from shellgate.controller.service.requests import single_workspace
+from shellgate.controller.service.sandboxes import find_sandbox
+from shellgate.reconcilers.settings import (
     POLICY_KEY,
     SettingChange,
     UpdateKind,

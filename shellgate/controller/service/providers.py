@@ -12,9 +12,10 @@ from __future__ import annotations
 import uuid
 
 from shellgate.api import datamodel_pb2, openshell_pb2
-from shellgate.controller.context import Gateway, find_named, single_workspace, workspace_of
-from shellgate.controller.errors import not_found
-from shellgate.controller.sandboxes import find_sandbox, generated_name
+from shellgate.controller.gateway import Gateway
+from shellgate.controller.service.errors import not_found
+from shellgate.controller.service.requests import find_named, single_workspace, workspace_of
+from shellgate.controller.service.sandboxes import find_sandbox, generated_name
 from shellgate.reconcilers.errors import FailedPrecondition, InvalidArgument
 from shellgate.reconcilers.provider import (
     merge_provider_update,

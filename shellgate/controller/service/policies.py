@@ -27,10 +27,10 @@ from shellgate.controller.config_store import (
     supersede_older,
     update_settings,
 )
-from shellgate.controller.context import Gateway, single_workspace
-from shellgate.controller.errors import not_found
-from shellgate.controller.sandboxes import find_sandbox
-from shellgate.reconcilers.config import GlobalPolicyChange, is_global, require_no_global_policy
+from shellgate.controller.gateway import Gateway
+from shellgate.controller.service.errors import not_found
+from shellgate.controller.service.requests import single_workspace
+from shellgate.controller.service.sandboxes import find_sandbox
 from shellgate.reconcilers.errors import FailedPrecondition, InvalidArgument
 from shellgate.reconcilers.policy import (
     ACTIVE_WORDS,
@@ -48,6 +48,7 @@ from shellgate.reconcilers.policy import (
     with_default_identity,
 )
 from shellgate.reconcilers.policy_merge import MergeOperation, apply_merge_operations
+from shellgate.reconcilers.settings import GlobalPolicyChange, is_global, require_no_global_policy
 from shellgate.reconcilers.validation import effective_page_size
 from shellgate.store import NotFound, UniqueViolation, decode
 

@@ -31,12 +31,12 @@ from shellgate.controller.config_store import (
     load_gateway_settings,
     revisions_below,
 )
-from shellgate.controller.context import Gateway, single_workspace
-from shellgate.controller.errors import not_found
-from shellgate.controller.policies import find_live_sandbox, policy_base
-from shellgate.controller.sandboxes import find_sandbox
+from shellgate.controller.gateway import Gateway
+from shellgate.controller.service.errors import not_found
+from shellgate.controller.service.policies import find_live_sandbox, policy_base
+from shellgate.controller.service.requests import single_workspace
+from shellgate.controller.service.sandboxes import find_sandbox
 from shellgate.reconcilers import drafts as rules
-from shellgate.reconcilers.config import require_no_global_policy
 from shellgate.reconcilers.errors import DomainError, FailedPrecondition, InvalidArgument
 from shellgate.reconcilers.policy import require_valid_policy
 from shellgate.reconcilers.policy_merge import (
@@ -45,6 +45,7 @@ from shellgate.reconcilers.policy_merge import (
     add_rule_operation,
     apply_merge_operations,
 )
+from shellgate.reconcilers.settings import require_no_global_policy
 from shellgate.store import Conflict, NotFound, StoreError, UniqueViolation
 
 log = logging.getLogger(__name__)

@@ -22,10 +22,11 @@ import string
 import uuid
 
 from shellgate.api import openshell_pb2
-from shellgate.controller.context import Gateway, find_named, single_workspace, workspace_of
 from shellgate.controller.drivers.base import DriverError, DriverNotOwner
-from shellgate.controller.errors import not_found
+from shellgate.controller.gateway import Gateway
 from shellgate.controller.removal import remove_sandbox, remove_sandbox_row
+from shellgate.controller.service.errors import not_found
+from shellgate.controller.service.requests import find_named, single_workspace, workspace_of
 from shellgate.reconcilers import sandbox as sandbox_rules
 from shellgate.reconcilers.errors import FailedPrecondition, InvalidArgument
 from shellgate.reconcilers.validation import (

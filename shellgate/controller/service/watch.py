@@ -17,9 +17,10 @@ from typing import Any
 from google.protobuf import timestamp_pb2
 
 from shellgate.api import openshell_pb2
-from shellgate.controller.context import Gateway, single_workspace
 from shellgate.controller.drivers.base import PlatformEvent
-from shellgate.controller.errors import not_found, status_for
+from shellgate.controller.gateway import Gateway
+from shellgate.controller.service.errors import not_found, status_for
+from shellgate.controller.service.requests import single_workspace
 from shellgate.store import ChangeEvent, StoreError
 
 Sandbox = openshell_pb2.Sandbox

@@ -51,8 +51,8 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from shellgate.api import openshell_pb2
-from shellgate.controller.context import Gateway
 from shellgate.controller.drivers.base import DriverError
+from shellgate.controller.gateway import Gateway
 from shellgate.controller.removal import remove_sandbox_row
 from shellgate.reconcilers import sandbox as sandbox_rules
 from shellgate.reconcilers.sandbox import (

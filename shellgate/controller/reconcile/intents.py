@@ -13,8 +13,8 @@ import asyncio
 import logging
 
 from shellgate.api import openshell_pb2
-from shellgate.controller.context import Gateway
 from shellgate.controller.drivers.base import DriverError
+from shellgate.controller.gateway import Gateway
 from shellgate.store import StoreError
 
 log = logging.getLogger(__name__)

@@ -15,13 +15,13 @@ import time
 from collections.abc import AsyncIterator
 
 from shellgate.api import openshell_pb2
-from shellgate.controller.context import Gateway
 from shellgate.controller.drivers.base import (
     DeletedEvent,
     DriverEvent,
     PlatformEvent,
     SnapshotEvent,
 )
+from shellgate.controller.gateway import Gateway
 from shellgate.controller.removal import remove_sandbox
 from shellgate.reconcilers import sandbox as sandbox_rules
 from shellgate.reconcilers.snapshot import DriverSnapshot

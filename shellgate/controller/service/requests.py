@@ -1,37 +1,18 @@
-"""What every handler and loop of one gateway process shares."""
+"""What every handler reads from a request the same way: workspaces and named objects."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TypeVar
 
 from google.protobuf.message import Message
 
 from shellgate.api import datamodel_pb2
-from shellgate.controller.drivers.base import ComputeDriver
-from shellgate.controller.errors import not_found
-from shellgate.controller.events import PlatformEventBus
-from shellgate.controller.metrics import Metrics
+from shellgate.controller.gateway import Gateway
+from shellgate.controller.service.errors import not_found
 from shellgate.reconcilers.errors import InvalidArgument
-from shellgate.store import DEFAULT_WORKSPACE, Store, object_type_of
+from shellgate.store import DEFAULT_WORKSPACE, object_type_of
 
 M = TypeVar("M", bound=Message)
-
-
-def wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-@dataclass
-class Gateway:
-    store: Store
-    driver: ComputeDriver
-    metrics: Metrics
-    replica_id: str
-    events: PlatformEventBus = field(default_factory=lambda: PlatformEventBus())
-    clock_ms: Callable[[], int] = wall_clock_ms
 
 
 def workspace_of(selector: datamodel_pb2.WorkspaceSelector) -> str | None:

@@ -18,7 +18,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from shellgate.api import openshell_pb2
-from shellgate.controller.context import Gateway
+from shellgate.controller.gateway import Gateway
 from shellgate.store import StoreError
 
 log = logging.getLogger(__name__)

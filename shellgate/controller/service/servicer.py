@@ -16,9 +16,10 @@ from typing import Any, TypeVar
 import grpc
 
 from shellgate.api import openshell_pb2, openshell_pb2_grpc, sandbox_pb2
-from shellgate.controller import config, drafts, policies, providers, sandboxes, watch_stream
-from shellgate.controller.context import Gateway, single_workspace
-from shellgate.controller.errors import status_for
+from shellgate.controller.gateway import Gateway
+from shellgate.controller.service import config, drafts, policies, providers, sandboxes, watch
+from shellgate.controller.service.errors import status_for
+from shellgate.controller.service.requests import single_workspace
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ class OpenShellService(openshell_pb2_grpc.OpenShellServicer):
     async def WatchSandbox(
         self, request: openshell_pb2.WatchSandboxRequest, context: grpc.aio.ServicerContext
     ) -> Any:
-        async for event in watch_stream.watch_sandbox(self.gateway, request, context):
+        async for event in watch.watch_sandbox(self.gateway, request, context):
             yield event
 
     @unary("AttachSandboxProvider")

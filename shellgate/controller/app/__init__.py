@@ -1,0 +1,1 @@
+"""The application shell: command line, process options, serve, health and logging."""

@@ -1,0 +1,90 @@
+"""``shellgate serve`` options: flags, their environment variables and defaults, checked once.
+
+Bad values are refused here with the flag's name, before anything connects or listens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from shellgate.store import ConfigurationError
+
+DEFAULT_DATABASE_URL = "sqlite:///./.shellgate/shellgate.db"
+
+
+@dataclass
+class ServeOptions:
+    database_url: str = DEFAULT_DATABASE_URL
+    listen: str = "127.0.0.1:8080"
+    http_listen: str = "127.0.0.1:9090"
+    driver: str = "local"
+    replica_id: str = field(default_factory=socket.gethostname)
+    log_format: str = "text"
+    state_dir: str = "./.shellgate"
+    namespace: str = ""
+    sandbox_image: str = ""
+    sweep_interval: float = 60.0
+
+
+def env_default(name: str, default: str) -> str:
+    """The flag's default: its environment variable when set, else ``default``."""
+    return os.environ.get(name, default)
+
+
+def add_serve_command(commands: Any, run: Callable[[argparse.Namespace], int]) -> None:
+    """The ``serve`` subcommand; every flag has an environment variable and a default."""
+    serve = commands.add_parser("serve", help="run the gateway")
+    options: list[tuple[str, str, str, str]] = [
+        ("--database-url", "SHELLGATE_DATABASE_URL", DEFAULT_DATABASE_URL, "database URL"),
+        ("--listen", "SHELLGATE_LISTEN", "127.0.0.1:8080", "gRPC listen address"),
+        ("--http-listen", "SHELLGATE_HTTP_LISTEN", "127.0.0.1:9090", "/healthz, /readyz, /metrics"),
+        ("--driver", "SHELLGATE_DRIVER", "local", "compute driver: local or kubernetes"),
+        ("--replica-id", "SHELLGATE_REPLICA_ID", socket.gethostname(), "this replica's name"),
+        ("--log-format", "SHELLGATE_LOG_FORMAT", "text", "text or json"),
+        ("--state-dir", "SHELLGATE_STATE_DIR", "./.shellgate", "local driver working directory"),
+        ("--namespace", "SHELLGATE_NAMESPACE", "", "kubernetes: namespace of Sandbox objects"),
+        ("--sandbox-image", "SHELLGATE_SANDBOX_IMAGE", "", "kubernetes: default sandbox image"),
+        ("--sweep-interval", "SHELLGATE_SWEEP_INTERVAL", "60", "seconds between sweeps"),
+    ]
+    for flag, env, default, text in options:
+        serve.add_argument(
+            flag, default=env_default(env, default), help=f"{text} ({env}; default %(default)s)"
+        )
+    serve.set_defaults(run=run)
+
+
+def options_from_args(args: argparse.Namespace) -> ServeOptions:
+    if args.driver not in ("local", "kubernetes"):
+        raise ConfigurationError(f"--driver must be local or kubernetes, got {args.driver!r}")
+    if args.log_format not in ("text", "json"):
+        raise ConfigurationError(f"--log-format must be text or json, got {args.log_format!r}")
+    try:
+        sweep = float(args.sweep_interval)
+    except ValueError as exc:
+        raise ConfigurationError(f"--sweep-interval must be a number: {exc}") from None
+    for flag, address in (("--listen", args.listen), ("--http-listen", args.http_listen)):
+        split_address(address, flag)
+    return ServeOptions(
+        database_url=args.database_url,
+        listen=args.listen,
+        http_listen=args.http_listen,
+        driver=args.driver,
+        replica_id=args.replica_id,
+        log_format=args.log_format,
+        state_dir=args.state_dir,
+        namespace=args.namespace,
+        sandbox_image=args.sandbox_image,
+        sweep_interval=sweep,
+    )
+
+
+def split_address(address: str, flag: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigurationError(f"{flag} must be HOST:PORT, got {address!r}")
+    return host.strip("[]"), int(port)

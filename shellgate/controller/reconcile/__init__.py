@@ -1,0 +1,1 @@
+"""The reconcile loops and the sources that feed them."""

@@ -1,0 +1,1 @@
+"""The gRPC surface: the servicer, one module per resource, error mapping."""
