@@ -73,3 +73,18 @@ class InvalidPageToken(StoreError, ValueError):
 
 class InvalidValue(StoreError, ValueError):
     """The database refused a value of the request (out of range, not encodable)."""
+
+
+QUOTE_LIMIT = 64
+
+
+def quoted(value: str, limit: int = QUOTE_LIMIT) -> str:
+    """``repr`` of at most ``limit`` characters of ``value``, marked when cut.
+
+    Error messages travel in gRPC trailers, which clients bound to a few KiB: quoting a
+    caller's input whole would replace the real status with RESOURCE_EXHAUSTED, and would
+    let one request write megabytes into the logs.
+    """
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"

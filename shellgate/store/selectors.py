@@ -10,6 +10,12 @@ Grammar (the subset of Kubernetes' own that label maps need)::
 Keys and values follow the Kubernetes rules (keys: optional DNS-subdomain prefix and "/",
 then a 1-63 character name; values: empty or up to 63 characters). The parser never builds
 SQL: the backends turn each ``Requirement`` into a clause with bound parameters only.
+
+A selector arrives from any caller, so it is bounded before it is read and parsed in one
+pass: at most ``MAX_SELECTOR_LENGTH`` characters, ``MAX_REQUIREMENTS`` requirements and
+``MAX_SET_VALUES`` values in all. The bounds keep one request's parse time and the SQL it
+becomes small (SQLite refuses expression trees of about a thousand terms, Postgres more than
+32,767 parameters), and error messages quote at most a short prefix of what was sent.
 """
 
 from __future__ import annotations
@@ -18,14 +24,18 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
-from shellgate.store.errors import InvalidSelector
+from shellgate.store.errors import InvalidSelector, quoted
 
 _NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _TOKEN = re.compile(r"\s*(!=|==|=|\(|\)|,|!|[^\s!=(),]+)")
+_TRAILING_SPACE = re.compile(r"\s*\Z")
 
 MAX_KEY_LENGTH = 253
 MAX_VALUE_LENGTH = 63
+MAX_SELECTOR_LENGTH = 4096
+MAX_REQUIREMENTS = 64
+MAX_SET_VALUES = 256
 
 
 class Operator(Enum):
@@ -52,10 +62,10 @@ def label_key_error(key: str) -> str | None:
         return f"label key exceeds maximum length of {MAX_KEY_LENGTH}"
     prefix, _, name = key.rpartition("/")
     if "/" in key and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)):
-        return f"label key {key!r} has an invalid prefix (a DNS subdomain is required)"
+        return f"label key {quoted(key)} has an invalid prefix (a DNS subdomain is required)"
     if not _NAME.match(name):
         return (
-            f"label key {key!r} must be 1-63 characters of alphanumerics, '-', '_' or '.', "
+            f"label key {quoted(key)} must be 1-63 characters of alphanumerics, '-', '_' or '.', "
             "starting and ending with an alphanumeric"
         )
     return None
@@ -69,7 +79,7 @@ def label_value_error(value: str) -> str | None:
         return f"label value exceeds maximum length of {MAX_VALUE_LENGTH}"
     if not _NAME.match(value):
         return (
-            f"label value {value!r} must be alphanumerics, '-', '_' or '.', "
+            f"label value {quoted(value)} must be alphanumerics, '-', '_' or '.', "
             "starting and ending with an alphanumeric"
         )
     return None
@@ -77,6 +87,11 @@ def label_value_error(value: str) -> str | None:
 
 def parse_selector(text: str) -> list[Requirement]:
     """Parse ``text`` into requirements; an empty or blank selector selects everything."""
+    if len(text) > MAX_SELECTOR_LENGTH:
+        raise InvalidSelector(
+            f"selector exceeds maximum length of {MAX_SELECTOR_LENGTH} characters "
+            f"({len(text)} given)"
+        )
     tokens = _tokenize(text)
     requirements: list[Requirement] = []
     position = 0
@@ -85,22 +100,32 @@ def parse_selector(text: str) -> list[Requirement]:
         requirements.append(requirement)
         if position < len(tokens):
             if tokens[position] != ",":
-                raise InvalidSelector(f"expected ',' after requirement in selector {text!r}")
+                raise InvalidSelector(f"expected ',' after requirement in selector {quoted(text)}")
             position += 1
             if position == len(tokens):
-                raise InvalidSelector(f"selector {text!r} ends with ','")
+                raise InvalidSelector(f"selector {quoted(text)} ends with ','")
+    _check_counts(requirements)
     return requirements
 
 
+def _check_counts(requirements: list[Requirement]) -> None:
+    if len(requirements) > MAX_REQUIREMENTS:
+        raise InvalidSelector(
+            f"selector has {len(requirements)} requirements; the maximum is {MAX_REQUIREMENTS}"
+        )
+    values = sum(len(requirement.values) for requirement in requirements)
+    if values > MAX_SET_VALUES:
+        raise InvalidSelector(f"selector has {values} values; the maximum is {MAX_SET_VALUES}")
+
+
 def _tokenize(text: str) -> list[str]:
+    """One left-to-right pass: each match starts where the last ended, nothing is copied."""
     tokens: list[str] = []
     position = 0
-    while position < len(text):
-        if text[position:].strip() == "":
-            break
+    while not _TRAILING_SPACE.match(text, position):
         match = _TOKEN.match(text, position)
         if not match:
-            raise InvalidSelector(f"cannot parse selector {text!r} at offset {position}")
+            raise InvalidSelector(f"cannot parse selector {quoted(text)} at offset {position}")
         tokens.append(match.group(1))
         position = match.end()
     return tokens
@@ -131,20 +156,20 @@ def _parse_requirement(tokens: list[str], position: int, text: str) -> tuple[Req
         values, position = _parse_set(tokens, position + 1, text)
         op = Operator.IN if operator == "in" else Operator.NOT_IN
         return Requirement(key, op, values), position
-    raise InvalidSelector(f"unknown operator {operator!r} in selector {text!r}")
+    raise InvalidSelector(f"unknown operator {quoted(operator)} in selector {quoted(text)}")
 
 
 def _parse_set(tokens: list[str], position: int, text: str) -> tuple[tuple[str, ...], int]:
     if position >= len(tokens) or tokens[position] != "(":
-        raise InvalidSelector(f"expected '(' after set operator in selector {text!r}")
+        raise InvalidSelector(f"expected '(' after set operator in selector {quoted(text)}")
     position += 1
     values: list[str] = []
     while True:
         if position >= len(tokens):
-            raise InvalidSelector(f"unterminated value set in selector {text!r}")
+            raise InvalidSelector(f"unterminated value set in selector {quoted(text)}")
         value = tokens[position]
         if value in ("(", "!", "=", "==", "!="):
-            raise InvalidSelector(f"unexpected {value!r} in value set of selector {text!r}")
+            raise InvalidSelector(f"unexpected {value!r} in value set of selector {quoted(text)}")
         if value in (",", ")"):
             value = ""
         else:
@@ -152,17 +177,17 @@ def _parse_set(tokens: list[str], position: int, text: str) -> tuple[tuple[str, 
         _check_value(value)
         values.append(value)
         if position >= len(tokens):
-            raise InvalidSelector(f"unterminated value set in selector {text!r}")
+            raise InvalidSelector(f"unterminated value set in selector {quoted(text)}")
         if tokens[position] == ")":
             return tuple(values), position + 1
         if tokens[position] != ",":
-            raise InvalidSelector(f"expected ',' or ')' in value set of selector {text!r}")
+            raise InvalidSelector(f"expected ',' or ')' in value set of selector {quoted(text)}")
         position += 1
 
 
 def _expect_word(tokens: list[str], position: int, text: str) -> str:
     if position >= len(tokens) or tokens[position] in ("!=", "==", "=", "(", ")", ",", "!"):
-        raise InvalidSelector(f"expected a label key in selector {text!r}")
+        raise InvalidSelector(f"expected a label key in selector {quoted(text)}")
     return tokens[position]
 
 
