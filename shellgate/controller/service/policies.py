@@ -51,6 +51,7 @@ from shellgate.reconcilers.policy_merge import MergeOperation, apply_merge_opera
 from shellgate.reconcilers.settings import GlobalPolicyChange, is_global, require_no_global_policy
 from shellgate.reconcilers.validation import effective_page_size
 from shellgate.store import NotFound, UniqueViolation, decode
+from shellgate.store.paging import decode_version_token, encode_version_token
 
 Sandbox = openshell_pb2.Sandbox
 SandboxPolicy = sandbox_pb2.SandboxPolicy
@@ -215,21 +216,14 @@ async def list_sandbox_policies(
 ) -> openshell_pb2.ListSandboxPoliciesResponse:
     """Revisions, newest first, paged by version (the token is the last version served)."""
     size = effective_page_size(request.page_size)
-    below = _below(request.page_token)
+    below = decode_version_token(request.page_token)
     workspace = single_workspace(request.workspace_scope)
     scope, _ = await _scope_of(gw, request, request.sandbox, workspace)
     rows = await gw.store.list_versions(REVISION_TYPE, scope, below=below, limit=size)
     revisions = [public_revision(decode(StoredPolicyRevision, r), with_policy=False) for r in rows]
-    token = str(rows[-1].version) if len(rows) == size else ""
+    last = rows[-1].version if len(rows) == size else None
+    token = encode_version_token(last) if last else ""
     return openshell_pb2.ListSandboxPoliciesResponse(revisions=revisions, next_page_token=token)
-
-
-def _below(token: str) -> int | None:
-    if not token:
-        return None
-    if not token.isdecimal():
-        raise InvalidArgument.single("page_token", "invalid page token")
-    return int(token)
 
 
 async def get_sandbox_policy_status(

@@ -24,6 +24,7 @@ from shellgate.reconcilers.provider import (
 )
 from shellgate.reconcilers.validation import effective_page_size
 from shellgate.store import Conflict, ObjectRecord
+from shellgate.store.paging import decode_offset_token, encode_offset_token
 
 Provider = datamodel_pb2.Provider
 DELETE_ATTEMPTS = 5
@@ -130,20 +131,12 @@ async def list_sandbox_providers(
     workspace = single_workspace(request.workspace_scope)
     sandbox = await find_sandbox(gw, request.sandbox, workspace)
     names = list(dict.fromkeys(sandbox.spec.providers))
-    start = _offset(request.page_token)
+    start = decode_offset_token(request.page_token)
     size = effective_page_size(request.page_size)
     providers = []
     for name in names[start : start + size]:
         found = await gw.store.get_message_by_name(Provider, name, workspace)
         if found is not None:
             providers.append(redact_credentials(found))
-    token = str(start + size) if start + size < len(names) else ""
+    token = encode_offset_token(start + size) if start + size < len(names) else ""
     return openshell_pb2.ListSandboxProvidersResponse(providers=providers, next_page_token=token)
-
-
-def _offset(token: str) -> int:
-    if not token:
-        return 0
-    if not (token.isascii() and token.isdigit()):
-        raise InvalidArgument.single("page_token", "invalid page token")
-    return int(token)
