@@ -5,6 +5,11 @@ status code and attaches ``google.rpc`` details the SDK's ``GatewayError`` decod
 ABORTED carries ``ErrorInfo(reason=RESOURCE_VERSION_CONFLICT)`` with the current version and
 a ``RetryInfo``; INVALID_ARGUMENT carries ``BadRequest`` field violations; UNAVAILABLE carries
 a ``RetryInfo``. Nothing here inspects message text.
+
+Statuses travel in trailers, which clients bound to 8-16 KiB: a message or a violation list
+that quotes a caller's input whole would turn the real answer into RESOURCE_EXHAUSTED on the
+client. So every message is cut to ``MAX_MESSAGE``, every description to ``MAX_DESCRIPTION``
+and a BadRequest lists at most ``MAX_VIOLATIONS``, whatever the handler raised.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from shellgate.store import (
     StoreUnavailable,
     UniqueViolation,
 )
+from shellgate.store.errors import quoted
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +40,9 @@ DOMAIN = "shellgate.openshell.ai"
 CONFLICT_REASON = "RESOURCE_VERSION_CONFLICT"
 CONFLICT_RETRY_DELAY = duration_pb2.Duration(nanos=50_000_000)
 UNAVAILABLE_RETRY_DELAY = duration_pb2.Duration(seconds=1)
+MAX_MESSAGE = 1024
+MAX_DESCRIPTION = 256
+MAX_VIOLATIONS = 8
 
 
 class RequestError(Exception):
@@ -46,7 +55,7 @@ class RequestError(Exception):
 
 
 def not_found(kind: str, name: str) -> RequestError:
-    return RequestError(grpc.StatusCode.NOT_FOUND, f"{kind} {name!r} not found")
+    return RequestError(grpc.StatusCode.NOT_FOUND, f"{kind} {quoted(name)} not found")
 
 
 def status_for(error: BaseException, operation: str) -> grpc.Status:
@@ -92,7 +101,11 @@ def _rich_status(error: BaseException, operation: str) -> status_pb2.Status:
 
 
 def _status(code: int, message: str, *details: any_pb2.Any) -> status_pb2.Status:
-    return status_pb2.Status(code=code, message=message, details=list(details))
+    return status_pb2.Status(code=code, message=_cut(message, MAX_MESSAGE), details=list(details))
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[: limit - 20]}... ({len(text)} chars)"
 
 
 def _pack(message: object) -> any_pb2.Any:
@@ -106,13 +119,19 @@ def _retry(delay: duration_pb2.Duration) -> any_pb2.Any:
 
 
 def _invalid(violations: tuple[FieldViolation, ...]) -> status_pb2.Status:
+    shown = [
+        FieldViolation(_cut(v.field, MAX_DESCRIPTION), _cut(v.description, MAX_DESCRIPTION))
+        for v in violations[:MAX_VIOLATIONS]
+    ]
     bad_request = error_details_pb2.BadRequest(
         field_violations=[
             error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-            for v in violations
+            for v in shown
         ]
     )
-    message = "; ".join(v.description for v in violations)
+    message = "; ".join(v.description for v in shown)
+    if len(violations) > MAX_VIOLATIONS:
+        message += f"; and {len(violations) - MAX_VIOLATIONS} more"
     return _status(code_pb2.INVALID_ARGUMENT, message, _pack(bad_request))
 
 
