@@ -36,6 +36,7 @@ from shellgate.controller.gateway import Gateway
 from shellgate.controller.metrics import Metrics
 from shellgate.controller.reconcile.driver_events import run_watch_loop
 from shellgate.controller.reconcile.intents import run_intent_loop
+from shellgate.controller.service.decoding import RejectUndecodableRequests
 from shellgate.controller.service.servicer import OpenShellService
 from shellgate.store import ConfigurationError, connect
 
@@ -70,7 +71,7 @@ def build_driver(config: ServeOptions) -> ComputeDriver:
 
 async def start_grpc(gw: Gateway, listen: str) -> tuple[grpc.aio.Server, Any, int]:
     """Start the gRPC server; returns it, its health servicer and the bound port."""
-    server = grpc.aio.server()
+    server = grpc.aio.server(interceptors=[RejectUndecodableRequests(gw.metrics)])
     openshell_pb2_grpc.add_OpenShellServicer_to_server(  # type: ignore[no-untyped-call]
         OpenShellService(gw), server
     )
