@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from shellgate.controller.drivers.base import ComputeDriver
+from shellgate.controller.limits import Limits, Slots
 from shellgate.controller.metrics import Metrics
 from shellgate.controller.platform_events import PlatformEventBus
 from shellgate.store import Store
@@ -24,3 +25,8 @@ class Gateway:
     replica_id: str
     events: PlatformEventBus = field(default_factory=lambda: PlatformEventBus())
     clock_ms: Callable[[], int] = wall_clock_ms
+    limits: Limits = field(default_factory=Limits)
+    watch_slots: Slots = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.watch_slots = Slots(self.limits.max_watch_streams)

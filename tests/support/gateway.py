@@ -14,6 +14,7 @@ from shellgate.api import openshell_pb2_grpc
 from shellgate.controller.app.serve import start_grpc
 from shellgate.controller.drivers.base import ComputeDriver
 from shellgate.controller.gateway import Gateway
+from shellgate.controller.limits import Limits
 from shellgate.controller.metrics import Metrics
 from shellgate.controller.reconcile.driver_events import run_watch_loop
 from shellgate.store import Store
@@ -30,8 +31,12 @@ class Running:
 
 
 @contextlib.asynccontextmanager
-async def running_gateway(store: Store, driver: ComputeDriver) -> AsyncIterator[Running]:
-    gateway = Gateway(store=store, driver=driver, metrics=Metrics(), replica_id="test")
+async def running_gateway(
+    store: Store, driver: ComputeDriver, limits: Limits | None = None
+) -> AsyncIterator[Running]:
+    gateway = Gateway(
+        store=store, driver=driver, metrics=Metrics(), replica_id="test", limits=limits or Limits()
+    )
     store.observer = gateway.metrics  # as serve does: the store reports into the metrics
     await driver.start()
     watch = asyncio.create_task(run_watch_loop(gateway))

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from shellgate.controller.limits import Limits
 from shellgate.store import ConfigurationError
 
 DEFAULT_DATABASE_URL = "sqlite:///./.shellgate/shellgate.db"
@@ -29,6 +30,28 @@ class ServeOptions:
     namespace: str = ""
     sandbox_image: str = ""
     sweep_interval: float = 60.0
+    limits: Limits = field(default_factory=Limits)
+
+
+_DEFAULT_LIMITS = Limits()
+LIMIT_FLAGS: list[tuple[str, str, str]] = [
+    ("max_receive_message_bytes", "--grpc-max-receive-bytes", "largest request accepted"),
+    ("max_send_message_bytes", "--grpc-max-send-bytes", "largest response sent"),
+    ("max_concurrent_rpcs", "--grpc-max-concurrent-rpcs", "RPCs in flight, streams included"),
+    ("max_watch_streams", "--max-watch-streams", "open WatchSandbox streams"),
+    ("keepalive_seconds", "--grpc-keepalive-seconds", "server keepalive ping interval"),
+    ("max_connection_age_seconds", "--grpc-max-connection-age-seconds", "connection lifetime"),
+    (
+        "max_connection_age_grace_seconds",
+        "--grpc-max-connection-age-grace-seconds",
+        "time calls get to finish when a connection is aged out",
+    ),
+]
+"""Each bound of ``Limits``: its field, its flag (the variable is SHELLGATE_ + the flag)."""
+
+
+def limit_env(flag: str) -> str:
+    return "SHELLGATE_" + flag.removeprefix("--").replace("-", "_").upper()
 
 
 def env_default(name: str, default: str) -> str:
@@ -51,6 +74,8 @@ def add_serve_command(commands: Any, run: Callable[[argparse.Namespace], int]) -
         ("--sandbox-image", "SHELLGATE_SANDBOX_IMAGE", "", "kubernetes: default sandbox image"),
         ("--sweep-interval", "SHELLGATE_SWEEP_INTERVAL", "60", "seconds between sweeps"),
     ]
+    for name, flag, text in LIMIT_FLAGS:
+        options.append((flag, limit_env(flag), str(getattr(_DEFAULT_LIMITS, name)), text))
     for flag, env, default, text in options:
         serve.add_argument(
             flag, default=env_default(env, default), help=f"{text} ({env}; default %(default)s)"
@@ -80,7 +105,19 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
         namespace=args.namespace,
         sandbox_image=args.sandbox_image,
         sweep_interval=sweep,
+        limits=limits_from_args(args),
     )
+
+
+def limits_from_args(args: argparse.Namespace) -> Limits:
+    """Every limit flag as a positive integer; a bad one names its flag."""
+    values: dict[str, int] = {}
+    for name, flag, _text in LIMIT_FLAGS:
+        raw = str(getattr(args, flag.removeprefix("--").replace("-", "_")))
+        if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
+            raise ConfigurationError(f"{flag} must be a positive integer, got {raw[:40]!r}")
+        values[name] = int(raw)
+    return Limits(**values)
 
 
 def split_address(address: str, flag: str) -> tuple[str, int]:

@@ -33,6 +33,7 @@ from shellgate.controller.app.options import (
 )
 from shellgate.controller.drivers.base import ComputeDriver
 from shellgate.controller.gateway import Gateway
+from shellgate.controller.limits import Limits
 from shellgate.controller.metrics import Metrics
 from shellgate.controller.reconcile.driver_events import run_watch_loop
 from shellgate.controller.reconcile.intents import run_intent_loop
@@ -69,9 +70,28 @@ def build_driver(config: ServeOptions) -> ComputeDriver:
     return LocalDriver(state_dir=Path(config.state_dir), replica_id=config.replica_id)
 
 
+def grpc_server_options(limits: Limits) -> list[tuple[str, int]]:
+    """Channel arguments that bound what one client can hold or send (see ``Limits``)."""
+    return [
+        ("grpc.max_receive_message_length", limits.max_receive_message_bytes),
+        ("grpc.max_send_message_length", limits.max_send_message_bytes),
+        ("grpc.keepalive_time_ms", limits.keepalive_seconds * 1000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.max_connection_age_ms", limits.max_connection_age_seconds * 1000),
+        ("grpc.max_connection_age_grace_ms", limits.max_connection_age_grace_seconds * 1000),
+        # Clients may ping an idle connection (the SDK keeps watches alive) but not flood it.
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
 async def start_grpc(gw: Gateway, listen: str) -> tuple[grpc.aio.Server, Any, int]:
     """Start the gRPC server; returns it, its health servicer and the bound port."""
-    server = grpc.aio.server(interceptors=[RejectUndecodableRequests(gw.metrics)])
+    server = grpc.aio.server(
+        interceptors=[RejectUndecodableRequests(gw.metrics)],
+        options=grpc_server_options(gw.limits),
+        maximum_concurrent_rpcs=gw.limits.max_concurrent_rpcs,
+    )
     openshell_pb2_grpc.add_OpenShellServicer_to_server(  # type: ignore[no-untyped-call]
         OpenShellService(gw), server
     )
@@ -106,7 +126,13 @@ async def serve(
     metrics = Metrics()
     store = await connect(config.database_url, observer=metrics)
     driver = build_driver(config)
-    gw = Gateway(store=store, driver=driver, metrics=metrics, replica_id=config.replica_id)
+    gw = Gateway(
+        store=store,
+        driver=driver,
+        metrics=metrics,
+        replica_id=config.replica_id,
+        limits=config.limits,
+    )
     health_state = HealthState(gw)
     tasks: list[asyncio.Task[Any]] = []
     server = runner = None

@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
+import grpc
 from google.protobuf import timestamp_pb2
 
 from shellgate.api import openshell_pb2
@@ -53,6 +54,11 @@ def _event_message(event: PlatformEvent) -> openshell_pb2.SandboxStreamEvent:
 async def watch_sandbox(
     gw: Gateway, request: openshell_pb2.WatchSandboxRequest, context: Any
 ) -> AsyncIterator[openshell_pb2.SandboxStreamEvent]:
+    if not gw.watch_slots.take():
+        await context.abort(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"this replica serves at most {gw.watch_slots.capacity} watch streams; retry later",
+        )
     gw.metrics.watch_streams.inc()
     try:
         async for event in _stream(gw, request):
@@ -61,6 +67,7 @@ async def watch_sandbox(
         await context.abort_with_status(status_for(exc, "WatchSandbox"))
     finally:
         gw.metrics.watch_streams.dec()
+        gw.watch_slots.give_back()
 
 
 async def _stream(
