@@ -75,9 +75,9 @@ from shellgate.reconcilers.validation import (
     validate_page_size,
     validate_provider,
     validate_sandbox_for_create,
-    validate_sandbox_name,
     validate_sandbox_spec,
     validate_string_map,
+    validate_workspace,
 )
 
 __all__ = [
@@ -146,7 +146,7 @@ __all__ = [
     "validate_page_size",
     "validate_provider",
     "validate_sandbox_for_create",
-    "validate_sandbox_name",
     "validate_sandbox_spec",
     "validate_string_map",
+    "validate_workspace",
 ]

@@ -1,7 +1,8 @@
 """Request limits and name rules, checked before any I/O and again on every CAS candidate.
 
-Every limit of the reference gateway (openshell-cas.md §3.3) is a named constant here, so the
-API, the reconcilers and the tests agree on one number. Lengths count UTF-8 bytes, as the
+Every limit of the reference gateway is a named constant here, and so is every bound shellgate
+adds on top of them (object totals, names, commands), so the API, the reconcilers, the tests and
+docs/api.md's limits table agree on one number. Lengths count UTF-8 bytes, as the
 reference does (Rust ``str::len``): a limit that protects storage and Kubernetes objects is a
 byte limit, not a character limit.
 
@@ -20,7 +21,7 @@ from shellgate.api import datamodel_pb2, openshell_pb2
 from shellgate.reconcilers.annotations import RESERVED_ANNOTATION_KEYS
 from shellgate.reconcilers.errors import FieldViolation, InvalidArgument
 
-# --- §3.3 size limits -------------------------------------------------------------------------
+# --- the reference gateway's size limits -----------------------------------------------------
 
 MAX_NAME_LEN = 253
 """Sandbox name, provider name, provider_name in attach/detach (bytes)."""
@@ -71,14 +72,35 @@ MAX_EXEC_ARG_LEN = 32 * 1024
 MAX_EXEC_WORKDIR_LEN = 4096
 """Exec working directory (bytes)."""
 
-# Not in §3.3: a later upstream revision caps client-supplied metadata annotations at 128.
+# Not in the reference's table: a later upstream revision caps client-supplied annotations at 128.
 MAX_ANNOTATION_ENTRIES = 128
 """Entries of client-supplied metadata.annotations."""
+
+# --- shellgate's bounds on whole objects and names ----------------------------------------------
+# Each entry may be within its own limit while the object is huge (1 MiB of annotations in
+# 128 values, a provider of 769 KiB): totals bound what one row, one list page and one
+# response can cost.
+MAX_ANNOTATIONS_TOTAL = 256 * 1024
+"""Keys plus values of one map of annotations (bytes), as Kubernetes bounds them."""
+MAX_ENVIRONMENT_TOTAL = 256 * 1024
+"""Keys plus values of spec.environment (bytes): it becomes a process environment."""
+MAX_COMMAND_ARGS = 1024
+"""Arguments of spec.command."""
+MAX_COMMAND_TOTAL = 128 * 1024
+"""All arguments of spec.command together (bytes), well under the kernel's ARG_MAX."""
+MAX_SANDBOX_SIZE = 1024 * 1024
+"""A sandbox's encoded size (bytes)."""
+MAX_PROVIDER_SIZE = 128 * 1024
+"""A provider's encoded size (bytes), credentials and config included."""
+MAX_WORKSPACE_LEN = 63
+"""A workspace name: a DNS-1123 label."""
 
 # --- name rules -------------------------------------------------------------------------------
 
 _DNS1123_LABEL = r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?"
 _DNS1123_SUBDOMAIN = re.compile(rf"{_DNS1123_LABEL}(?:\.{_DNS1123_LABEL})*")
+_DNS1123_LABEL_ONLY = re.compile(_DNS1123_LABEL)
+_ENVIRONMENT_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 _QUALIFIED_NAME = re.compile(r"[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?")
 _SHOWN_CHARS = 64
 
@@ -125,33 +147,44 @@ def validate_max_len(value: str, field: str, limit: int) -> list[FieldViolation]
 
 
 def validate_object_name(name: str, field: str) -> list[FieldViolation]:
-    """A name used to look an object up (or to name a provider): present and at most 253 bytes.
+    """The name of a sandbox or a provider, on every RPC that takes one: a DNS-1123 subdomain
+    of at most 253 bytes.
 
-    Lookups need no syntax rule beyond that: a name that breaks the create rules simply
-    matches nothing.
+    One rule for creates and lookups alike: the Kubernetes driver uses sandbox names as object
+    names, provider names reach sandboxes' configuration, and a name like ``../../etc/passwd``
+    or one with a newline (a forged log line) is refused wherever it arrives. An empty name
+    is a violation; CreateSandbox replaces an empty request name with a generated one first.
     """
     if not name:
         return [FieldViolation(field, f"{field} is required")]
-    return validate_max_len(name, field, MAX_NAME_LEN)
-
-
-def validate_sandbox_name(name: str, field: str = "metadata.name") -> list[FieldViolation]:
-    """The name of a sandbox being created: a DNS-1123 subdomain of at most 253 bytes.
-
-    The Kubernetes driver uses it as the name of the agent-sandbox ``Sandbox`` object, so it
-    must be a valid Kubernetes object name: lowercase alphanumerics, '-' and '.', every
-    dot-separated part starting and ending with an alphanumeric. An empty name is a violation;
-    the handler replaces an empty request name with a generated one before validating.
-    """
-    violations = validate_object_name(name, field)
-    if violations:
-        return violations
+    too_long = validate_max_len(name, field, MAX_NAME_LEN)
+    if too_long:
+        return too_long
     if _DNS1123_SUBDOMAIN.fullmatch(name) is None:
         return [
             FieldViolation(
                 field,
                 f"{field} {_show(name)} must be a DNS-1123 subdomain: lowercase alphanumerics, "
                 "'-' and '.', each part starting and ending with an alphanumeric",
+            )
+        ]
+    return []
+
+
+def validate_workspace(
+    workspace: str, field: str = "workspace_scope.workspace"
+) -> list[FieldViolation]:
+    """A workspace name: a DNS-1123 label of at most 63 bytes (empty means "default")."""
+    if not workspace:
+        return []
+    if _nbytes(workspace) > MAX_WORKSPACE_LEN:
+        return [_too_long(field, MAX_WORKSPACE_LEN, _nbytes(workspace))]
+    if _DNS1123_LABEL_ONLY.fullmatch(workspace) is None:
+        return [
+            FieldViolation(
+                field,
+                f"{field} {_show(workspace)} must be a DNS-1123 label: lowercase alphanumerics "
+                "and '-', starting and ending with an alphanumeric",
             )
         ]
     return []
@@ -278,6 +311,62 @@ def validate_annotations(annotations: Mapping[str, str], field: str) -> list[Fie
             violations.append(
                 FieldViolation(field, f"{field} key {key!r} is reserved for shellgate")
             )
+    total = _total_bytes(annotations)
+    if total > MAX_ANNOTATIONS_TOTAL:
+        violations.append(_too_long(field, MAX_ANNOTATIONS_TOTAL, total))
+    return violations
+
+
+def _total_bytes(values: Mapping[str, str]) -> int:
+    return sum(_nbytes(key) + _nbytes(value) for key, value in values.items())
+
+
+def _has_nul(text: str) -> bool:
+    return "\x00" in text
+
+
+def validate_environment(environment: Mapping[str, str], field: str) -> list[FieldViolation]:
+    """Variables a sandbox process gets: names a process environment can hold (no '=', no
+    NUL, not empty), values without NUL, and at most 256 KiB in all. Checked here, before a
+    driver sees them, so a bad entry is INVALID_ARGUMENT rather than a driver failure."""
+    violations = validate_string_map(environment, field, max_entries=MAX_ENVIRONMENT_ENTRIES)
+    violations += _environment_entries(environment, field)
+    total = _total_bytes(environment)
+    if total > MAX_ENVIRONMENT_TOTAL:
+        violations.append(_too_long(field, MAX_ENVIRONMENT_TOTAL, total))
+    return violations
+
+
+def _environment_entries(values: Mapping[str, str], field: str) -> list[FieldViolation]:
+    """Keys a process environment can hold, values without NUL; each problem once."""
+    violations: list[FieldViolation] = []
+    bad_key = next((k for k in sorted(values) if not _ENVIRONMENT_KEY.fullmatch(k)), None)
+    if bad_key is not None:
+        violations.append(
+            FieldViolation(
+                field,
+                f"{field} key {_show(bad_key)} must be letters, digits, '_', '.' or '-', "
+                "not starting with a digit",
+            )
+        )
+    if any(_has_nul(value) for value in values.values()):
+        violations.append(FieldViolation(field, f"{field} values must not contain NUL"))
+    return violations
+
+
+def validate_command(command: Iterable[str], field: str) -> list[FieldViolation]:
+    """A command line: at most 1024 arguments and 128 KiB, no NUL, a non-empty program."""
+    arguments = list(command)
+    violations: list[FieldViolation] = []
+    if len(arguments) > MAX_COMMAND_ARGS:
+        violations.append(_too_many(field, MAX_COMMAND_ARGS, len(arguments)))
+    total = sum(_nbytes(argument) for argument in arguments)
+    if total > MAX_COMMAND_TOTAL:
+        violations.append(_too_long(field, MAX_COMMAND_TOTAL, total))
+    if arguments and not arguments[0]:
+        violations.append(FieldViolation(field, f"{field} must name a program first"))
+    if any(_has_nul(argument) for argument in arguments):
+        violations.append(FieldViolation(field, f"{field} arguments must not contain NUL"))
     return violations
 
 
@@ -342,9 +431,8 @@ def validate_sandbox_spec(spec: openshell_pb2.SandboxSpec) -> list[FieldViolatio
     """
     violations = _validate_providers(spec.providers)
     violations += validate_max_len(spec.log_level, "spec.log_level", MAX_LOG_LEVEL_LEN)
-    violations += validate_string_map(
-        spec.environment, "spec.environment", max_entries=MAX_ENVIRONMENT_ENTRIES
-    )
+    violations += validate_environment(spec.environment, "spec.environment")
+    violations += validate_command(spec.command, "spec.command")
     if spec.HasField("template"):
         violations += _validate_template(spec.template)
     if spec.HasField("policy"):
@@ -358,14 +446,14 @@ def validate_sandbox_for_create(sandbox: openshell_pb2.Sandbox) -> list[FieldVio
     The spec is required (the reference answers INVALID_ARGUMENT without one). Field paths
     are relative to the ``Sandbox`` message the handler builds from the request.
     """
-    violations = validate_sandbox_name(sandbox.metadata.name, "metadata.name")
+    violations = validate_object_name(sandbox.metadata.name, "metadata.name")
     violations += validate_labels(sandbox.metadata.labels, "metadata.labels")
     violations += validate_annotations(sandbox.metadata.annotations, "metadata.annotations")
     if not sandbox.HasField("spec"):
         violations.append(FieldViolation("spec", "spec is required"))
     else:
         violations += validate_sandbox_spec(sandbox.spec)
-    return violations
+    return violations or validate_encoded_size(sandbox.ByteSize(), "sandbox", MAX_SANDBOX_SIZE)
 
 
 def validate_provider(provider: datamodel_pb2.Provider) -> list[FieldViolation]:
@@ -384,14 +472,22 @@ def validate_provider(provider: datamodel_pb2.Provider) -> list[FieldViolation]:
         violations.append(
             FieldViolation("provider.credentials", "provider.credentials must not be empty")
         )
-    violations += validate_string_map(
-        provider.credentials, "provider.credentials", max_entries=MAX_PROVIDER_CREDENTIALS_ENTRIES
-    )
+    violations += validate_environment_like_credentials(provider.credentials)
     violations += validate_string_map(
         provider.config, "provider.config", max_entries=MAX_PROVIDER_CONFIG_ENTRIES
     )
     violations += validate_labels(provider.metadata.labels, "provider.metadata.labels")
-    return violations
+    return violations or validate_encoded_size(provider.ByteSize(), "provider", MAX_PROVIDER_SIZE)
+
+
+def validate_environment_like_credentials(credentials: Mapping[str, str]) -> list[FieldViolation]:
+    """Credentials are injected into sandboxes as environment variables: the same key and
+    value rules as spec.environment, with the provider's entry limit."""
+    field = "provider.credentials"
+    violations = validate_string_map(
+        credentials, field, max_entries=MAX_PROVIDER_CREDENTIALS_ENTRIES
+    )
+    return violations + _environment_entries(credentials, field)
 
 
 def validate_page_size(page_size: int, field: str = "page_size") -> list[FieldViolation]:

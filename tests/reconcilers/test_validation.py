@@ -39,7 +39,6 @@ from shellgate.reconcilers import (
     validate_page_size,
     validate_provider,
     validate_sandbox_for_create,
-    validate_sandbox_name,
     validate_sandbox_spec,
 )
 
@@ -262,7 +261,8 @@ def test_one_violation_per_problem_kind_per_map() -> None:
     message = sandbox()
     message.spec.environment.update({f"{i}" * 300: "v" * 9000 for i in range(200)})
     descriptions = [v.description for v in validate_sandbox_spec(message.spec)]
-    assert len(descriptions) == 3
+    # entries, key length, value length, key syntax, total size: each kind reported once
+    assert len(descriptions) == 5
     assert all(len(d) < 200 for d in descriptions)
 
 
@@ -377,7 +377,7 @@ def test_provider_required_fields(message: Provider, field: str) -> None:
     ],
 )
 def test_sandbox_name_rule(name: str, ok: bool) -> None:
-    violations = validate_sandbox_name(name)
+    violations = validate_object_name(name, "metadata.name")
     assert (violations == []) is ok
     assert all(v.field == "metadata.name" for v in violations)
 
@@ -386,13 +386,15 @@ def test_sandbox_name_rule(name: str, ok: bool) -> None:
     ("name", "ok"),
     [
         ("x", True),
-        ("Any_Name with spaces", True),
         ("a" * 253, True),
+        ("Any_Name with spaces", False),
+        ("../../etc/passwd", False),
+        ("a\nb", False),
         ("", False),
         ("a" * 254, False),
     ],
 )
-def test_lookup_name_rule(name: str, ok: bool) -> None:
+def test_one_name_rule_for_lookups_and_creates(name: str, ok: bool) -> None:
     assert (validate_object_name(name, "name") == []) is ok
 
 

@@ -20,8 +20,8 @@ from google.protobuf import timestamp_pb2
 from shellgate.api import openshell_pb2
 from shellgate.controller.drivers.base import PlatformEvent
 from shellgate.controller.gateway import Gateway
-from shellgate.controller.service.errors import not_found, status_for
-from shellgate.controller.service.requests import single_workspace
+from shellgate.controller.service.errors import status_for
+from shellgate.controller.service.requests import find_named, single_workspace
 from shellgate.store import ChangeEvent, StoreError
 
 Sandbox = openshell_pb2.Sandbox
@@ -74,9 +74,7 @@ async def _stream(
     gw: Gateway, request: openshell_pb2.WatchSandboxRequest
 ) -> AsyncIterator[openshell_pb2.SandboxStreamEvent]:
     workspace = single_workspace(request.workspace_scope)
-    found = await gw.store.get_message_by_name(Sandbox, request.sandbox, workspace)
-    if found is None:
-        raise not_found("sandbox", request.sandbox)
+    found = await find_named(gw, Sandbox, request.sandbox, workspace, "sandbox")
     sandbox_id = found.metadata.id
     follow_status = request.follow_status or not request.follow_events
     events = gw.events.follow(sandbox_id) if request.follow_events else None
