@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, NewType
-
-ResourceVersion = NewType("ResourceVersion", int)
+from typing import ClassVar
 
 DEFAULT_WORKSPACE = "default"
 
