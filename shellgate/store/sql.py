@@ -73,6 +73,11 @@ def must_create_on_duplicate() -> str:
     return ""
 
 
+def _the_row(bind: Bind) -> str:
+    """The one row a statement addresses: ids are unique, the type is checked too."""
+    return f"object_type = {bind('object_type')} AND id = {bind('id')}"
+
+
 class Dialect(abc.ABC):
     """What the core asks of a database whose SQL differs from the other one's."""
 
@@ -178,24 +183,16 @@ class Statements:
                 f"labels = COALESCE({d.json_value(b('labels'))}, labels), "
                 f"status = COALESCE({b('status')}, status), "
                 f"resource_version = resource_version + 1, updated_at_ms = {now} "
-                f"WHERE object_type = {b('object_type')} AND id = {b('id')} "
-                f"AND {cas_predicate(b)} {WRITTEN}"
+                f"WHERE {_the_row(b)} AND {cas_predicate(b)} {WRITTEN}"
             ),
         )
         self.delete = Statement(
             d,
             lambda b: (
-                f"DELETE FROM objects WHERE object_type = {b('object_type')} AND id = {b('id')} "
-                f"AND {cas_predicate(b)} RETURNING id"
+                f"DELETE FROM objects WHERE {_the_row(b)} AND {cas_predicate(b)} RETURNING id"
             ),
         )
-        self.get = Statement(
-            d,
-            lambda b: (
-                f"SELECT {COLUMNS} FROM objects "
-                f"WHERE object_type = {b('object_type')} AND id = {b('id')}"
-            ),
-        )
+        self.get = Statement(d, lambda b: f"SELECT {COLUMNS} FROM objects WHERE {_the_row(b)}")
         self.get_by_name = Statement(
             d,
             lambda b: (
@@ -204,11 +201,7 @@ class Statements:
             ),
         )
         self.current_version = Statement(
-            d,
-            lambda b: (
-                "SELECT resource_version FROM objects "
-                f"WHERE object_type = {b('object_type')} AND id = {b('id')}"
-            ),
+            d, lambda b: f"SELECT resource_version FROM objects WHERE {_the_row(b)}"
         )
         column, value = d.applied_at
         self.record_migration = Statement(
