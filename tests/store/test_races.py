@@ -13,16 +13,13 @@ without its guard would prove nothing.
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
-import threading
-from collections.abc import Callable
-from typing import Any
 
 import pytest
 
 from shellgate.api import openshell_pb2
 from shellgate.store import Conflict, Store, UniqueViolation, connect, sql
 from tests.support.objects import sandbox
+from tests.support.processes import run_in_processes, wait_for_the_others
 
 pytestmark = pytest.mark.slow
 
@@ -30,29 +27,6 @@ PROCESSES = 3
 TASKS_PER_PROCESS = 8
 INCREMENTS_PER_TASK = 50
 CREATES_PER_PROCESS = 10
-BARRIER_TIMEOUT_S = 60.0
-
-# Set in each worker process by the pool's initializer: a barrier cannot be passed as a task
-# argument, only when the process is created.
-_start_line: threading.Barrier | None = None
-
-
-def _join_start_line(barrier: threading.Barrier) -> None:
-    global _start_line
-    _start_line = barrier
-
-
-def _wait_for_the_others() -> None:
-    assert _start_line is not None
-    _start_line.wait(BARRIER_TIMEOUT_S)
-
-
-def _run_in_processes(target: Callable[..., Any], args: list[tuple[Any, ...]]) -> list[Any]:
-    """Run ``target`` once per argument tuple, each in its own process, released together."""
-    context = multiprocessing.get_context("spawn")
-    barrier = context.Barrier(len(args))
-    with context.Pool(len(args), initializer=_join_start_line, initargs=(barrier,)) as pool:
-        return pool.starmap(target, args)
 
 
 def _remove_cas_predicate() -> None:
@@ -95,7 +69,7 @@ def _increment_worker(url: str, sandbox_id: str, without_guard: bool) -> list[in
     async def run() -> list[int]:
         store = await connect(url)
         try:
-            _wait_for_the_others()
+            wait_for_the_others()
             results = await asyncio.gather(*(task(store) for _ in range(TASKS_PER_PROCESS)))
         finally:
             await store.close()
@@ -109,7 +83,7 @@ async def race_increments(store: Store, store_url: str, *, without_guard: bool) 
     created = await store.create_message(sandbox("counter"))
     sandbox_id = created.metadata.id
     per_process = await asyncio.to_thread(
-        _run_in_processes,
+        run_in_processes,
         _increment_worker,
         [(store_url, sandbox_id, without_guard)] * PROCESSES,
     )
@@ -148,7 +122,7 @@ def _create_worker(url: str, attempts: int, without_guard: bool) -> list[str]:
     async def run() -> list[str]:
         store = await connect(url)
         try:
-            _wait_for_the_others()
+            wait_for_the_others()
             return list(await asyncio.gather(*(create_one(store) for _ in range(attempts))))
         finally:
             await store.close()
@@ -159,7 +133,7 @@ def _create_worker(url: str, attempts: int, without_guard: bool) -> list[str]:
 async def race_creates(store: Store, store_url: str, *, without_guard: bool) -> None:
     """2 processes x 10 creates of one name: exactly one wins, 19 see the name taken."""
     outcomes_per_process = await asyncio.to_thread(
-        _run_in_processes,
+        run_in_processes,
         _create_worker,
         [(store_url, CREATES_PER_PROCESS, without_guard)] * 2,
     )
