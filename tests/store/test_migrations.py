@@ -11,7 +11,7 @@ import pytest
 
 from shellgate.store import MigrationError, Store, connect
 from shellgate.store.migrations import load
-from tests.support.processes import run_in_processes, wait_for_the_others
+from tests.support.racing import run_in_processes, wait_for_the_others
 
 PRE_CAS_VERSION = 1
 ROWS = [

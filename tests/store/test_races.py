@@ -19,7 +19,7 @@ import pytest
 from shellgate.api import openshell_pb2
 from shellgate.store import Conflict, Store, UniqueViolation, connect, sql
 from tests.support.objects import sandbox
-from tests.support.processes import run_in_processes, wait_for_the_others
+from tests.support.racing import run_in_processes, wait_for_the_others
 
 pytestmark = pytest.mark.slow
 

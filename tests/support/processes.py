@@ -1,38 +1,133 @@
-"""Worker processes that start racing at the same moment.
+"""Real ``shellgate serve`` processes for end-to-end tests.
 
-Spawning a process, importing shellgate and connecting take long enough that processes
-started one after another rarely overlap; a race test whose workers do not overlap can pass
-with its guard removed. Workers therefore wait at a barrier once they are ready.
+Each process gets free loopback ports, its own replica id and state directory; readiness is
+known by polling ``/readyz``. Stopping sends SIGTERM and checks the process exits in time.
 """
 
 from __future__ import annotations
 
-import multiprocessing
-from collections.abc import Callable
-from multiprocessing.synchronize import Barrier
-from typing import Any
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
-BARRIER_TIMEOUT_S = 60.0
-
-# Set in each worker process by the pool's initializer: a barrier cannot be passed as a task
-# argument, only when the process is created.
-_start_line: Barrier | None = None
-
-
-def _join_start_line(barrier: Barrier) -> None:
-    global _start_line
-    _start_line = barrier
-
-
-def wait_for_the_others() -> None:
-    """Block until every worker of this ``run_in_processes`` call is here."""
-    assert _start_line is not None, "only workers of run_in_processes have a start line"
-    _start_line.wait(BARRIER_TIMEOUT_S)
+SHELLGATE = str(Path(sys.executable).with_name("shellgate"))
 
 
-def run_in_processes(target: Callable[..., Any], args: list[tuple[Any, ...]]) -> list[Any]:
-    """Run ``target`` once per argument tuple, each in its own spawned process."""
-    context = multiprocessing.get_context("spawn")
-    barrier = context.Barrier(len(args))
-    with context.Pool(len(args), initializer=_join_start_line, initargs=(barrier,)) as pool:
-        return pool.starmap(target, args)
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+@dataclass
+class GatewayProcess:
+    database_url: str
+    state_dir: Path
+    replica_id: str = "r1"
+    driver: str = "local"
+    extra_args: Sequence[str] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    grpc_port: int = field(default_factory=free_port)
+    http_port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.state_dir / f"{self.replica_id}.log", "wb")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [
+                SHELLGATE,
+                "serve",
+                "--database-url",
+                self.database_url,
+                "--listen",
+                self.address,
+                "--http-listen",
+                f"127.0.0.1:{self.http_port}",
+                "--driver",
+                self.driver,
+                "--replica-id",
+                self.replica_id,
+                "--state-dir",
+                str(self.state_dir),
+                *self.extra_args,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **self.env},
+        )
+
+    def log_text(self) -> str:
+        path = self.state_dir / f"{self.replica_id}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"{self.replica_id} exited:\n{self.log_text()}")
+            with contextlib.suppress(OSError):
+                status, _ = await asyncio.to_thread(http_get, f"{self.http}/readyz")
+                if status == 200:
+                    return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"{self.replica_id} not ready in {timeout} s:\n{self.log_text()}")
+
+    async def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM; returns the exit code, failing if it takes longer than ``timeout``."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        while self.process.poll() is None:
+            if time.monotonic() - started > timeout:
+                self.process.kill()
+                raise AssertionError(f"{self.replica_id} ignored SIGTERM:\n{self.log_text()}")
+            await asyncio.sleep(0.05)
+        return self.process.returncode
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@contextlib.asynccontextmanager
+async def gateways(processes: Sequence[GatewayProcess]) -> AsyncIterator[Sequence[GatewayProcess]]:
+    for process in processes:
+        process.start()
+    try:
+        await asyncio.gather(*(p.wait_ready() for p in processes))
+        yield processes
+    finally:
+        for process in processes:
+            with contextlib.suppress(AssertionError):
+                await process.stop()
+            process.kill()
