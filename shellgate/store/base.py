@@ -93,6 +93,22 @@ def timed(operation: str) -> Callable[[AsyncFunction[P, R]], AsyncFunction[P, R]
     return decorate
 
 
+@dataclass(slots=True)
+class RowWrite:
+    """The arguments of one ``put_if``, handed to the backend as one value."""
+
+    object_type: str
+    id: str
+    name: str | None
+    payload: bytes
+    labels: dict[str, str] | None
+    condition: WriteCondition
+    workspace: str
+    scope: str | None
+    version: int | None
+    status: str | None
+
+
 class Store(abc.ABC):
     """Persistence for every object shellgate keeps, with compare-and-swap writes."""
 
@@ -119,7 +135,6 @@ class Store(abc.ABC):
 
     # ----- primitives each backend implements ---------------------------------------------
 
-    @abc.abstractmethod
     async def put_if(
         self,
         object_type: str,
@@ -143,6 +158,15 @@ class Store(abc.ABC):
         set at create and never changed by an update; ``labels`` and ``status`` are updated
         when not None (None keeps the stored value; at create None means no labels).
         """
+        return await self._put(
+            RowWrite(
+                object_type, id, name, payload, labels, condition, workspace, scope, version, status
+            )
+        )
+
+    @abc.abstractmethod
+    async def _put(self, write: RowWrite) -> WriteResult:
+        """``put_if``, with its arguments gathered in one record."""
 
     @abc.abstractmethod
     async def delete_if(self, object_type: str, id: str, expected_resource_version: int) -> bool:
@@ -214,9 +238,6 @@ class Store(abc.ABC):
         """Start feeding ``self._hub`` (called once, on the first subscription)."""
 
     # ----- shared behaviour ---------------------------------------------------------------
-
-    async def list_with_selector(self, object_type: str, selector: str, **kwargs: Any) -> Page:
-        return await self.list(object_type, selector=selector, **kwargs)
 
     async def pause_before_retry(self, failed_attempt: int) -> None:
         """Sleep the retry policy's full-jitter pause, for callers with a CAS loop of their

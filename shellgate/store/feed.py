@@ -80,7 +80,3 @@ class ChangeHub:
     def publish(self, event: ChangeEvent) -> None:
         for subscription in tuple(self._subscribers):
             subscription.offer(event)
-
-    @property
-    def subscriber_count(self) -> int:
-        return len(self._subscribers)

@@ -6,7 +6,7 @@ generated modules; ``api/`` messages are registered here by name.
 
 from __future__ import annotations
 
-from typing import Any, Protocol, TypeVar
+from typing import TypeVar
 
 from google.protobuf.message import Message
 
@@ -14,13 +14,6 @@ OBJECT_TYPES: dict[str, str] = {
     "openshell.v1.Sandbox": "sandbox",
     "openshell.datamodel.v1.Provider": "provider",
 }
-
-
-class MetadataMessage(Protocol):
-    """A protobuf message with an ``ObjectMeta``-shaped ``metadata`` field."""
-
-    @property
-    def metadata(self) -> Any: ...
 
 
 M = TypeVar("M", bound=Message)

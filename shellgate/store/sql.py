@@ -1,58 +1,463 @@
-"""SQL pieces the two backends share: columns, and selectors compiled to bound clauses.
+"""The SQL core: every statement of the store, written once for SQLite and Postgres.
 
-The backends differ only in placeholder style and in how labels are stored (TEXT JSON on
-SQLite, JSONB on Postgres); ``SelectorCompiler`` hides both so each label requirement
-becomes a clause whose keys and values are always parameters, never spliced text.
+``SqlStore`` implements the ``Store`` primitives on one ``objects`` table. What differs
+between the databases is asked of a small ``Dialect`` (placeholders, the "now in ms"
+expression, the JSON and array operators of selectors and ``status IN``, how labels come back,
+how driver errors become the store's typed errors, the migrations and their lock). How a
+statement reaches the database (one aiosqlite connection, or an asyncpg pool with a connection
+pinned per CAS attempt) and where the change feed comes from stay in the two backend classes.
+
+Two pieces are named functions on purpose, because each one alone is what makes a write safe:
+``cas_predicate`` (an update or delete only touches the row at the version its caller read)
+and ``must_create_on_duplicate`` (a create never overwrites a row whose id or name is taken).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import abc
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from operator import itemgetter
+from typing import Any, ClassVar
 
-from shellgate.store.selectors import Operator, Requirement
+from shellgate.store import migrations
+from shellgate.store.base import RowWrite, Store, timed
+from shellgate.store.errors import (
+    Conflict,
+    MigrationError,
+    NotFound,
+    StoreError,
+    StoreUnavailable,
+)
+from shellgate.store.paging import clamp_page_size, decode_page_token, page_of
+from shellgate.store.records import (
+    DEFAULT_WORKSPACE,
+    ChangeEvent,
+    ObjectRecord,
+    Page,
+    WriteResult,
+)
+from shellgate.store.selectors import Operator, Requirement, parse_selector
+
+log = logging.getLogger(__name__)
 
 COLUMNS = (
     "object_type, id, name, workspace, payload, labels, resource_version, "
     "created_at_ms, updated_at_ms, scope, version, status"
 )
+WRITTEN = "RETURNING resource_version, created_at_ms, updated_at_ms"
+
+Bind = Callable[[str], str]
+"""Names a statement parameter and returns its placeholder in the statement text."""
 
 
-class SelectorCompiler:
-    """Turns requirements into SQL with parameters; ``placeholder(n)`` names parameter n."""
+def cas_predicate(bind: Bind) -> str:
+    """The compare-and-swap of every update and delete.
 
-    def __init__(self, dialect: str, placeholder: Callable[[int], str]) -> None:
+    The row is written only while its ``resource_version`` is still the one the caller read,
+    so the database, not Python, decides which of two racing writers wins; the loser's
+    statement matches no row and becomes a ``Conflict``.
+    """
+    return f"resource_version = {bind('expected_version')}"
+
+
+def must_create_on_duplicate() -> str:
+    """What a create does when its id or name is taken: nothing, so the insert fails.
+
+    No ``ON CONFLICT`` clause means the unique indexes reject the second of two racing
+    creates with ``UniqueViolation``; a create can never replace a row someone else made.
+    """
+    return ""
+
+
+def _the_row(bind: Bind) -> str:
+    """The one row a statement addresses: ids are unique, the type is checked too."""
+    return f"object_type = {bind('object_type')} AND id = {bind('id')}"
+
+
+class Dialect(abc.ABC):
+    """What the core asks of a database whose SQL differs from the other one's."""
+
+    name: ClassVar[str]
+    now_ms: ClassVar[str]
+    """An expression for the current time in milliseconds since the epoch."""
+    begin_migrations: ClassVar[tuple[str, ...]]
+    """Statements opening the migration transaction and taking the lock that makes
+    processes starting at once apply each migration exactly once."""
+    applied_at_ddl: ClassVar[str]
+    applied_at: ClassVar[tuple[str, str]]
+    """The ``schema_migrations`` column recording when a migration ran, and its value."""
+
+    @abc.abstractmethod
+    def placeholder(self, position: int) -> str:
+        """The text naming the parameter at ``position`` (1-based)."""
+
+    def json_value(self, placeholder: str) -> str:
+        """A parameter holding JSON text, as the labels column wants it."""
+        return placeholder
+
+    @abc.abstractmethod
+    def has_label_key(self, key: str) -> str:
+        """True when the labels hold the key bound at ``key``."""
+
+    @abc.abstractmethod
+    def label_value_in(self, key: str, values: list[str]) -> str:
+        """True when the key is present with one of ``values`` (False when absent)."""
+
+    @abc.abstractmethod
+    def one_of(self, column: str, values: Sequence[str], params: Params) -> str:
+        """``column`` equals one of ``values``, bound through ``params``."""
+
+    @abc.abstractmethod
+    def labels_of(self, stored: Any) -> dict[str, str]:
+        """The labels column as read back by the driver."""
+
+    @abc.abstractmethod
+    def translate(self, error: Exception) -> StoreError:
+        """The store's typed error for a driver error, so no driver type leaks upwards."""
+
+    def migration_statements(self, migration: migrations.Migration) -> list[str]:
+        """The statements of one migration file, as the driver can run them."""
+        return [migration.sql]
+
+
+class Params:
+    """Parameters of a statement built per call; ``bind`` returns the value's placeholder."""
+
+    __slots__ = ("_dialect", "values")
+
+    def __init__(self, dialect: Dialect) -> None:
         self._dialect = dialect
-        self._placeholder = placeholder
+        self.values: list[Any] = []
 
-    def compile(self, requirements: list[Requirement], params: list[Any]) -> list[str]:
-        return [self._clause(requirement, params) for requirement in requirements]
+    def bind(self, value: Any) -> str:
+        self.values.append(value)
+        return self._dialect.placeholder(len(self.values))
 
-    def _bind(self, params: list[Any], value: Any) -> str:
-        params.append(value)
-        return self._placeholder(len(params))
 
-    def _clause(self, requirement: Requirement, params: list[Any]) -> str:
-        key = self._bind(params, requirement.key)
+class Statement:
+    """A statement built once per store, and the order in which its named values bind."""
+
+    __slots__ = ("_pick", "sql")
+
+    def __init__(self, dialect: Dialect, build: Callable[[Bind], str]) -> None:
+        names: list[str] = []
+
+        def bind(name: str) -> str:
+            names.append(name)
+            return dialect.placeholder(len(names))
+
+        self.sql = build(bind)
+        pick = itemgetter(*names)
+        self._pick: Callable[[Mapping[str, Any]], tuple[Any, ...]] = (
+            pick if len(names) > 1 else lambda values: (pick(values),)
+        )
+
+    def params(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
+        return self._pick(values)
+
+
+class Statements:
+    """Every fixed statement of the store, in one dialect."""
+
+    def __init__(self, d: Dialect) -> None:
+        now = d.now_ms
+        self.insert = Statement(
+            d,
+            lambda b: (
+                "INSERT INTO objects (object_type, id, name, workspace, payload, labels, "
+                "resource_version, created_at_ms, updated_at_ms, scope, version, status) "
+                f"VALUES ({b('object_type')}, {b('id')}, {b('name')}, {b('workspace')}, "
+                f"{b('payload')}, {d.json_value(b('labels'))}, 1, {now}, {now}, "
+                f"{b('scope')}, {b('version')}, {b('status')}) "
+                f"{must_create_on_duplicate()} {WRITTEN}"
+            ),
+        )
+        self.update = Statement(
+            d,
+            lambda b: (
+                f"UPDATE objects SET payload = {b('payload')}, "
+                f"labels = COALESCE({d.json_value(b('labels'))}, labels), "
+                f"status = COALESCE({b('status')}, status), "
+                f"resource_version = resource_version + 1, updated_at_ms = {now} "
+                f"WHERE {_the_row(b)} AND {cas_predicate(b)} {WRITTEN}"
+            ),
+        )
+        self.delete = Statement(
+            d,
+            lambda b: (
+                f"DELETE FROM objects WHERE {_the_row(b)} AND {cas_predicate(b)} RETURNING id"
+            ),
+        )
+        self.get = Statement(d, lambda b: f"SELECT {COLUMNS} FROM objects WHERE {_the_row(b)}")
+        self.get_by_name = Statement(
+            d,
+            lambda b: (
+                f"SELECT {COLUMNS} FROM objects WHERE object_type = {b('object_type')} "
+                f"AND workspace = {b('workspace')} AND name = {b('name')}"
+            ),
+        )
+        self.current_version = Statement(
+            d, lambda b: f"SELECT resource_version FROM objects WHERE {_the_row(b)}"
+        )
+        column, value = d.applied_at
+        self.record_migration = Statement(
+            d,
+            lambda b: (
+                f"INSERT INTO schema_migrations (version, name, {column}) "
+                f"VALUES ({b('version')}, {b('name')}, {value})"
+            ),
+        )
+        self.create_migrations_table = (
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
+            f"name TEXT NOT NULL, {d.applied_at_ddl})"
+        )
+
+
+class SqlStore(Store):
+    """The store on one ``objects`` table; subclasses supply the executor and feed."""
+
+    dialect: ClassVar[Dialect]
+    publishes_own_writes: ClassVar[bool]
+    """True when this process must publish its own writes to the change feed (no database
+    notification reaches it)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._sql = Statements(self.dialect)
+        self._feed_task: asyncio.Task[None] | None = None
+
+    async def close(self) -> None:
+        if self._feed_task is not None:
+            self._feed_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._feed_task
+            self._feed_task = None
+        await self._disconnect()
+
+    # ----- what each backend supplies -----------------------------------------------------
+
+    @abc.abstractmethod
+    async def _disconnect(self) -> None:
+        """Close the connection or pool (the change feed is already stopped)."""
+
+    @abc.abstractmethod
+    async def _rows(self, sql: str, params: Sequence[Any]) -> Sequence[Any]:
+        """Run one statement; its rows. Driver errors come out as ``dialect.translate``."""
+
+    async def _row(self, sql: str, params: Sequence[Any]) -> Any:
+        """Run one statement; its first row or None."""
+        rows = await self._rows(sql, params)
+        return rows[0] if rows else None
+
+    @abc.abstractmethod
+    async def _execute(self, sql: str) -> None:
+        """Run statements without parameters (transaction control, migration files)."""
+
+    # ----- primitives ---------------------------------------------------------------------
+
+    @timed("put_if")
+    async def _put(self, write: RowWrite) -> WriteResult:
+        condition = write.condition
+        values: dict[str, Any] = {
+            "object_type": write.object_type,
+            "id": write.id,
+            "payload": write.payload,
+            "labels": _labels_json(write.labels, keep=not condition.is_create),
+            "status": write.status,
+        }
+        if condition.is_create:
+            statement = self._sql.insert
+            values.update(
+                name=write.name, workspace=write.workspace, scope=write.scope, version=write.version
+            )
+        else:
+            statement = self._sql.update
+            values["expected_version"] = condition.expected_version
+        row = await self._row(statement.sql, statement.params(values))
+        if row is None:
+            raise await self._why_not_written(write.object_type, write.id)
+        rv, created, updated = row[0], row[1], row[2]
+        if self.publishes_own_writes:
+            self._hub.publish(ChangeEvent(write.object_type, write.id, rv, committed_at_ms=updated))
+        return WriteResult(rv, created, updated)
+
+    @timed("delete_if")
+    async def delete_if(self, object_type: str, id: str, expected_resource_version: int) -> bool:
+        statement = self._sql.delete
+        values = {
+            "object_type": object_type,
+            "id": id,
+            "expected_version": expected_resource_version,
+        }
+        if await self._row(statement.sql, statement.params(values)) is not None:
+            if self.publishes_own_writes:
+                self._hub.publish(ChangeEvent(object_type, id, None, deleted=True))
+            return True
+        error = await self._why_not_written(object_type, id)
+        if isinstance(error, NotFound):
+            return False
+        raise error
+
+    @timed("get")
+    async def get(self, object_type: str, id: str) -> ObjectRecord | None:
+        statement = self._sql.get
+        row = await self._row(
+            statement.sql, statement.params({"object_type": object_type, "id": id})
+        )
+        return None if row is None else self._record(row)
+
+    @timed("get_by_name")
+    async def get_by_name(
+        self, object_type: str, name: str, workspace: str = DEFAULT_WORKSPACE
+    ) -> ObjectRecord | None:
+        statement = self._sql.get_by_name
+        values = {"object_type": object_type, "workspace": workspace, "name": name}
+        row = await self._row(statement.sql, statement.params(values))
+        return None if row is None else self._record(row)
+
+    @timed("list")
+    async def list(
+        self,
+        object_type: str,
+        *,
+        workspace: str | None = DEFAULT_WORKSPACE,
+        selector: str = "",
+        limit: int = 0,
+        page_token: str = "",
+        scope: str | None = None,
+    ) -> Page:
+        size = clamp_page_size(limit)
+        params = Params(self.dialect)
+        where = [f"object_type = {params.bind(object_type)}"]
+        if workspace is not None:
+            where.append(f"workspace = {params.bind(workspace)}")
+        if scope is not None:
+            where.append(f"scope = {params.bind(scope)}")
+        where += [self._selector_clause(r, params) for r in parse_selector(selector)]
+        if page_token:
+            created, last_id = decode_page_token(page_token)
+            where.append(f"(created_at_ms, id) > ({params.bind(created)}, {params.bind(last_id)})")
+        rows = await self._rows(
+            f"SELECT {COLUMNS} FROM objects WHERE {' AND '.join(where)} "
+            f"ORDER BY created_at_ms, id LIMIT {params.bind(size + 1)}",
+            params.values,
+        )
+        return page_of([self._record(row) for row in rows], size)
+
+    @timed("list_versions")
+    async def list_versions(
+        self,
+        object_type: str,
+        scope: str,
+        *,
+        below: int | None = None,
+        statuses: Sequence[str] | None = None,
+        limit: int = 0,
+    ) -> Sequence[ObjectRecord]:
+        params = Params(self.dialect)
+        where = [
+            f"object_type = {params.bind(object_type)}",
+            f"scope = {params.bind(scope)}",
+            "version IS NOT NULL",
+        ]
+        if below is not None:
+            where.append(f"version < {params.bind(below)}")
+        if statuses is not None:
+            where.append(self.dialect.one_of("status", statuses, params))
+        rows = await self._rows(
+            f"SELECT {COLUMNS} FROM objects WHERE {' AND '.join(where)} "
+            f"ORDER BY version DESC LIMIT {params.bind(clamp_page_size(limit))}",
+            params.values,
+        )
+        return [self._record(row) for row in rows]
+
+    # ----- schema -------------------------------------------------------------------------
+
+    async def schema_version(self) -> int:
+        row = await self._row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", ())
+        return int(row[0])
+
+    async def ping(self) -> None:
+        try:
+            await self._rows("SELECT 1", ())
+        except StoreUnavailable:
+            raise
+        except Exception as exc:  # whatever the driver says, the database did not answer
+            raise StoreUnavailable(f"{self.backend} database unavailable: {exc}") from exc
+
+    async def _migrate(self, migrate_to: int | None) -> None:
+        """Apply the migrations not yet recorded, in one transaction under the dialect's lock."""
+        async with self._attempt_scope():
+            try:
+                for statement in self.dialect.begin_migrations:
+                    await self._execute(statement)
+                await self._apply_migrations(migrate_to)
+                await self._execute("COMMIT")
+            except StoreError as exc:
+                with contextlib.suppress(StoreError):
+                    await self._execute("ROLLBACK")
+                raise MigrationError(f"{self.backend} migration failed: {exc}") from exc
+
+    async def _apply_migrations(self, migrate_to: int | None) -> None:
+        await self._execute(self._sql.create_migrations_table)
+        applied = {row[0] for row in await self._rows("SELECT version FROM schema_migrations", ())}
+        record = self._sql.record_migration
+        for migration in migrations.load(self.dialect.name):
+            if migration.version in applied:
+                continue
+            if migrate_to is not None and migration.version > migrate_to:
+                break
+            for statement in self.dialect.migration_statements(migration):
+                await self._execute(statement)
+            values = {"version": migration.version, "name": migration.name}
+            await self._rows(record.sql, record.params(values))
+            log.info(
+                "applied %s migration %03d_%s", self.backend, migration.version, migration.name
+            )
+
+    # ----- helpers ------------------------------------------------------------------------
+
+    async def _why_not_written(self, object_type: str, id: str) -> Conflict | NotFound:
+        statement = self._sql.current_version
+        row = await self._row(
+            statement.sql, statement.params({"object_type": object_type, "id": id})
+        )
+        return NotFound(object_type, id) if row is None else Conflict(row[0])
+
+    def _selector_clause(self, requirement: Requirement, params: Params) -> str:
+        """One label requirement as SQL; its key and values are always bound, never spliced."""
+        key = params.bind(requirement.key)
         op = requirement.operator
         if op in (Operator.EXISTS, Operator.DOES_NOT_EXIST):
-            test = self._has_key(key)
+            test = self.dialect.has_label_key(key)
             return test if op is Operator.EXISTS else f"NOT {test}"
-        values = [self._bind(params, value) for value in requirement.values]
-        matches = self._value_in(key, values)
+        values = [params.bind(value) for value in requirement.values]
+        matches = self.dialect.label_value_in(key, values)
         return matches if op in (Operator.EQUALS, Operator.IN) else f"NOT {matches}"
 
-    def _has_key(self, key: str) -> str:
-        if self._dialect == "postgres":
-            return f"jsonb_exists(labels, {key})"
-        return f"EXISTS (SELECT 1 FROM json_each(objects.labels) WHERE key = {key})"
-
-    def _value_in(self, key: str, values: list[str]) -> str:
-        """True when the key is present with one of ``values`` (False when absent)."""
-        listed = ", ".join(values)
-        if self._dialect == "postgres":
-            return f"COALESCE((labels ->> {key}) IN ({listed}), FALSE)"
-        return (
-            "EXISTS (SELECT 1 FROM json_each(objects.labels) "
-            f"WHERE key = {key} AND value IN ({listed}))"
+    def _record(self, row: Any) -> ObjectRecord:
+        return ObjectRecord(
+            object_type=row[0],
+            id=row[1],
+            name=row[2],
+            workspace=row[3],
+            payload=bytes(row[4]),
+            labels=self.dialect.labels_of(row[5]),
+            resource_version=max(int(row[6]), 1),
+            created_at_ms=row[7],
+            updated_at_ms=row[8],
+            scope=row[9],
+            version=row[10],
+            status=row[11],
         )
+
+
+def _labels_json(labels: dict[str, str] | None, *, keep: bool) -> str | None:
+    """The labels column value; None on an update means "keep the stored labels"."""
+    if labels is None and keep:
+        return None
+    return json.dumps(labels or {}, sort_keys=True, separators=(",", ":"))

@@ -1,41 +1,56 @@
 """Races across OS processes: nothing acknowledged is lost, and creates have one winner.
 
 Each worker process opens its own store on the same database (a real SQLite file shared by
-processes, or one Postgres database), the way several gateway replicas would.
+processes, or one Postgres database), the way several gateway replicas would, and waits at a
+barrier so that all of them start racing at the same moment.
+
+Each race test has a companion that removes, inside the worker processes only, the one piece
+of the SQL core the race depends on (the CAS predicate; MUST_CREATE failing on a taken name)
+and shows that the race test's own assertion then fails. A race test that still passed
+without its guard would prove nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
-from collections.abc import Callable
-from typing import Any
 
 import pytest
 
 from shellgate.api import openshell_pb2
-from shellgate.store import Conflict, Store, UniqueViolation, connect
+from shellgate.store import Conflict, Store, UniqueViolation, connect, sql
 from tests.support.objects import sandbox
+from tests.support.racing import run_in_processes, wait_for_the_others
 
 pytestmark = pytest.mark.slow
 
 PROCESSES = 3
 TASKS_PER_PROCESS = 8
 INCREMENTS_PER_TASK = 50
+CREATES_PER_PROCESS = 10
 
 
-def _run_in_processes(target: Callable[..., Any], args: list[tuple[Any, ...]]) -> list[Any]:
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(len(args)) as pool:
-        return pool.starmap(target, args)
+def _remove_cas_predicate() -> None:
+    """Updates and deletes no longer check the version their caller read."""
+    sql.cas_predicate = lambda bind: "TRUE"  # type: ignore[assignment]
 
 
-def _increment_worker(url: str, sandbox_id: str) -> list[int]:
+def _make_create_replace() -> None:
+    """MUST_CREATE overwrites the row holding the name instead of failing."""
+    sql.must_create_on_duplicate = lambda: (  # type: ignore[assignment]
+        "ON CONFLICT (object_type, workspace, name) WHERE name IS NOT NULL "
+        "DO UPDATE SET payload = excluded.payload"
+    )
+
+
+def _increment(message: openshell_pb2.Sandbox) -> openshell_pb2.Sandbox:
+    message.status.current_policy_version += 1
+    return message
+
+
+def _increment_worker(url: str, sandbox_id: str, without_guard: bool) -> list[int]:
     """8 tasks each increment the counter 50 times; returns every version a call returned."""
-
-    def increment(message: openshell_pb2.Sandbox) -> openshell_pb2.Sandbox:
-        message.status.current_policy_version += 1
-        return message
+    if without_guard:
+        _remove_cas_predicate()
 
     async def task(store: Store) -> list[int]:
         versions = []
@@ -43,7 +58,7 @@ def _increment_worker(url: str, sandbox_id: str) -> list[int]:
             while True:
                 try:
                     outcome = await store.update_message_cas(
-                        openshell_pb2.Sandbox, sandbox_id, increment
+                        openshell_pb2.Sandbox, sandbox_id, _increment
                     )
                 except Conflict:
                     continue  # retries ran out: call again, as a client would
@@ -54,6 +69,7 @@ def _increment_worker(url: str, sandbox_id: str) -> list[int]:
     async def run() -> list[int]:
         store = await connect(url)
         try:
+            wait_for_the_others()
             results = await asyncio.gather(*(task(store) for _ in range(TASKS_PER_PROCESS)))
         finally:
             await store.close()
@@ -62,11 +78,14 @@ def _increment_worker(url: str, sandbox_id: str) -> list[int]:
     return asyncio.run(run())
 
 
-async def test_no_lost_updates_across_processes(store: Store, store_url: str) -> None:
+async def race_increments(store: Store, store_url: str, *, without_guard: bool) -> None:
+    """3 processes x 8 tasks x 50 increments of one counter; every increment must count."""
     created = await store.create_message(sandbox("counter"))
     sandbox_id = created.metadata.id
     per_process = await asyncio.to_thread(
-        _run_in_processes, _increment_worker, [(store_url, sandbox_id)] * PROCESSES
+        run_in_processes,
+        _increment_worker,
+        [(store_url, sandbox_id, without_guard)] * PROCESSES,
     )
     versions = [version for chunk in per_process for version in chunk]
     total = PROCESSES * TASKS_PER_PROCESS * INCREMENTS_PER_TASK
@@ -74,12 +93,25 @@ async def test_no_lost_updates_across_processes(store: Store, store_url: str) ->
     assert len(set(versions)) == total, "two successful calls returned the same version"
     final = await store.get_message(openshell_pb2.Sandbox, sandbox_id)
     assert final is not None
-    assert final.status.current_policy_version == total
+    counted = final.status.current_policy_version
+    assert counted == total, f"lost increments: the counter is {counted}, not {total}"
     assert final.metadata.resource_version == total + 1
     assert sorted(versions) == list(range(2, total + 2))
 
 
-def _create_worker(url: str, attempts: int, start: asyncio.Event | None = None) -> list[str]:
+async def test_no_lost_updates_across_processes(store: Store, store_url: str) -> None:
+    await race_increments(store, store_url, without_guard=False)
+
+
+async def test_without_the_cas_predicate_updates_are_lost(store: Store, store_url: str) -> None:
+    with pytest.raises(AssertionError, match="lost increments"):
+        await race_increments(store, store_url, without_guard=True)
+
+
+def _create_worker(url: str, attempts: int, without_guard: bool) -> list[str]:
+    if without_guard:
+        _make_create_replace()
+
     async def create_one(store: Store) -> str:
         try:
             await store.create_message(sandbox("contested"))
@@ -90,6 +122,7 @@ def _create_worker(url: str, attempts: int, start: asyncio.Event | None = None) 
     async def run() -> list[str]:
         store = await connect(url)
         try:
+            wait_for_the_others()
             return list(await asyncio.gather(*(create_one(store) for _ in range(attempts))))
         finally:
             await store.close()
@@ -97,12 +130,24 @@ def _create_worker(url: str, attempts: int, start: asyncio.Event | None = None) 
     return asyncio.run(run())
 
 
-async def test_must_create_race_has_one_winner(store: Store, store_url: str) -> None:
+async def race_creates(store: Store, store_url: str, *, without_guard: bool) -> None:
+    """2 processes x 10 creates of one name: exactly one wins, 19 see the name taken."""
     outcomes_per_process = await asyncio.to_thread(
-        _run_in_processes, _create_worker, [(store_url, 10), (store_url, 10)]
+        run_in_processes,
+        _create_worker,
+        [(store_url, CREATES_PER_PROCESS, without_guard)] * 2,
     )
     outcomes = [outcome for chunk in outcomes_per_process for outcome in chunk]
-    assert outcomes.count("created") == 1
+    assert outcomes.count("created") == 1, f"more than one create won: {outcomes}"
     assert outcomes.count("unique:objects_name_uq") == 19
     page = await store.list("sandbox")
     assert [record.name for record in page.records] == ["contested"]
+
+
+async def test_must_create_race_has_one_winner(store: Store, store_url: str) -> None:
+    await race_creates(store, store_url, without_guard=False)
+
+
+async def test_must_create_that_replaces_has_many_winners(store: Store, store_url: str) -> None:
+    with pytest.raises(AssertionError, match="more than one create won"):
+        await race_creates(store, store_url, without_guard=True)
