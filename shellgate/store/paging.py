@@ -26,6 +26,9 @@ from shellgate.store.records import ObjectRecord, Page
 
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_BYTES = 4 * 1024 * 1024
+"""Stored payload bytes in one page: a page ends early (with a token) past this, so a list
+costs bounded memory and a bounded response whatever its page size and its rows' sizes."""
 MAX_TOKEN_LENGTH = 512
 TOKEN_FORMAT = "1"
 MAX_POSITION = 2**63 - 1
@@ -69,11 +72,21 @@ def clamp_page_size(limit: int) -> int:
     return DEFAULT_PAGE_SIZE if limit == 0 else min(limit, MAX_PAGE_SIZE)
 
 
-def page_of(records: list[ObjectRecord], size: int) -> Page:
-    """A page from ``size + 1`` fetched rows: the extra row only says another page exists."""
-    shown = records[:size]
+def page_of(records: list[ObjectRecord], size: int, max_bytes: int = MAX_PAGE_BYTES) -> Page:
+    """A page from ``size + 1`` fetched rows: the extra row only says another page exists.
+
+    The page also ends before the row that would take its payloads past ``max_bytes``
+    (always keeping one row, so a list moves on whatever the sizes).
+    """
+    shown: list[ObjectRecord] = []
+    used = 0
+    for record in records[:size]:
+        used += len(record.payload)
+        if shown and used > max_bytes:
+            break
+        shown.append(record)
     token = ""
-    if len(records) > size:
+    if len(records) > len(shown):
         token = encode_page_token(shown[-1].created_at_ms, shown[-1].id)
     return Page(shown, token)
 

@@ -149,3 +149,24 @@ async def test_crafted_page_tokens_are_rejected(store: Store, raw: str) -> None:
     token = base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
     with pytest.raises(InvalidPageToken):
         await store.list("sandbox", page_token=token)
+
+
+async def test_a_page_ends_early_at_its_byte_budget(store: Store) -> None:
+    """Large rows make short pages, never a huge response; every row is still reached once."""
+    from shellgate.store.paging import MAX_PAGE_BYTES
+
+    row_bytes = MAX_PAGE_BYTES // 3 + 1
+    for n in range(7):
+        payload = bytes([n]) * row_bytes
+        await store.put_if("sandbox", f"id{n}", f"n{n}", payload, {}, MUST_CREATE)
+    sizes, seen, token = [], [], ""
+    while True:
+        page = await store.list("sandbox", limit=1000, page_token=token)
+        sizes.append(len(page.records))
+        assert sum(len(r.payload) for r in page.records) <= MAX_PAGE_BYTES
+        seen += [r.id for r in page.records]
+        token = page.next_page_token
+        if not token:
+            break
+    assert sizes == [2, 2, 2, 1]
+    assert seen == [f"id{n}" for n in range(7)]
