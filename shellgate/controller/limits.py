@@ -28,6 +28,10 @@ class Limits:
     """A connection is asked to go away after this long, so load rebalances across replicas;
     in-flight calls get ``max_connection_age_grace_seconds`` to finish."""
     max_connection_age_grace_seconds: int = 300
+    database_statement_timeout_seconds: int = 30
+    """Postgres: the server cancels a statement running longer (``statement_timeout``)."""
+    database_acquire_timeout_seconds: int = 10
+    """Postgres: longest wait for a pooled connection or a new one; then UNAVAILABLE."""
 
 
 class Slots:

@@ -26,6 +26,7 @@ from shellgate.store.records import (
     ChangeEvent,
     ObjectRecord,
     Page,
+    StoreTimeouts,
     WriteCondition,
     WriteResult,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreObserver",
+    "StoreTimeouts",
     "StoreUnavailable",
     "UniqueViolation",
     "WriteCondition",

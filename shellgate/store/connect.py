@@ -8,6 +8,7 @@ from shellgate.store.base import RetryPolicy, Store
 from shellgate.store.errors import ConfigurationError
 from shellgate.store.observer import StoreObserver
 from shellgate.store.postgres import PostgresStore
+from shellgate.store.records import StoreTimeouts
 from shellgate.store.sqlite import SqliteStore
 
 ACCEPTED_FORMS = (
@@ -22,23 +23,35 @@ async def connect(
     observer: StoreObserver | None = None,
     retry: RetryPolicy | None = None,
     migrate_to: int | None = None,
+    timeouts: StoreTimeouts | None = None,
 ) -> Store:
     """Open the database named by ``url`` and apply its migrations.
 
     ``migrate_to`` stops at a given migration; it exists for upgrade tests.
     """
-    store = store_for_url(url, observer=observer, retry=retry)
+    store = store_for_url(url, observer=observer, retry=retry, timeouts=timeouts)
     await store.open(migrate_to=migrate_to)
     return store
 
 
 def store_for_url(
-    url: str, *, observer: StoreObserver | None = None, retry: RetryPolicy | None = None
+    url: str,
+    *,
+    observer: StoreObserver | None = None,
+    retry: RetryPolicy | None = None,
+    timeouts: StoreTimeouts | None = None,
 ) -> Store:
     """The unopened store for ``url``; raises ``ConfigurationError`` naming the accepted forms."""
     parts = urlsplit(url)
     if parts.scheme in ("postgres", "postgresql"):
-        return PostgresStore(url, observer=observer, retry=retry)
+        timeouts = timeouts or StoreTimeouts()
+        return PostgresStore(
+            url,
+            observer=observer,
+            retry=retry,
+            statement_timeout=timeouts.statement,
+            acquire_timeout=timeouts.acquire,
+        )
     if parts.scheme == "sqlite":
         if parts.netloc or not parts.path.startswith("/") or parts.path == "/":
             raise ConfigurationError(

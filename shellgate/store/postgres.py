@@ -31,7 +31,7 @@ from shellgate.store.errors import (
     UniqueViolation,
 )
 from shellgate.store.observer import StoreObserver
-from shellgate.store.records import ChangeEvent
+from shellgate.store.records import ChangeEvent, StoreTimeouts
 from shellgate.store.sql import Dialect, Params, SqlStore
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,15 @@ MIGRATION_LOCK_KEY = 0x5348454C4C  # "SHELL": one advisory lock id for all shell
 LISTEN_RETRY_SECONDS = 1.0
 LISTEN_READY_TIMEOUT = 5.0
 
-# Connection-level failures: the database is down or unreachable, not the request wrong.
+DEFAULT_STATEMENT_TIMEOUT = StoreTimeouts().statement
+DEFAULT_ACQUIRE_TIMEOUT = StoreTimeouts().acquire
+CLIENT_TIMEOUT_SLACK = 5.0
+"""The client gives up this long after the server's statement_timeout should have fired."""
+
+# Connection-level failures: the database is down, unreachable, restarting, out of
+# connections or too slow, not the request wrong. InternalClientError is what asyncpg raises
+# on a pooled connection that already received the server's FATAL ("cannot switch to state
+# 12"); QueryCanceledError is the server's statement_timeout.
 _UNAVAILABLE = (
     OSError,
     asyncio.TimeoutError,
@@ -56,7 +64,9 @@ _UNAVAILABLE = (
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
     asyncpg.exceptions.InvalidAuthorizationSpecificationError,  # credentials refused
+    asyncpg.exceptions.QueryCanceledError,
     asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
 )
 # A value the database (or asyncpg's encoder) refuses: the request is wrong, not the server.
 # asyncpg's client-side DataError subclasses InterfaceError, so it is matched first.
@@ -128,6 +138,8 @@ class PostgresStore(SqlStore):
         *,
         min_size: int = 1,
         max_size: int = 10,
+        statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT,
+        acquire_timeout: float = DEFAULT_ACQUIRE_TIMEOUT,
         observer: StoreObserver | None = None,
         retry: RetryPolicy | None = None,
     ) -> None:
@@ -135,6 +147,8 @@ class PostgresStore(SqlStore):
         self.dsn = dsn
         self._min_size = min_size
         self._max_size = max_size
+        self._statement_timeout = statement_timeout
+        self._acquire_timeout = acquire_timeout
         self._pool: asyncpg.Pool | None = None
 
     @property
@@ -146,7 +160,13 @@ class PostgresStore(SqlStore):
     async def open(self, *, migrate_to: int | None = None) -> None:
         try:
             self._pool = await asyncpg.create_pool(
-                self.dsn, min_size=self._min_size, max_size=self._max_size, reset=_keep_session
+                self.dsn,
+                min_size=self._min_size,
+                max_size=self._max_size,
+                reset=_keep_session,
+                timeout=self._acquire_timeout,  # connecting
+                command_timeout=self._statement_timeout + CLIENT_TIMEOUT_SLACK,
+                server_settings={"statement_timeout": str(int(self._statement_timeout * 1000))},
             )
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"cannot connect to Postgres: {exc}") from exc
@@ -157,23 +177,44 @@ class PostgresStore(SqlStore):
             await self._pool.close()
             self._pool = None
 
-    def _acquire(self) -> Any:
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection, with every failure to get or use one mapped in one place.
+
+        Waiting for a free connection is bounded (``acquire_timeout``). A connection that
+        failed at the connection level is terminated before it returns to the pool, so the
+        pool replaces it instead of handing the broken one to the next caller.
+        """
         if self._pool is None:
             raise StoreUnavailable("the Postgres store is not open")
-        return self._pool.acquire()
+        try:
+            conn = await self._pool.acquire(timeout=self._acquire_timeout)
+        except _DRIVER_ERRORS as exc:
+            raise self.dialect.translate(exc) from exc
+        try:
+            yield conn
+        except (*_UNAVAILABLE, StoreUnavailable):
+            # A connection the server closed is already on its way back to the pool; one
+            # left in a broken state (InternalClientError) must not be reused.
+            with contextlib.suppress(asyncpg.exceptions.InterfaceError):  # already released
+                if not conn.is_closed():
+                    conn.terminate()
+            raise
+        finally:
+            await self._pool.release(conn)
 
     # ----- executor -----------------------------------------------------------------------
 
-    async def _rows(self, sql: str, params: Sequence[Any]) -> Sequence[Any]:
-        return await self._run("fetch", sql, params)  # type: ignore[no-any-return]
+    async def _rows(self, sql: str, params: Sequence[Any], *, read: bool = False) -> Sequence[Any]:
+        return await self._run("fetch", sql, params, read)  # type: ignore[no-any-return]
 
-    async def _row(self, sql: str, params: Sequence[Any]) -> Any:
-        return await self._run("fetchrow", sql, params)
+    async def _row(self, sql: str, params: Sequence[Any], *, read: bool = False) -> Any:
+        return await self._run("fetchrow", sql, params, read)
 
     async def _execute(self, sql: str) -> None:
         # Without arguments asyncpg uses the simple protocol: a migration file may hold
         # several statements.
-        await self._run("execute", sql, ())
+        await self._run("execute", sql, (), read=False)
 
     @contextlib.asynccontextmanager
     async def _attempt_scope(self) -> AsyncIterator[None]:
@@ -185,19 +226,32 @@ class PostgresStore(SqlStore):
         if _PINNED.get() is not None:
             yield
             return
-        async with self._acquire() as conn:
+        async with self._connection() as conn:
             token = _PINNED.set(conn)
             try:
                 yield
             finally:
                 _PINNED.reset(token)
 
-    async def _run(self, method: str, sql: str, args: Sequence[Any]) -> Any:
-        try:
-            pinned = _PINNED.get()
-            if pinned is not None:
+    async def _run(self, method: str, sql: str, args: Sequence[Any], read: bool) -> Any:
+        """Run on the pinned connection, else on a pooled one; a read that lost its
+        connection is tried once more on a fresh one (the pool replaced the broken one)."""
+        pinned = _PINNED.get()
+        if pinned is not None:
+            try:
                 return await getattr(pinned, method)(sql, *args)
-            async with self._acquire() as conn:
+            except _DRIVER_ERRORS as exc:
+                raise self.dialect.translate(exc) from exc
+        try:
+            return await self._run_pooled(method, sql, args)
+        except StoreUnavailable:
+            if not read:
+                raise
+            return await self._run_pooled(method, sql, args)
+
+    async def _run_pooled(self, method: str, sql: str, args: Sequence[Any]) -> Any:
+        try:
+            async with self._connection() as conn:
                 return await getattr(conn, method)(sql, *args)
         except _DRIVER_ERRORS as exc:
             raise self.dialect.translate(exc) from exc

@@ -100,3 +100,13 @@ class CasOutcome(Generic[T]):
     message: T
     written: bool
     attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoreTimeouts:
+    """How long a Postgres statement may run and how long a caller waits for a connection,
+    in seconds; past either the call is ``StoreUnavailable`` rather than a hang. (SQLite's
+    lock wait is its URL's ``busy_timeout_ms``.)"""
+
+    statement: float = 30.0
+    acquire: float = 10.0

@@ -245,12 +245,17 @@ class SqlStore(Store):
         """Close the connection or pool (the change feed is already stopped)."""
 
     @abc.abstractmethod
-    async def _rows(self, sql: str, params: Sequence[Any]) -> Sequence[Any]:
-        """Run one statement; its rows. Driver errors come out as ``dialect.translate``."""
+    async def _rows(self, sql: str, params: Sequence[Any], *, read: bool = False) -> Sequence[Any]:
+        """Run one statement; its rows. Driver errors come out as ``dialect.translate``.
 
-    async def _row(self, sql: str, params: Sequence[Any]) -> Any:
+        ``read`` marks a statement that changes nothing, which a backend may run again after
+        a dropped connection (a write may have committed before the connection dropped, so
+        it is never repeated here).
+        """
+
+    async def _row(self, sql: str, params: Sequence[Any], *, read: bool = False) -> Any:
         """Run one statement; its first row or None."""
-        rows = await self._rows(sql, params)
+        rows = await self._rows(sql, params, read=read)
         return rows[0] if rows else None
 
     @abc.abstractmethod
@@ -306,7 +311,7 @@ class SqlStore(Store):
     async def get(self, object_type: str, id: str) -> ObjectRecord | None:
         statement = self._sql.get
         row = await self._row(
-            statement.sql, statement.params({"object_type": object_type, "id": id})
+            statement.sql, statement.params({"object_type": object_type, "id": id}), read=True
         )
         return None if row is None else self._record(row)
 
@@ -316,7 +321,7 @@ class SqlStore(Store):
     ) -> ObjectRecord | None:
         statement = self._sql.get_by_name
         values = {"object_type": object_type, "workspace": workspace, "name": name}
-        row = await self._row(statement.sql, statement.params(values))
+        row = await self._row(statement.sql, statement.params(values), read=True)
         return None if row is None else self._record(row)
 
     @timed("list")
@@ -345,6 +350,7 @@ class SqlStore(Store):
             f"SELECT {COLUMNS} FROM objects WHERE {' AND '.join(where)} "
             f"ORDER BY created_at_ms, id LIMIT {params.bind(size + 1)}",
             params.values,
+            read=True,
         )
         return page_of([self._record(row) for row in rows], size)
 
@@ -372,13 +378,16 @@ class SqlStore(Store):
             f"SELECT {COLUMNS} FROM objects WHERE {' AND '.join(where)} "
             f"ORDER BY version DESC LIMIT {params.bind(clamp_page_size(limit))}",
             params.values,
+            read=True,
         )
         return [self._record(row) for row in rows]
 
     # ----- schema -------------------------------------------------------------------------
 
     async def schema_version(self) -> int:
-        row = await self._row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", ())
+        row = await self._row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations", (), read=True
+        )
         return int(row[0])
 
     async def ping(self) -> None:
@@ -424,7 +433,7 @@ class SqlStore(Store):
     async def _why_not_written(self, object_type: str, id: str) -> Conflict | NotFound:
         statement = self._sql.current_version
         row = await self._row(
-            statement.sql, statement.params({"object_type": object_type, "id": id})
+            statement.sql, statement.params({"object_type": object_type, "id": id}), read=True
         )
         return NotFound(object_type, id) if row is None else Conflict(row[0])
 

@@ -157,7 +157,7 @@ class SqliteStore(SqlStore):
 
     # ----- executor -----------------------------------------------------------------------
 
-    async def _rows(self, sql: str, params: Sequence[Any]) -> Sequence[Any]:
+    async def _rows(self, sql: str, params: Sequence[Any], *, read: bool = False) -> Sequence[Any]:
         try:
             return list(await self._db.execute_fetchall(sql, params))
         except sqlite3.Error as exc:

@@ -34,7 +34,7 @@ async def insert_pre_cas_rows(store: Store, url: str) -> None:
                 row,
             )
     else:
-        async with store._acquire() as conn:  # type: ignore[attr-defined]
+        async with store._connection() as conn:  # type: ignore[attr-defined]
             for row in ROWS:
                 await conn.execute(
                     "INSERT INTO objects (id, object_type, name, scope, version, status, payload, "
@@ -104,7 +104,7 @@ def migrate_at_once(store_url: str) -> None:
                     "SELECT version FROM schema_migrations"
                 )
                 return [row[0] for row in rows]
-            async with store._acquire() as conn:  # type: ignore[attr-defined]
+            async with store._connection() as conn:  # type: ignore[attr-defined]
                 return [r[0] for r in await conn.fetch("SELECT version FROM schema_migrations")]
         finally:
             await store.close()

@@ -49,3 +49,118 @@ async def test_outage_raises_unavailable_then_recovers(pg_dsn: str) -> None:
 async def test_unreachable_database_at_connect_is_unavailable() -> None:
     with pytest.raises(StoreUnavailable):
         await connect("postgresql://nobody@127.0.0.1:1/none")
+
+
+async def _terminate_other_backends(dsn: str) -> int:
+    import asyncpg
+
+    admin = await asyncpg.connect(dsn)
+    try:
+        return int(
+            await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+    finally:
+        await admin.close()
+
+
+async def test_terminated_backends_are_unavailable_never_internal(pg_dsn: str) -> None:
+    """pg_terminate_backend under load: reads are retried once on a fresh connection, a CAS
+    answers StoreUnavailable or succeeds, and the pool replaces every broken connection."""
+    from shellgate.api import openshell_pb2
+    from shellgate.store import Conflict, StoreError
+
+    store = await connect(pg_dsn)
+    created = openshell_pb2.Sandbox()
+    created.metadata.id, created.metadata.name = "a", "a"
+    await store.create_message(created)
+
+    def bump(message: openshell_pb2.Sandbox) -> openshell_pb2.Sandbox:
+        message.status.current_policy_version += 1
+        return message
+
+    async def traffic() -> list[str]:
+        outcomes = []
+        for _ in range(60):
+            try:
+                await store.update_message_cas(openshell_pb2.Sandbox, "a", bump)
+                await store.get("sandbox", "a")
+                outcomes.append("ok")
+            except StoreUnavailable:
+                outcomes.append("unavailable")
+            except Conflict:  # six writers on one row may exhaust their retries: ABORTED
+                outcomes.append("conflict")
+            except StoreError as exc:  # anything else would reach a client as INTERNAL
+                outcomes.append(f"other: {type(exc).__name__}: {exc}")
+            await asyncio.sleep(0.005)
+        return outcomes
+
+    try:
+        workers = [asyncio.create_task(traffic()) for _ in range(6)]
+        for _ in range(8):
+            await asyncio.sleep(0.03)
+            await _terminate_other_backends(pg_dsn)
+        outcomes = [o for worker in workers for o in await worker]
+        assert [o for o in outcomes if o.startswith("other")] == []
+        assert outcomes.count("ok") > 0
+        record = await store.get("sandbox", "a")  # the pool recovered by itself
+        assert record is not None
+    finally:
+        await store.close()
+
+
+async def test_a_cas_that_cannot_get_a_connection_is_unavailable(pg_dsn: str) -> None:
+    """The pinned connection of a CAS attempt is acquired inside the error mapping, and
+    waiting for one is bounded."""
+    from shellgate.api import openshell_pb2
+    from shellgate.store.postgres import PostgresStore
+
+    store = PostgresStore(pg_dsn, min_size=1, max_size=1, acquire_timeout=0.2)
+    await store.open()
+    try:
+        created = openshell_pb2.Sandbox()
+        created.metadata.id, created.metadata.name = "a", "a"
+        await store.create_message(created)
+        holding, release = asyncio.Event(), asyncio.Event()
+
+        async def hold_the_only_connection() -> None:
+            async with store._attempt_scope():
+                holding.set()
+                await release.wait()
+
+        holder = asyncio.create_task(hold_the_only_connection())
+        await holding.wait()
+        with pytest.raises(StoreUnavailable):
+            await asyncio.wait_for(
+                store.update_message_cas(openshell_pb2.Sandbox, "a", lambda m: m), 5
+            )
+        release.set()
+        await holder
+        assert (await store.update_message_cas(openshell_pb2.Sandbox, "a", lambda m: m)).message
+    finally:
+        await store.close()
+
+
+async def test_a_statement_stuck_on_a_lock_times_out_as_unavailable(pg_dsn: str) -> None:
+    import asyncpg
+
+    from shellgate.store.postgres import PostgresStore
+
+    store = PostgresStore(pg_dsn, statement_timeout=0.3)
+    await store.open()
+    admin = await asyncpg.connect(pg_dsn)
+    try:
+        await store.put_if("sandbox", "a", "a", b"", {}, WriteCondition.MUST_CREATE)
+        locker = admin.transaction()
+        await locker.start()
+        await admin.execute("SELECT 1 FROM objects WHERE id = 'a' FOR UPDATE")
+        with pytest.raises(StoreUnavailable):
+            await store.put_if("sandbox", "a", "a", b"x", None, WriteCondition.match(1))
+        await locker.rollback()
+        result = await store.put_if("sandbox", "a", "a", b"x", None, WriteCondition.match(1))
+        assert result.resource_version == 2
+    finally:
+        await admin.close()
+        await store.close()

@@ -46,6 +46,16 @@ LIMIT_FLAGS: list[tuple[str, str, str]] = [
         "--grpc-max-connection-age-grace-seconds",
         "time calls get to finish when a connection is aged out",
     ),
+    (
+        "database_statement_timeout_seconds",
+        "--database-statement-timeout-seconds",
+        "Postgres statement_timeout",
+    ),
+    (
+        "database_acquire_timeout_seconds",
+        "--database-acquire-timeout-seconds",
+        "Postgres wait for a connection",
+    ),
 ]
 """Each bound of ``Limits``: its field, its flag (the variable is SHELLGATE_ + the flag)."""
 

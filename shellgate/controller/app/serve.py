@@ -39,7 +39,7 @@ from shellgate.controller.reconcile.driver_events import run_watch_loop
 from shellgate.controller.reconcile.intents import run_intent_loop
 from shellgate.controller.service.decoding import RejectUndecodableRequests
 from shellgate.controller.service.servicer import OpenShellService
-from shellgate.store import ConfigurationError, connect
+from shellgate.store import ConfigurationError, StoreTimeouts, connect
 
 log = logging.getLogger("shellgate.serve")
 
@@ -124,7 +124,14 @@ async def serve(
     stop = stop or asyncio.Event()
     _install_signal_handlers(stop)
     metrics = Metrics()
-    store = await connect(config.database_url, observer=metrics)
+    store = await connect(
+        config.database_url,
+        observer=metrics,
+        timeouts=StoreTimeouts(
+            statement=config.limits.database_statement_timeout_seconds,
+            acquire=config.limits.database_acquire_timeout_seconds,
+        ),
+    )
     driver = build_driver(config)
     gw = Gateway(
         store=store,
