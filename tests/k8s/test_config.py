@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from shellgate.controller.drivers.k8s import client
-from shellgate.controller.drivers.kubernetes import KubernetesDriver
+from shellgate.controller.drivers.kubernetes import KubernetesDriver, client
 from shellgate.controller.serve import ServeConfig, build_driver
 
 
