@@ -4,7 +4,7 @@ The ``kmock`` fixture (kmock's pytest plugin) is a running emulator; ``kmock_opt
 our ``SandboxEmulator``. ``emulator`` registers agent-sandbox ``sandboxes`` (v1beta1) in
 discovery; a test that wants v1alpha1 only uses ``emulator_versions`` through
 ``@pytest.mark.parametrize("emulator_versions", [...], indirect=True)``. ``driver`` is a
-started ``KubernetesDriver`` logged in to kmock with a fixed ``ConnectionInfo`` (pitfall C),
+started ``KubernetesDriver`` logged in to kmock with a fixed ``Configuration`` (host: kmock),
 and ``k8s_gateway`` adds a store, the watch loop and a gRPC server, as the gateway tests do.
 """
 
@@ -17,14 +17,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-import kopf
 import pytest
 from kmock import KubernetesEmulator
 
 from shellgate.api import openshell_pb2, openshell_pb2_grpc
 from shellgate.controller.app.serve import start_grpc
-from shellgate.controller.drivers.k8s.client import fixed_login
 from shellgate.controller.drivers.kubernetes import KubernetesDriver
+from shellgate.controller.drivers.kubernetes.client import configuration_for, fixed_login
 from shellgate.controller.gateway import Gateway
 from shellgate.controller.metrics import Metrics
 from shellgate.controller.reconcile.driver_events import run_watch_loop
@@ -71,7 +70,7 @@ def emulator(kmock: KubernetesEmulator, emulator_versions: tuple[str, ...]) -> K
 
 def make_driver(url: str, *, image: str = "registry.example/sandbox:1") -> KubernetesDriver:
     return KubernetesDriver(
-        login=fixed_login(kopf.ConnectionInfo(server=url)),
+        login=fixed_login(configuration_for(url)),
         namespace=NAMESPACE,
         sandbox_image=image,
         error_backoffs=FAST_BACKOFFS,

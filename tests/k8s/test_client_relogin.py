@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
-import kopf
 from aiohttp import web
+from kubernetes_asyncio import client as k8s
 
-from shellgate.controller.drivers.k8s.client import ApiClient
+from shellgate.controller.drivers.kubernetes.client import SandboxApi, configuration_for
 from tests.support.processes import free_port
+
+NAMESPACE = "ns"
+THING = f"/apis/agents.x-k8s.io/v1beta1/namespaces/{NAMESPACE}/sandboxes/thing"
 
 
 async def test_concurrent_401s_log_in_once_and_every_request_succeeds() -> None:
@@ -28,29 +31,27 @@ async def test_concurrent_401s_log_in_once_and_every_request_succeeds() -> None:
         return web.json_response({"kind": "Thing"})
 
     app = web.Application()
-    app.router.add_get("/thing", handler)
+    app.router.add_get(THING, handler)
     runner = web.AppRunner(app)
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     logins = 0
 
-    async def login() -> kopf.ConnectionInfo:
+    async def login() -> k8s.Configuration:
         nonlocal logins
         logins += 1
-        return kopf.ConnectionInfo(
-            server=f"http://127.0.0.1:{port}", token="old" if logins == 1 else "new"
-        )
+        return configuration_for(f"http://127.0.0.1:{port}", token="old" if logins == 1 else "new")
 
-    client = ApiClient(login)
+    api = SandboxApi(login)
     try:
-        await client.request("GET", "/thing")  # first login, token "old" works
+        await api.get("v1beta1", NAMESPACE, "thing")  # first login, token "old" works
         valid["token"] = "new"  # the token rotates
         started.clear()
         in_flight = 0
-        results = await asyncio.gather(*(client.request("GET", "/thing") for _ in range(5)))
+        results = await asyncio.gather(*(api.get("v1beta1", NAMESPACE, "thing") for _ in range(5)))
     finally:
-        await client.close()
+        await api.close()
         await runner.cleanup()
     assert results == [{"kind": "Thing"}] * 5
     assert logins == 2, "one renewal serves every request that saw the 401"

@@ -8,8 +8,7 @@ import pytest
 
 from shellgate.controller.app.options import ServeOptions
 from shellgate.controller.app.serve import build_driver
-from shellgate.controller.drivers.k8s import client
-from shellgate.controller.drivers.kubernetes import KubernetesDriver
+from shellgate.controller.drivers.kubernetes import KubernetesDriver, client
 
 
 def test_the_namespace_defaults_to_the_pods_own(

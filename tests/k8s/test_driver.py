@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import kmock
-import kopf
 import pytest
 from kmock import KubernetesEmulator
 
@@ -24,13 +23,14 @@ from shellgate.controller.drivers.base import (
     PlatformEvent,
     SnapshotEvent,
 )
-from shellgate.controller.drivers.k8s import operator
-from shellgate.controller.drivers.k8s.client import (
+from shellgate.controller.drivers.kubernetes import KubernetesDriver
+from shellgate.controller.drivers.kubernetes import watch as kopf_watch
+from shellgate.controller.drivers.kubernetes.client import (
     DRIVER_USER_AGENT,
     WATCH_USER_AGENT,
+    configuration_for,
     fixed_login,
 )
-from shellgate.controller.drivers.kubernetes import KubernetesDriver
 from tests.k8s.conftest import FAST_BACKOFFS, make_driver, until
 from tests.support.k8s_emulator import (
     NAMESPACE,
@@ -427,24 +427,24 @@ async def test_a_watch_failing_with_server_errors_keeps_retrying(
 async def test_kopf_is_started_again_if_it_ends(
     monkeypatch: pytest.MonkeyPatch, emulator: KubernetesEmulator
 ) -> None:
-    monkeypatch.setattr(operator, "RESTART_DELAYS", (0.01,))
-    watch = operator.KopfWatch(
-        login=fixed_login(kopf.ConnectionInfo(server=str(emulator.url).rstrip("/"))),
+    monkeypatch.setattr(kopf_watch, "RESTART_DELAYS", (0.01,))
+    watch = kopf_watch.KopfWatch(
+        login=fixed_login(configuration_for(str(emulator.url))),
         namespace=NAMESPACE,
         version="v1beta1",
         on_sandbox=lambda _type, _body: None,
         on_core_event=lambda _body: None,
     )
     spawned: list[int] = []
-    real_spawn = watch._spawn
+    real_operate = watch._operate
 
-    async def spawn(stop: asyncio.Event) -> list[asyncio.Task[Any]]:
+    async def operate(stop: asyncio.Event, ready: asyncio.Event) -> None:
         spawned.append(len(spawned))
         if len(spawned) == 1:  # the first run ends at once, as if kopf had crashed
-            return [asyncio.create_task(asyncio.sleep(0))]
-        return await real_spawn(stop)
+            return
+        await real_operate(stop, ready)
 
-    monkeypatch.setattr(watch, "_spawn", spawn)
+    monkeypatch.setattr(watch, "_operate", operate)
     try:
         await watch.start()
         await until(lambda: watch.ready, timeout=15)

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from shellgate.api import openshell_pb2 as P
-from shellgate.controller.drivers.k8s.manifest import (
+from shellgate.controller.drivers.kubernetes.manifest import (
     ManifestError,
     choose_version,
     event_identity,

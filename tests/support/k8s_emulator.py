@@ -8,7 +8,8 @@ agent-sandbox ``sandboxes`` at the given versions.
 
 What kmock cannot do, and how the tests cope: it assigns no ``resourceVersion`` (tests set
 one on every object they write), never answers 409 on a stale version (tests inject one with a
-reaction), and answers a create with 200 (shellgate's client accepts any 2xx). Helpers here
+reaction), and answers a create with 200 (shellgate's client accepts any 2xx). Its watch could
+lose a change made while a watcher connects; ``SandboxEmulator`` closes that gap. Helpers here
 patch objects the way the agent-sandbox controller would, through the HTTP API so that
 watchers see the change.
 """
@@ -16,7 +17,7 @@ watchers see the change.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import attrs
@@ -30,7 +31,7 @@ VERBS = {"list", "watch", "get", "patch", "create", "delete", "update"}
 
 @attrs.define(kw_only=True)
 class SandboxEmulator(KubernetesEmulator):
-    """kmock's emulator with the two discovery/list fixes Go clients need.
+    """kmock's emulator with the discovery/list fixes Go clients need and a gap-free watch.
 
     With ``keep_requests=False`` a request is forgotten once answered. kmock matches every
     request against its reactions by walking all recorded requests, so a long-running server
@@ -51,6 +52,35 @@ class SandboxEmulator(KubernetesEmulator):
         payload: Any = await super()._serve_version(request)
         payload["groupVersion"] = str(payload["groupVersion"]).lstrip("/")
         return payload  # type: ignore[no-any-return]
+
+    async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[rendering.Payload]:
+        """kmock's watch without its gap: the snapshot and the event stream start together.
+
+        kmock copies the existing objects under its lock and only then subscribes to the
+        event bus; a change made in between (say, a test's POST while a watcher in another
+        thread connects) is in neither and is lost for good. A real API server resumes from
+        the listed resourceVersion and loses nothing, so here the bus position is marked
+        under the same lock as the snapshot (every write publishes under that lock too).
+        """
+        yield b""  # send the headers at once, as kmock does
+        assert request.resource is not None
+        bus = self._buses[request.resource]
+        async with self._lock:
+            marker = await bus.mark()
+            objects = self._KubernetesEmulator__get_objs(request, strict=False)
+            existing = [{"type": "ADDED", "object": o.raw} for o in objects if not o.deleted]
+        try:
+            for event in existing:
+                yield event
+            async for event in bus.stream(since=marker):
+                meta = event.get("object", {}).get("metadata", {})
+                name, namespace = meta.get("name"), meta.get("namespace")
+                if self._KubernetesEmulator__check(
+                    request, request.resource, namespace, name, strict=False
+                ):
+                    yield event
+        finally:
+            await bus.unmark(marker)
 
     async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
         payload: Any = await super()._serve_list(request)

@@ -7,9 +7,10 @@ harmless. The driver never writes the store. docs/kubernetes.md describes the wh
 
 - **API version** comes from discovery at start: ``v1beta1`` when served, else ``v1alpha1``
   (logged). Existing objects are patched at the version they report.
-- **Create** posts the object (``k8s.manifest`` builds it). A name that is taken by an object
-  with our sandbox id is success (a retried create); taken by anything else is a
-  ``DriverConflict``, which the caller reports as ALREADY_EXISTS after rolling its row back.
+- **Create** posts the object (``manifest`` builds it, ``client`` sends it). A name that is
+  taken by an object with our sandbox id is success (a retried create); taken by anything
+  else is a ``DriverConflict``, which the caller reports as ALREADY_EXISTS after rolling its
+  row back.
 - **Stop / start** read the object and send a merge patch of ``spec.operatingMode``
   (v1alpha1: ``spec.replicas``) that carries the ``resourceVersion`` just read; a 409 means
   someone changed it meanwhile, and the read-patch is repeated.
@@ -20,10 +21,11 @@ harmless. The driver never writes the store. docs/kubernetes.md describes the wh
   An index filled by the watch (and by create) maps ids to names; an id it does not know is
   looked up by label selector (and the label is checked again, since a server may ignore the
   selector).
-- **Watch.** kopf (``k8s.operator``) delivers every Sandbox event and every core ``Event`` of
-  the namespace. A Sandbox we manage becomes a ``SnapshotEvent`` (or a ``DeletedEvent``); an
-  ``Event`` about one of our Sandboxes or its pod becomes a ``PlatformEvent``, published once
-  per replica even when a relist replays it.
+- **Watch.** kopf (``watch``, in a thread of its own) delivers every Sandbox event and every
+  core ``Event`` of the namespace, handed over to this driver's event loop. A Sandbox we
+  manage becomes a ``SnapshotEvent`` (or a ``DeletedEvent``); an ``Event`` about one of our
+  Sandboxes or its pod becomes a ``PlatformEvent``, published once per replica even when a
+  relist replays it.
 """
 
 from __future__ import annotations
@@ -44,16 +46,16 @@ from shellgate.controller.drivers.base import (
     SnapshotEvent,
 )
 from shellgate.controller.drivers.fanout import EventFanout
-from shellgate.controller.drivers.k8s.client import (
-    ApiClient,
+from shellgate.controller.drivers.kubernetes.client import (
     ApiConflict,
     ApiError,
     ApiNotFound,
     Login,
+    SandboxApi,
     default_namespace,
     login_in_cluster_or_kubeconfig,
 )
-from shellgate.controller.drivers.k8s.manifest import (
+from shellgate.controller.drivers.kubernetes.manifest import (
     GROUP,
     KIND,
     MANAGED_SELECTOR,
@@ -61,7 +63,6 @@ from shellgate.controller.drivers.k8s.manifest import (
     Body,
     ManifestError,
     choose_version,
-    collection_path,
     event_identity,
     involved_object,
     lifecycle_patch,
@@ -71,8 +72,9 @@ from shellgate.controller.drivers.k8s.manifest import (
     sandbox_id_of,
     sandbox_object,
     snapshot_of,
+    version_of,
 )
-from shellgate.controller.drivers.k8s.operator import DEFAULT_ERROR_BACKOFFS, KopfWatch
+from shellgate.controller.drivers.kubernetes.watch import DEFAULT_ERROR_BACKOFFS, KopfWatch
 from shellgate.reconcilers.snapshot import DriverSnapshot
 
 log = logging.getLogger(__name__)
@@ -113,7 +115,7 @@ class KubernetesDriver:
         self.namespace = namespace
         self.sandbox_image = sandbox_image
         self._login = login
-        self._api = ApiClient(login)
+        self._api = SandboxApi(login)
         self._version = version
         self._error_backoffs = tuple(error_backoffs)
         self._discovery_delays = tuple(discovery_delays)
@@ -179,24 +181,29 @@ class KubernetesDriver:
         return self._fanout.subscribe()
 
     async def _discover_version(self) -> str:
+        served = await self._served_versions()
+        if served is None:
+            raise DriverError(f"the API server does not serve {GROUP}")
+        version = choose_version(served)
+        if version is None:
+            raise DriverError(f"{GROUP} serves none of v1beta1, v1alpha1 (served: {served})")
+        log.info("agent-sandbox API: using %s/%s (served: %s)", GROUP, version, served)
+        return version
+
+    async def _served_versions(self) -> list[str] | None:
+        """Discovery, retried after each pause of ``discovery_delays`` while unreachable.
+
+        At start the API server may not answer yet (a pod starting with the cluster); a
+        definite answer, even "not served", ends the wait at once.
+        """
         last_error: ApiError | None = None
-        for delay in (*self._discovery_delays, None):
+        for pause in (0.0, *self._discovery_delays):
+            await asyncio.sleep(pause)
             try:
-                group = await self._api.get(f"/apis/{GROUP}")
-            except ApiNotFound as exc:
-                raise DriverError(f"the API server does not serve {GROUP}: {exc}") from exc
+                return await self._api.served_versions(GROUP)
             except ApiError as exc:
                 last_error = exc
                 log.warning("discovery of %s failed: %s", GROUP, exc)
-                if delay is not None:
-                    await asyncio.sleep(delay)
-                continue
-            served = [str(v.get("version")) for v in group.get("versions") or ()]
-            version = choose_version(served)
-            if version is None:
-                raise DriverError(f"{GROUP} serves none of v1beta1, v1alpha1 (served: {served})")
-            log.info("agent-sandbox API: using %s/%s (served: %s)", GROUP, version, served)
-            return version
         raise DriverError(f"cannot reach the Kubernetes API: {last_error}")
 
     def _require_version(self) -> str:
@@ -222,7 +229,7 @@ class KubernetesDriver:
             raise DriverError(str(exc)) from exc
         name = sandbox.metadata.name
         try:
-            created = await self._api.post(collection_path(version, self.namespace), body)
+            created = await self._api.create(version, self.namespace, body)
         except ApiConflict:
             await self._adopt_existing(sandbox.metadata.id, name)
             return
@@ -247,12 +254,9 @@ class KubernetesDriver:
         body = await self._find(sandbox_id)
         if body is None:
             return False
-        options: Body = {"apiVersion": "v1", "kind": "DeleteOptions"}
         uid = body.get("metadata", {}).get("uid")
-        if uid:
-            options["preconditions"] = {"uid": uid}
         try:
-            await self._api.delete(object_path(body), options)
+            await self._api.delete(*_coordinates(body, self.namespace), uid=uid or None)
         except (ApiNotFound, ApiConflict):
             return False  # gone, or replaced by an object of another sandbox
         except ApiError as exc:
@@ -278,7 +282,7 @@ class KubernetesDriver:
             if patch is None:
                 return
             try:
-                await self._api.patch(object_path(body), patch)
+                await self._api.patch(*_coordinates(body, self.namespace), patch)
                 return
             except (ApiConflict, ApiNotFound):
                 continue
@@ -311,18 +315,18 @@ class KubernetesDriver:
         return None
 
     async def _get_by_name(self, name: str) -> Body | None:
-        path = f"{collection_path(self._require_version(), self.namespace)}/{name}"
         try:
-            return await self._api.get(path)
+            return await self._api.get(self._require_version(), self.namespace, name)
         except ApiNotFound:
             return None
         except ApiError as exc:
             raise DriverError(f"cannot read Sandbox {name}: {exc}") from exc
 
     async def _list(self, selector: str) -> list[Body]:
-        path = collection_path(self._require_version(), self.namespace)
         try:
-            return await self._api.list_all(path, label_selector=selector)
+            return await self._api.list_all(
+                self._require_version(), self.namespace, label_selector=selector
+            )
         except ApiError as exc:
             raise DriverError(f"cannot list Sandboxes: {exc}") from exc
 
@@ -376,6 +380,12 @@ class KubernetesDriver:
 
     def _emit(self, event: DriverEvent) -> None:
         self._fanout.publish(event)
+
+
+def _coordinates(body: Body, default_namespace: str) -> tuple[str, str, str]:
+    """(version, namespace, name) of an existing object, at the version it reports itself."""
+    meta = body.get("metadata", {})
+    return version_of(body), str(meta.get("namespace") or default_namespace), str(meta["name"])
 
 
 def _quiet_kopf_handler_logs() -> None:
