@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from shellgate.controller.drivers.base import ComputeDriver
 from shellgate.controller.metrics import Metrics
 from shellgate.controller.platform_events import PlatformEventBus
-from shellgate.store import Store
+from shellgate.store import Repositories, Store
 
 
 def wall_clock_ms() -> int:
@@ -24,3 +24,23 @@ class Gateway:
     replica_id: str
     events: PlatformEventBus = field(default_factory=lambda: PlatformEventBus())
     clock_ms: Callable[[], int] = wall_clock_ms
+    repos: Repositories = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.repos = Repositories(self.store)
+
+    async def remove_sandbox_at(self, sandbox_id: str, version: int) -> bool:
+        """Remove the sandbox row at ``version`` with what it owns (the repository's cascade),
+        then its in-memory platform events; False if it was not ours to remove."""
+        removed = await self.repos.sandboxes.remove_at(sandbox_id, version)
+        if removed:
+            self.events.forget(sandbox_id)
+        return removed
+
+    async def remove_sandbox(self, sandbox_id: str) -> bool | None:
+        """Remove the sandbox row at whatever version it has now (see
+        ``SandboxRepository.remove``); its platform events go unless every attempt lost."""
+        removed = await self.repos.sandboxes.remove(sandbox_id)
+        if removed is not None:
+            self.events.forget(sandbox_id)
+        return removed

@@ -43,6 +43,7 @@ from shellgate.store.records import (
     WriteCondition,
     WriteResult,
 )
+from shellgate.store.retry import Attempt, retry_on_conflict
 
 M = TypeVar("M", bound=Message)
 P = ParamSpec("P")
@@ -218,10 +219,25 @@ class Store(abc.ABC):
     async def list_with_selector(self, object_type: str, selector: str, **kwargs: Any) -> Page:
         return await self.list(object_type, selector=selector, **kwargs)
 
-    async def pause_before_retry(self, failed_attempt: int) -> None:
-        """Sleep the retry policy's full-jitter pause, for callers with a CAS loop of their
-        own (a fence, a revision insert), so they spread out like update_message_cas."""
-        await asyncio.sleep(self.retry.pause(failed_attempt, self._rng))
+    async def retry_on_conflict(
+        self,
+        attempt: Attempt[R],
+        *,
+        object_type: str | None,
+        retriable: tuple[type[Exception], ...] = (Conflict,),
+        attempts: int | None = None,
+    ) -> R:
+        """``retry.retry_on_conflict`` with this store's policy, random source and observer,
+        for the repositories' loops (a fence, a version-bound delete, a revision insert)."""
+        return await retry_on_conflict(
+            self.retry,
+            self._rng,
+            attempt,
+            observer=self.observer,
+            object_type=object_type,
+            retriable=retriable,
+            attempts=attempts,
+        )
 
     def subscribe(self) -> Subscription:
         """A subscription to the change feed: ``async with store.subscribe() as sub``."""

@@ -22,6 +22,7 @@ from shellgate.controller.gateway import Gateway
 from shellgate.controller.service.errors import not_found, status_for
 from shellgate.controller.service.requests import single_workspace
 from shellgate.store import ChangeEvent, StoreError
+from shellgate.store.repositories import SANDBOX_TYPE
 
 Sandbox = openshell_pb2.Sandbox
 RESYNC_SECONDS = 5.0
@@ -67,9 +68,9 @@ async def _stream(
     gw: Gateway, request: openshell_pb2.WatchSandboxRequest
 ) -> AsyncIterator[openshell_pb2.SandboxStreamEvent]:
     workspace = single_workspace(request.workspace_scope)
-    found = await gw.store.get_message_by_name(Sandbox, request.sandbox, workspace)
+    found = await gw.repos.sandboxes.find(request.sandbox, workspace)
     if found is None:
-        raise not_found("sandbox", request.sandbox)
+        raise not_found(SANDBOX_TYPE, request.sandbox)
     sandbox_id = found.metadata.id
     follow_status = request.follow_status or not request.follow_events
     events = gw.events.follow(sandbox_id) if request.follow_events else None
@@ -80,7 +81,7 @@ async def _stream(
                     yield _event_message(event)
             last_version = 0
             while True:
-                current = await gw.store.get_message(Sandbox, sandbox_id)
+                current = await gw.repos.sandboxes.get(sandbox_id)
                 if current is None:
                     return
                 if follow_status and current.metadata.resource_version != last_version:
