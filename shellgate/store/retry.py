@@ -10,7 +10,8 @@ helper is that loop, once, for all of them (client-go calls it ``RetryOnConflict
 * between calls a random pause under a growing ceiling (the policy's full jitter), so a burst
   of writers spreads out instead of colliding again in lockstep;
 * when every call lost, ``Conflict`` (ABORTED at the API), carrying the current version when
-  the last loss knew it;
+  the last loss knew it (counted as exhausted unless only one call was allowed: a single
+  client-driven attempt that found a stale version ran out of nothing);
 * each lost call is reported to the observer as a ``conflict`` attempt and each finished loop
   as one call with its attempt count, under ``object_type``. The winning call reports its own
   result (``written`` or ``noop``), because only it knows which it was. ``object_type=None``
@@ -73,6 +74,8 @@ async def retry_on_conflict(
             observer.cas_call(object_type, number, exhausted=False)
         return result
     if object_type is not None:
-        observer.cas_call(object_type, limit, exhausted=True)
+        # One allowed attempt (a client-driven CAS) lost to a stale version; that is not a
+        # retry budget running out.
+        observer.cas_call(object_type, limit, exhausted=limit > 1)
     current = last.current_resource_version if isinstance(last, Conflict) else None
     raise Conflict(current) from last
