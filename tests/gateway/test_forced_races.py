@@ -9,16 +9,20 @@ Guards:
 * the provider fence after a sandbox starts referencing a provider (attach, create);
 * DeleteProvider's ``delete_if`` at the version read before its reference scan;
 * the state check in each chunk decision (approve refuses a rejected chunk, reject an
-  approved one).
+  approved one);
+* the version index ``objects_version_uq``, which lets only one of two writers that built on
+  revision n insert n+1 (the loser rebuilds on the winner's revision).
 """
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import psycopg
 import pytest
 
 from shellgate.api import datamodel_pb2, internal_pb2, openshell_pb2, sandbox_pb2
@@ -315,3 +319,71 @@ async def test_decision_race_fails_without_its_state_check(
     result = await DECISION_RACES[race](gw)
     with pytest.raises(AssertionError):
         check_one_decision_wins(result)
+
+
+# --- policy revisions: two merges on one sandbox keep both rules ------------------------------
+
+
+@dataclass
+class MergeRace:
+    first: Result
+    second: Result
+    latest_rules: set[str]
+    versions: list[int]
+
+
+def merge_request(rule_name: str) -> P.UpdateConfigRequest:
+    chunk = proposal(f"{rule_name}.example.com")
+    operation = P.PolicyMergeOperation()
+    operation.add_rule.rule_name = rule_name
+    operation.add_rule.rule.CopyFrom(chunk.proposed_rule)
+    return P.UpdateConfigRequest(sandbox="alpha", merge_operations=[operation])
+
+
+async def merge_inside_merge(gw: Running) -> MergeRace:
+    """A merge built its revision on version n and waits before inserting n+1; another
+    merge inserts n+1 first."""
+    created = await create_ready_sandbox(gw, "alpha", policy())
+    scope = created.metadata.id
+    gate = Gate(scope)
+    gw.gateway.repos.revisions.hooks.before_insert = gate
+    first = await gate.hold(outcome(gw.stub.UpdateConfig(merge_request("first"))))
+    second = await outcome(gw.stub.UpdateConfig(merge_request("second")))
+    assert ok(second), second
+    gate.release()
+    first_result = await first
+    rows = await gw.gateway.repos.revisions.below(scope, None, 100)
+    latest = await gw.gateway.repos.revisions.latest(scope)
+    assert latest is not None
+    rules = set(latest.revision.policy.network_policies)
+    return MergeRace(first_result, second, rules, [r.revision.version for r in rows])
+
+
+def check_merges_both_kept(race: MergeRace) -> None:
+    """Every merge that answered OK is in the latest revision; versions are never shared."""
+    refused_properly(race.first)
+    acknowledged = {name for name, r in (("first", race.first), ("second", race.second)) if ok(r)}
+    assert acknowledged <= race.latest_rules, f"lost {acknowledged - race.latest_rules}"
+    assert len(race.versions) == len(set(race.versions)), f"versions shared: {race.versions}"
+
+
+async def test_forced_merge_race_keeps_both_rules(gw: Running) -> None:
+    check_merges_both_kept(await merge_inside_merge(gw))
+
+
+async def test_merge_race_fails_without_the_version_index(gw: Running, store_url: str) -> None:
+    """Without ``objects_version_uq`` nothing stops the second insert of version n+1."""
+    await drop_version_index(store_url)
+    result = await merge_inside_merge(gw)
+    with pytest.raises(AssertionError):
+        check_merges_both_kept(result)
+
+
+async def drop_version_index(store_url: str) -> None:
+    statement = "DROP INDEX objects_version_uq"
+    if store_url.startswith("sqlite"):
+        with sqlite3.connect(store_url.removeprefix("sqlite:///")) as connection:
+            connection.execute(statement)
+        return
+    async with await psycopg.AsyncConnection.connect(store_url, autocommit=True) as connection:
+        await connection.execute(statement)
