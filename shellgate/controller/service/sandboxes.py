@@ -1,8 +1,9 @@
 """Sandbox RPCs: create, get, list, delete, stop, start, attach and detach providers.
 
-Each handler validates the request, then reads, calls one reconciler through the store, and
-talks to the compute driver. Every write names its condition: creates are ``MUST_CREATE``,
-updates go through ``update_message_cas``, deletes are bound to a version.
+Each handler validates the request, then reads, passes one reconciler's mutation to the
+sandbox repository, and talks to the compute driver. Every write names its condition:
+creates are ``MUST_CREATE``, updates go through ``update_message_cas``, deletes are bound to
+a version.
 
 Cross-object guard (architecture decision 11, docs/api.md): a sandbox may only reference
 providers that exist. The sandbox repository writes the reference, then fences the provider
