@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from shellgate.api import internal_pb2, openshell_pb2, sandbox_pb2
 from shellgate.reconcilers.errors import FailedPrecondition, FieldViolation, InvalidArgument
@@ -291,6 +291,52 @@ def new_revision(
     if status == LOADED:
         revision.loaded_time.FromMilliseconds(now_ms)
     return stored
+
+
+def policy_base(
+    sandbox: openshell_pb2.Sandbox, latest: StoredPolicyRevision | None
+) -> SandboxPolicy:
+    """What a change applies to: the latest revision, else the sandbox's spec policy."""
+    if latest is not None:
+        return latest.revision.policy
+    return sandbox.spec.policy if sandbox.spec.HasField("policy") else SandboxPolicy()
+
+
+def any_revision(_latest: StoredPolicyRevision) -> bool:
+    return True
+
+
+def next_revision(
+    latest: StoredPolicyRevision | None,
+    policy: SandboxPolicy,
+    *,
+    scope: str,
+    workspace: str,
+    revision_id: str,
+    now_ms: int,
+    status: int = PENDING,
+    reusable: Callable[[StoredPolicyRevision], bool] = any_revision,
+) -> StoredPolicyRevision | None:
+    """The revision that follows ``latest`` (None: there is none yet) and holds ``policy``.
+
+    None when ``latest`` already holds that policy (same hash) and ``reusable`` says it can
+    serve (a superseded global revision cannot): then nothing is to be written. The policy
+    is validated before a revision is built, so nothing invalid is ever inserted.
+    """
+    digest = policy_hash(policy)
+    if latest is not None and latest.revision.policy_hash == digest and reusable(latest):
+        return None
+    require_valid_policy(policy)
+    return new_revision(
+        revision_id=revision_id,
+        sandbox_id=scope,
+        workspace=workspace,
+        version=(latest.revision.version if latest is not None else 0) + 1,
+        policy=policy,
+        digest=digest,
+        now_ms=now_ms,
+        status=status,
+    )
 
 
 def report_status(status: int, load_error: str, now_ms: int) -> ReportMutation:

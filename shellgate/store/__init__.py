@@ -3,6 +3,9 @@
 See docs/persistence.md for the rules; ``Store`` (base.py) for the interface.
 """
 
+# The repositories register the message type of each kind of row on import (after the names
+# above exist, since they import from the store's modules).
+from shellgate.store import repositories
 from shellgate.store.base import RetryPolicy, Store, decode
 from shellgate.store.connect import ACCEPTED_FORMS, connect, store_for_url
 from shellgate.store.errors import (
@@ -30,6 +33,7 @@ from shellgate.store.records import (
     WriteCondition,
     WriteResult,
 )
+from shellgate.store.repositories import Repositories
 
 __all__ = [
     "ACCEPTED_FORMS",
@@ -48,6 +52,7 @@ __all__ = [
     "NullObserver",
     "ObjectRecord",
     "Page",
+    "Repositories",
     "RetryPolicy",
     "Store",
     "StoreError",
@@ -61,5 +66,6 @@ __all__ = [
     "decode",
     "object_type_of",
     "register_object_type",
+    "repositories",
     "store_for_url",
 ]

@@ -19,7 +19,6 @@ system goes through.
 from __future__ import annotations
 
 import abc
-import asyncio
 import contextlib
 import functools
 import random
@@ -43,6 +42,7 @@ from shellgate.store.records import (
     WriteCondition,
     WriteResult,
 )
+from shellgate.store.retry import Attempt, retry_on_conflict
 
 M = TypeVar("M", bound=Message)
 P = ParamSpec("P")
@@ -239,10 +239,25 @@ class Store(abc.ABC):
 
     # ----- shared behaviour ---------------------------------------------------------------
 
-    async def pause_before_retry(self, failed_attempt: int) -> None:
-        """Sleep the retry policy's full-jitter pause, for callers with a CAS loop of their
-        own (a fence, a revision insert), so they spread out like update_message_cas."""
-        await asyncio.sleep(self.retry.pause(failed_attempt, self._rng))
+    async def retry_on_conflict(
+        self,
+        attempt: Attempt[R],
+        *,
+        object_type: str | None,
+        retriable: tuple[type[Exception], ...] = (Conflict,),
+        attempts: int | None = None,
+    ) -> R:
+        """``retry.retry_on_conflict`` with this store's policy, random source and observer,
+        for the repositories' loops (a fence, a version-bound delete, a revision insert)."""
+        return await retry_on_conflict(
+            self.retry,
+            self._rng,
+            attempt,
+            observer=self.observer,
+            object_type=object_type,
+            retriable=retriable,
+            attempts=attempts,
+        )
 
     def subscribe(self) -> Subscription:
         """A subscription to the change feed: ``async with store.subscribe() as sub``."""
@@ -309,32 +324,31 @@ class Store(abc.ABC):
         disagrees with the payload.
         """
         object_type = object_type_of(message_type)
-        attempts = 1 if expected_version else self.retry.attempts
-        last_conflict: Conflict | None = None
-        for attempt in range(1, attempts + 1):
+        attempts = 0
+
+        async def attempt() -> CasOutcome[M]:
+            nonlocal attempts
+            attempts += 1
             try:
                 message, written = await self._cas_attempt(
                     message_type, object_type, id, mutate, expected_version, status
                 )
-            except Conflict as conflict:
-                self.observer.cas_attempt(object_type, "conflict")
-                last_conflict = conflict
-                if attempt < attempts:
-                    await asyncio.sleep(self.retry.pause(attempt, self._rng))
-                continue
-            except (NotFound, InvalidMutation):
-                self.observer.cas_call(object_type, attempt, exhausted=False)
+            except (Conflict, NotFound, InvalidMutation):
                 raise
             except Exception:
                 self.observer.cas_attempt(object_type, "aborted")
-                self.observer.cas_call(object_type, attempt, exhausted=False)
                 raise
-            self.observer.cas_call(object_type, attempt, exhausted=False)
-            return CasOutcome(message, written, attempt)
-        # Client-driven mode made its one attempt: a stale version, not an exhausted retry.
-        self.observer.cas_call(object_type, attempts, exhausted=not expected_version)
-        assert last_conflict is not None
-        raise Conflict(last_conflict.current_resource_version)
+            return CasOutcome(message, written, attempts)
+
+        # Client-driven mode makes one attempt: a stale version, never an exhausted retry.
+        return await retry_on_conflict(
+            self.retry,
+            self._rng,
+            attempt,
+            observer=self.observer,
+            object_type=object_type,
+            attempts=1 if expected_version else self.retry.attempts,
+        )
 
     async def _cas_attempt(
         self,

@@ -1,7 +1,8 @@
 """Which protobuf message type lives under which ``object_type``.
 
-The store keys the mapping by the message's full protobuf name, so it needs no import of the
-generated modules; ``api/`` messages are registered here by name.
+The store keys the mapping by the message's full protobuf name. Each typed repository
+(``store/repositories/``) registers the message it stores when it is imported, and importing
+``shellgate.store`` imports them all, so every user of the store sees every kind.
 """
 
 from __future__ import annotations
@@ -10,17 +11,14 @@ from typing import TypeVar
 
 from google.protobuf.message import Message
 
-OBJECT_TYPES: dict[str, str] = {
-    "openshell.v1.Sandbox": "sandbox",
-    "openshell.datamodel.v1.Provider": "provider",
-}
+OBJECT_TYPES: dict[str, str] = {}
 
 
 M = TypeVar("M", bound=Message)
 
 
 def register_object_type(full_name: str, object_type: str) -> None:
-    """Store messages called ``full_name`` under ``object_type`` (used by later kinds)."""
+    """Store messages called ``full_name`` under ``object_type`` (done by the repositories)."""
     existing = OBJECT_TYPES.get(full_name)
     if existing is not None and existing != object_type:
         raise ValueError(f"{full_name} is already stored as {existing!r}")

@@ -15,9 +15,9 @@ import grpc
 import pytest
 
 from shellgate.api import internal_pb2
-from shellgate.controller import config_store
 from shellgate.controller.service import drafts
 from shellgate.reconcilers import drafts as rules
+from shellgate.reconcilers import policy as policy_rules
 from shellgate.reconcilers.errors import InvalidArgument
 from shellgate.reconcilers.policy_merge import ports_of
 from shellgate.store import Store
@@ -331,7 +331,7 @@ async def test_an_approval_that_no_longer_fits_is_withdrawn(
     def refuse(_policy: object, field: str = "policy") -> None:
         raise InvalidArgument.single(field, "policy too large now")
 
-    monkeypatch.setattr(config_store, "require_valid_policy", refuse)
+    monkeypatch.setattr(policy_rules, "require_valid_policy", refuse)
     await chunks(seeded)
     after = await stored_chunk(seeded, chunk_id)
     assert (after.chunk.status, after.effect) == ("pending", rules.EFFECT_NONE)

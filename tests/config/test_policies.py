@@ -13,9 +13,10 @@ import asyncio
 import grpc
 
 from shellgate.api import internal_pb2
-from shellgate.controller import config_store
+from shellgate.reconcilers import policy as policy_rules
 from shellgate.reconcilers.validation import MAX_POLICY_SIZE
 from shellgate.store import decode
+from shellgate.store.repositories import sandbox_settings_id
 from tests.config.helpers import (
     P,
     S,
@@ -229,22 +230,17 @@ async def test_a_lost_version_race_rebuilds_from_the_winner(gw: Running) -> None
         if not raced and kwargs.get("limit") == 1:
             raced = True
             winner = policy(base=rule("base.example.com"), other=rule("other.example.com"))
-            stored = config_store.new_revision(
+            stored = policy_rules.new_revision(
                 revision_id="racer",
                 sandbox_id=created.metadata.id,
                 workspace="default",
                 version=2,
                 policy=winner,
-                digest=config_store.policy_hash(winner),
+                digest=policy_rules.policy_hash(winner),
                 now_ms=1,
             )
-            await config_store.insert_scoped(
-                gw.gateway,
-                "sandbox_policy",
-                stored,
-                scope=created.metadata.id,
-                status="pending",
-                version=2,
+            await gw.gateway.repos.revisions.insert_next_version(
+                created.metadata.id, stored, "pending"
             )
         return rows
 
@@ -430,10 +426,10 @@ async def test_concurrent_global_policies_end_on_the_highest_version(gw: Running
     )
     ok = [r for r in results if not isinstance(r, BaseException)]
     assert ok
-    stored = await config_store.load_gateway_settings(gw.gateway)
+    stored = await gw.gateway.repos.settings.load_gateway()
     assert stored is not None
     assert stored.global_policy.version == max(r.version for r in ok)
-    latest = await config_store.latest_revision(gw.gateway, "__global__")
+    latest = await gw.gateway.repos.revisions.latest("__global__")
     assert latest is not None and latest.revision.policy_hash == stored.global_policy.policy_hash
 
 
@@ -454,7 +450,7 @@ async def test_deleting_a_sandbox_removes_its_configuration(gw: Running) -> None
     await gw.stub.DeleteSandbox(P.DeleteSandboxRequest(name="alpha"))
     store = gw.gateway.store
     # The owned rows go right after the sandbox row, once the driver confirms the deletion.
-    settings_id = config_store.sandbox_settings_id(created.metadata.id)
+    settings_id = sandbox_settings_id(created.metadata.id)
 
     async def owned_rows() -> int:
         count = int(await store.get("sandbox_settings", settings_id) is not None)
@@ -470,4 +466,6 @@ async def test_deleting_a_sandbox_removes_its_configuration(gw: Running) -> None
             await store.list(object_type, workspace=None, scope=created.metadata.id)
         ).records == []
         assert (await store.list(object_type, workspace=None, scope=keep.metadata.id)).records
-    assert await config_store.cleanup_sandbox_config(gw.gateway, created.metadata.id, "alpha") == 0
+    assert await gw.gateway.repos.settings.remove_owned(created.metadata.id) == 0
+    assert await gw.gateway.repos.revisions.remove_owned(created.metadata.id) == 0
+    assert await gw.gateway.repos.chunks.remove_owned(created.metadata.id) == 0

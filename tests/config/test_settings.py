@@ -13,7 +13,7 @@ import asyncio
 import grpc
 
 from shellgate.api import internal_pb2
-from shellgate.controller import config_store
+from shellgate.store.repositories import sandbox_settings_id
 from tests.config.helpers import (
     P,
     S,
@@ -51,7 +51,7 @@ async def test_revision_moves_only_when_something_changed(gw: Running) -> None:
     revisions = [r.settings_revision for r in (first, same, other, gone, again)]
     assert revisions == [1, 1, 2, 3, 3]
     assert (gone.deleted, again.deleted) == (True, False)
-    settings_id = config_store.sandbox_settings_id(sandbox.metadata.id)
+    settings_id = sandbox_settings_id(sandbox.metadata.id)
     record = await gw.gateway.store.get("sandbox_settings", settings_id)
     assert record is not None and record.resource_version == 3  # one write per change
 
@@ -60,7 +60,7 @@ async def test_deleting_an_unset_key_creates_no_row(gw: Running) -> None:
     sandbox = await create_sandbox(gw, "alpha")
     response = await gw.stub.UpdateConfig(setting("alpha", "dummy_int", delete_setting=True))
     assert (response.settings_revision, response.deleted) == (0, False)
-    settings_id = config_store.sandbox_settings_id(sandbox.metadata.id)
+    settings_id = sandbox_settings_id(sandbox.metadata.id)
     assert await gw.gateway.store.get("sandbox_settings", settings_id) is None
 
 
@@ -122,7 +122,7 @@ async def test_a_stale_save_is_never_sent_again(gw: Running, store_url: str) -> 
     again and apply the change to the fresh row, so both changes survive."""
     sandbox = await create_sandbox(gw, "alpha")
     await gw.stub.UpdateConfig(setting("alpha", "dummy_bool", bool_value(True)))
-    settings_id = config_store.sandbox_settings_id(sandbox.metadata.id)
+    settings_id = sandbox_settings_id(sandbox.metadata.id)
     store = gw.gateway.store
     original = store.get
     bumped = False
@@ -185,5 +185,5 @@ async def test_concurrent_global_updates_count_exactly(gw: Running) -> None:
         *(gw.stub.UpdateConfig(global_setting(key, bool_value(False))) for key in keys)
     )
     assert sorted(r.settings_revision for r in results) == [1, 2, 3, 4]
-    stored = await config_store.load_gateway_settings(gw.gateway)
+    stored = await gw.gateway.repos.settings.load_gateway()
     assert stored is not None and stored.revision == 4 and set(stored.settings) == set(keys)

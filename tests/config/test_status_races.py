@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from shellgate.api import openshell_pb2 as P
-from shellgate.controller import config_store
 from shellgate.controller.service import policies
-from shellgate.reconcilers.policy import ACTIVE_WORDS, GLOBAL_SCOPE, LOADED, with_default_identity
+from shellgate.reconcilers.policy import (
+    ACTIVE_WORDS,
+    GLOBAL_SCOPE,
+    LOADED,
+    revision_status,
+    supersede,
+    with_default_identity,
+)
 from shellgate.reconcilers.settings import GlobalPolicyChange
 from tests.config.helpers import create_sandbox, policy, rule
 from tests.support.gateway import Running
@@ -43,7 +49,7 @@ async def test_clear_racing_a_set_keeps_the_new_global_revision_active(gw: Runni
     second = with_default_identity(policy(r=rule("b.example.com")))
     await policies.set_global_policy(g, first)
     # A, step 1: insert the new global revision (loaded).
-    revision, _ = await config_store.commit_revision(
+    revision = await policies.commit_revision(
         g,
         GLOBAL_SCOPE,
         "",
@@ -54,15 +60,17 @@ async def test_clear_racing_a_set_keeps_the_new_global_revision_active(gw: Runni
     )
     # C, step 1: clear the pointer (it still names the first revision).
     clear = GlobalPolicyChange(None)
-    blank = config_store.blank_gateway_settings()
-    await config_store.update_settings(g, config_store.GatewaySettings, blank, clear)
+    blank = g.repos.settings.blank_gateway()
+    await g.repos.settings.update(blank, clear)
     # A, step 2: point at the new revision (the pointer is empty, so it moves).
     point = GlobalPolicyChange(second, revision.revision.version, revision.revision.policy_hash)
-    await config_store.update_settings(g, config_store.GatewaySettings, blank, point)
+    await g.repos.settings.update(blank, point)
     # C, step 2: retire what it cleared, and nothing newer.
-    await config_store.supersede_older(g, GLOBAL_SCOPE, clear.cleared_version + 1)
-    settings = await config_store.load_gateway_settings(g)
+    await g.repos.revisions.supersede_older(
+        GLOBAL_SCOPE, clear.cleared_version + 1, ACTIVE_WORDS, supersede, revision_status
+    )
+    settings = await g.repos.settings.load_gateway()
     assert settings is not None
-    active = await config_store.revision_at(g, GLOBAL_SCOPE, settings.global_policy.version)
+    active = await g.repos.revisions.at(GLOBAL_SCOPE, settings.global_policy.version)
     assert active is not None
     assert active.revision.status != P.POLICY_STATUS_SUPERSEDED

@@ -228,3 +228,42 @@ async def test_delete_provider_racing_attaches_never_leaves_a_dangling_reference
         assert sandbox is not None
         if name in sandbox.spec.providers:
             assert provider_row is not None, f"round {round_}: dangling reference"
+
+
+async def test_many_attaches_and_deletes_racing_never_leave_a_dangling_reference(
+    gw: Running,
+) -> None:
+    """Per round, four attaches of one provider (to four sandboxes) and two deletes of it at
+    once: a delete that answered OK means no attach did and no sandbox references it."""
+    sandboxes = [f"m{k}" for k in range(4)]
+    for name in sandboxes:
+        await create_sandbox(gw, name)
+    for round_ in range(8):
+        provider_name = f"many{round_}"
+        await create_provider(gw, provider_name)
+        attaches = [
+            gw.stub.AttachSandboxProvider(
+                P.AttachSandboxProviderRequest(sandbox=name, provider=provider_name)
+            )
+            for name in sandboxes
+        ]
+        deletes = [
+            gw.stub.DeleteProvider(P.DeleteProviderRequest(name=provider_name)) for _ in range(2)
+        ]
+        results = await asyncio.gather(*attaches, *deletes, return_exceptions=True)
+        for result in results:
+            if isinstance(result, grpc.aio.AioRpcError):
+                assert result.code() in (
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    grpc.StatusCode.ABORTED,
+                    grpc.StatusCode.NOT_FOUND,  # the other delete won
+                ), result
+        attached = any(not isinstance(r, Exception) and r.attached for r in results[:4])
+        deleted = any(not isinstance(r, Exception) for r in results[4:])
+        assert not (attached and deleted), f"round {round_}: {results}"
+        provider_row = await gw.gateway.store.get_by_name("provider", provider_name)
+        for name in sandboxes:
+            sandbox = await gw.gateway.store.get_message_by_name(P.Sandbox, name)
+            assert sandbox is not None
+            if provider_name in sandbox.spec.providers:
+                assert provider_row is not None, f"round {round_}: dangling reference"

@@ -8,7 +8,6 @@ import pytest
 from shellgate.api import datamodel_pb2, openshell_pb2
 from shellgate.controller.drivers.base import DriverError
 from shellgate.controller.reconcile import intents
-from shellgate.controller.service import sandboxes
 from shellgate.reconcilers import sandbox as sandbox_rules
 from shellgate.store import StoreUnavailable
 from tests.support.gateway import Running
@@ -27,7 +26,7 @@ async def test_an_attach_whose_fence_fails_leaves_nothing_attached(
     async def store_blip(*_args: object) -> None:
         raise StoreUnavailable("injected: the database went away during the fence")
 
-    monkeypatch.setattr(sandboxes, "fence_provider", store_blip)
+    monkeypatch.setattr(gw.gateway.repos.providers, "fence", store_blip)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await gw.stub.AttachSandboxProvider(
             P.AttachSandboxProviderRequest(sandbox="alpha", provider="gh")

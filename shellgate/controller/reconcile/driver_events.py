@@ -22,7 +22,6 @@ from shellgate.controller.drivers.base import (
     SnapshotEvent,
 )
 from shellgate.controller.gateway import Gateway
-from shellgate.controller.removal import remove_sandbox
 from shellgate.reconcilers import sandbox as sandbox_rules
 from shellgate.reconcilers.snapshot import DriverSnapshot
 from shellgate.store import NotFound, StoreError
@@ -30,7 +29,6 @@ from shellgate.store import NotFound, StoreError
 log = logging.getLogger(__name__)
 
 Sandbox = openshell_pb2.Sandbox
-DELETE_ATTEMPTS = 5
 RESTART_DELAY_SECONDS = 2.0
 
 
@@ -104,7 +102,7 @@ async def apply_snapshot(gw: Gateway, snapshot: DriverSnapshot) -> str:
 
 async def finalize_deleted(gw: Gateway, sandbox_id: str) -> str:
     """The driver's object is gone: remove the row, bound to the version we read."""
-    removed = await remove_sandbox(gw, sandbox_id, DELETE_ATTEMPTS)
+    removed = await gw.remove_sandbox(sandbox_id)
     if removed:
         log.info("sandbox %s removed: its compute resources are gone", sandbox_id)
     return {True: "applied", False: "noop", None: "error"}[removed]

@@ -16,6 +16,7 @@ from shellgate.api import openshell_pb2
 from shellgate.controller.drivers.base import DriverError
 from shellgate.controller.gateway import Gateway
 from shellgate.store import StoreError
+from shellgate.store.repositories import SANDBOX_TYPE
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ async def run_intent_loop(gw: Gateway) -> None:
                 await follow_all(gw)
                 while True:
                     hint = await feed.get()
-                    if hint.object_type not in (None, "sandbox") or hint.deleted:
+                    if hint.object_type not in (None, SANDBOX_TYPE) or hint.deleted:
                         continue
                     if hint.id is None:
                         await follow_all(gw)

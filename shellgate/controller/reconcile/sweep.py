@@ -53,7 +53,6 @@ from dataclasses import dataclass
 from shellgate.api import openshell_pb2
 from shellgate.controller.drivers.base import DriverError
 from shellgate.controller.gateway import Gateway
-from shellgate.controller.removal import remove_sandbox_row
 from shellgate.reconcilers import sandbox as sandbox_rules
 from shellgate.reconcilers.sandbox import (
     MISSING_TO_ERROR,
@@ -173,7 +172,9 @@ async def _sweep_rows(
     seen: set[str] = set()
     token = ""
     while True:
-        page = await gw.store.list("sandbox", workspace=None, limit=PAGE_SIZE, page_token=token)
+        page = await gw.repos.sandboxes.list_records(
+            workspace=None, limit=PAGE_SIZE, page_token=token
+        )
         for record in page.records:
             seen.add(record.id)
             if record.updated_at_ms > times.started_ms or not _considered(gw, record.id):
@@ -269,7 +270,7 @@ async def _repair_missing(gw: Gateway, record: ObjectRecord, times: SweepTimes) 
         return "marked_error"
     if is_marked_missing(sandbox):
         return None
-    if not await remove_sandbox_row(gw, record.id, record.resource_version, record.name or ""):
+    if not await gw.remove_sandbox_at(record.id, record.resource_version):
         return None
     log.info("sweep: sandbox %s removed; its compute resource is gone", record.id)
     return "removed"
@@ -278,7 +279,7 @@ async def _repair_missing(gw: Gateway, record: ObjectRecord, times: SweepTimes) 
 async def _remove_orphan(gw: Gateway, sandbox_id: str, snapshot: DriverSnapshot) -> str | None:
     if snapshot.deleting:
         return None
-    if await gw.store.get("sandbox", sandbox_id) is not None:
+    if await gw.repos.sandboxes.get_record(sandbox_id) is not None:
         return None  # the row exists after all (the listings are not one snapshot)
     if not await gw.driver.delete_sandbox(sandbox_id):
         return None

@@ -1,41 +1,34 @@
-"""Config RPCs: UpdateConfig (settings here, policies in ``policies``) and GetSandboxConfig.
+"""Config RPCs: UpdateConfig's settings paths (the servicer routes policy changes to
+``policies``) and GetSandboxConfig.
 
 Settings are stored as protobuf messages (``GatewaySettings`` with id ``gateway-settings``,
 ``SandboxSettings`` with id ``sandbox-settings-<sandbox id>``), each with a ``revision``
-counter, and changed only by ``config_store.update_settings``: read, apply one set or
-delete, CAS, re-read and re-apply on a conflict. No mutex (openshell-cas.md §9 item 3).
+counter, and changed only by the settings repository's ``update``: read, apply one set or
+delete, CAS, re-read and re-apply on a conflict. No mutex: every replica writes settings,
+and the CAS keeps them apart.
 """
 
 from __future__ import annotations
 
 from shellgate.api import openshell_pb2, sandbox_pb2
-from shellgate.controller.config_store import (
-    GatewaySettings,
-    SandboxSettings,
-    blank_gateway_settings,
-    blank_sandbox_settings,
-    load_gateway_settings,
-    load_sandbox_settings,
-    update_settings,
-)
 from shellgate.controller.gateway import Gateway
-from shellgate.controller.service import policies
-from shellgate.controller.service.requests import single_workspace
-from shellgate.controller.service.sandboxes import find_sandbox
+from shellgate.controller.service.requests import (
+    effective_revision,
+    find_sandbox,
+    single_workspace,
+)
 from shellgate.reconcilers.settings import (
     POLICY_KEY,
     SettingChange,
-    UpdateKind,
     checked_value,
-    classify_update,
     config_revision,
     delete_setting,
     effective_settings,
-    is_global,
     require_not_global,
     require_registered,
     set_setting,
 )
+from shellgate.store.repositories import GatewaySettings, SandboxSettings
 
 UpdateConfigRequest = openshell_pb2.UpdateConfigRequest
 UpdateConfigResponse = openshell_pb2.UpdateConfigResponse
@@ -43,22 +36,10 @@ POLICY_SOURCE_SANDBOX = sandbox_pb2.POLICY_SOURCE_SANDBOX
 POLICY_SOURCE_GLOBAL = sandbox_pb2.POLICY_SOURCE_GLOBAL
 
 
-async def update_config(gw: Gateway, request: UpdateConfigRequest) -> UpdateConfigResponse:
-    """Exactly one change per request: a policy, one setting, or merge operations."""
-    kind = classify_update(request)
-    if is_global(request):
-        if kind is UpdateKind.POLICY:
-            return await policies.set_global_policy(gw, request.policy)
-        return await _update_global_setting(gw, request)
-    workspace = single_workspace(request.workspace_scope)
-    sandbox = await policies.find_live_sandbox(gw, request.sandbox, workspace)
-    if kind is UpdateKind.SETTING:
-        return await _update_sandbox_setting(gw, sandbox, request)
-    if kind is UpdateKind.POLICY:
-        return await policies.set_sandbox_policy(
-            gw, sandbox, request.policy, request.expected_resource_version
-        )
-    return await policies.merge_sandbox_policy(gw, sandbox, request.merge_operations)
+def deletes_global_policy(request: UpdateConfigRequest) -> bool:
+    """``setting_key=policy`` with ``delete_setting`` on the global scope: the global policy
+    is cleared (a policy path, though it arrives as a setting)."""
+    return request.setting_key.strip() == POLICY_KEY and request.delete_setting
 
 
 def _change(key: str, request: UpdateConfigRequest) -> SettingChange:
@@ -76,17 +57,15 @@ def _settings_response(
     )
 
 
-async def _update_global_setting(gw: Gateway, request: UpdateConfigRequest) -> UpdateConfigResponse:
+async def update_global_setting(gw: Gateway, request: UpdateConfigRequest) -> UpdateConfigResponse:
     key = request.setting_key.strip()
-    if key == POLICY_KEY and request.delete_setting:
-        return await policies.clear_global_policy(gw)
     require_registered(key, scope="global")
     change = _change(key, request)
-    written = await update_settings(gw, GatewaySettings, blank_gateway_settings(), change)
+    written = await gw.repos.settings.update(gw.repos.settings.blank_gateway(), change)
     return _settings_response(written, change)
 
 
-async def _update_sandbox_setting(
+async def update_sandbox_setting(
     gw: Gateway, sandbox: openshell_pb2.Sandbox, request: UpdateConfigRequest
 ) -> UpdateConfigResponse:
     """A key managed globally is refused (checked on a fresh read of the global settings; a
@@ -94,9 +73,9 @@ async def _update_sandbox_setting(
     key = request.setting_key.strip()
     require_registered(key, scope="sandbox")
     change = _change(key, request)
-    require_not_global(await load_gateway_settings(gw), key)
-    blank = blank_sandbox_settings(sandbox.metadata.id, sandbox.metadata.workspace)
-    written = await update_settings(gw, SandboxSettings, blank, change)
+    require_not_global(await gw.repos.settings.load_gateway(), key)
+    blank = gw.repos.settings.blank_sandbox(sandbox.metadata.id, sandbox.metadata.workspace)
+    written = await gw.repos.settings.update(blank, change)
     return _settings_response(written, change)
 
 
@@ -106,9 +85,9 @@ async def get_sandbox_config(
     """The effective policy (global over sandbox) and every registered setting with the
     scope its value comes from."""
     sandbox = await find_sandbox(gw, request.name, single_workspace(request.workspace_scope))
-    revision = await policies.effective_revision(gw, sandbox)
-    gateway = await load_gateway_settings(gw)
-    own = await load_sandbox_settings(gw, sandbox.metadata.id)
+    revision = await effective_revision(gw, sandbox)
+    gateway = await gw.repos.settings.load_gateway()
+    own = await gw.repos.settings.load_sandbox(sandbox.metadata.id)
     response = sandbox_pb2.GetSandboxConfigResponse(
         workspace=sandbox.metadata.workspace,
         policy_source=POLICY_SOURCE_SANDBOX,

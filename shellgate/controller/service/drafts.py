@@ -20,25 +20,22 @@ import uuid
 from collections.abc import Sequence
 
 from shellgate.api import datamodel_pb2, openshell_pb2, sandbox_pb2
-from shellgate.controller.config_store import (
-    CHUNK_TYPE,
-    StoredDraftChunk,
-    StoredPolicyRevision,
-    commit_owed_revision,
-    insert_scoped,
-    latest_revision,
-    list_chunks,
-    load_gateway_settings,
-    revisions_below,
-)
 from shellgate.controller.gateway import Gateway
 from shellgate.controller.service.errors import not_found
-from shellgate.controller.service.policies import find_live_sandbox, policy_base
-from shellgate.controller.service.requests import single_workspace
-from shellgate.controller.service.sandboxes import find_sandbox
+from shellgate.controller.service.requests import (
+    find_live_sandbox,
+    find_sandbox,
+    single_workspace,
+)
 from shellgate.reconcilers import drafts as rules
 from shellgate.reconcilers.errors import DomainError, FailedPrecondition, InvalidArgument
-from shellgate.reconcilers.policy import require_valid_policy
+from shellgate.reconcilers.policy import (
+    next_revision,
+    policy_base,
+    require_valid_policy,
+    revision_status,
+    supersede,
+)
 from shellgate.reconcilers.policy_merge import (
     Addition,
     MergeOperation,
@@ -46,7 +43,8 @@ from shellgate.reconcilers.policy_merge import (
     apply_merge_operations,
 )
 from shellgate.reconcilers.settings import require_no_global_policy
-from shellgate.store import Conflict, NotFound, StoreError, UniqueViolation
+from shellgate.store import NotFound, StoreError
+from shellgate.store.repositories import StoredDraftChunk, StoredPolicyRevision
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +53,6 @@ AppliedAddition = rules.AppliedAddition
 Sandbox = openshell_pb2.Sandbox
 DELETING = openshell_pb2.SANDBOX_PHASE_DELETING
 CHUNK_ID_NAMESPACE = uuid.UUID("5b1f6d4e-8a2c-4f1e-9c3d-2e7a9b0c4d51")
-FOLD_ATTEMPTS = 5
 
 
 def _chunk_id(sandbox_id: str, key: str) -> str:
@@ -69,10 +66,7 @@ def _chunk_id(sandbox_id: str, key: str) -> str:
 async def decide(gw: Gateway, chunk_id: str, mutation: rules.ChunkMutation) -> StoredDraftChunk:
     """A CAS on one chunk with a state-checking mutation (and its status column kept): step
     one of a decision, and also its settling, withdrawal and hit-count folds."""
-    outcome = await gw.store.update_message_cas(
-        StoredDraftChunk, chunk_id, mutation, status=rules.chunk_status
-    )
-    return outcome.message
+    return await gw.repos.chunks.decide(chunk_id, mutation, rules.chunk_status)
 
 
 # --- effects: the second and third step of a decision -----------------------------------------
@@ -107,7 +101,7 @@ async def commit_effects(
     added: dict[str, Addition] = {}
 
     async def owed() -> bool:
-        fresh = [await gw.store.get_message(StoredDraftChunk, c.metadata.id) for c in chunks]
+        fresh = [await gw.repos.chunks.get(c.metadata.id) for c in chunks]
         kept[:] = [c for c, now in zip(chunks, fresh, strict=True) if rules.same_decision(c, now)]
         return bool(kept)
 
@@ -126,11 +120,33 @@ async def commit_effects(
             if addition is not None and not addition.adds_nothing:
                 revision.chunk_additions.append(rules.chunk_addition(stored, addition))
 
+    async def plan(latest: StoredPolicyRevision | None) -> StoredPolicyRevision | None:
+        """Re-checked on every attempt *after* the latest revision was read: the writer that
+        moved a chunk on inserts its own revision after its chunk write, so the version
+        index orders the two inserts and a retry sees the chunk as it is then."""
+        if not await owed():
+            return None
+        candidate = next_revision(
+            latest,
+            build(latest),
+            scope=sandbox_id,
+            workspace=sandbox.metadata.workspace,
+            revision_id=str(uuid.uuid4()),
+            now_ms=gw.clock_ms(),
+        )
+        if candidate is not None:
+            annotate(candidate)
+        return candidate
+
+    revisions = gw.repos.revisions
     if not chunks:
-        return await latest_revision(gw, sandbox_id), []
-    revision, _ = await commit_owed_revision(
-        gw, sandbox_id, sandbox.metadata.workspace, build, owed, annotate
-    )
+        return await revisions.latest(sandbox_id), []
+    revision, inserted = await revisions.commit(sandbox_id, plan, revision_status)
+    if revision is not None and inserted:
+        version = revision.revision.version
+        await revisions.supersede_older(
+            sandbox_id, version, ("pending",), supersede, revision_status
+        )
     settlements: list[Settlement] = []
     for stored in kept:
         addition = added.get(stored.metadata.id)
@@ -151,7 +167,7 @@ async def _earlier_addition(
     note of what it added) or the policy granted it anyway (undo then removes nothing)."""
     below: int | None = None
     while True:
-        page = await revisions_below(gw, sandbox_id, below, SEARCH_PAGE)
+        page = await gw.repos.revisions.below(sandbox_id, below, SEARCH_PAGE)
         found, done = rules.recorded_addition(stored, page)
         if found is not None:
             return found
@@ -202,7 +218,7 @@ async def _withdraw(gw: Gateway, sandbox: Sandbox, chunks: Sequence[StoredDraftC
     for stored in chunks:
         if stored.effect != rules.EFFECT_ADDING:
             continue
-        latest = await latest_revision(gw, sandbox.metadata.id)
+        latest = await gw.repos.revisions.latest(sandbox.metadata.id)
         covered = _covered_addition(policy_base(sandbox, latest), stored)
         if covered is not None:
             addition = await _earlier_addition(gw, sandbox.metadata.id, stored, covered)
@@ -234,23 +250,23 @@ async def settle_effects(
         await apply_effects(gw, sandbox, chunks)
     except (DomainError, StoreError) as exc:
         log.warning("could not finish draft decisions of sandbox %s: %s", sandbox.metadata.id, exc)
-    return await list_chunks(gw, sandbox.metadata.id)
+    return await gw.repos.chunks.of_sandbox(sandbox.metadata.id)
 
 
 async def _chunks(gw: Gateway, sandbox: Sandbox) -> list[StoredDraftChunk]:
-    return await settle_effects(gw, sandbox, await list_chunks(gw, sandbox.metadata.id))
+    return await settle_effects(gw, sandbox, await gw.repos.chunks.of_sandbox(sandbox.metadata.id))
 
 
 async def _chunk(gw: Gateway, sandbox: Sandbox, chunk_id: str) -> StoredDraftChunk:
     if not chunk_id:
         raise InvalidArgument.single("chunk_id", "chunk_id is required")
-    stored = await gw.store.get_message(StoredDraftChunk, chunk_id)
+    stored = await gw.repos.chunks.get(chunk_id)
     if stored is None or stored.sandbox_id != sandbox.metadata.id:
         raise not_found("chunk", chunk_id)
     if stored.effect == rules.EFFECT_NONE:
         return stored
     await settle_effects(gw, sandbox, [stored])
-    settled = await gw.store.get_message(StoredDraftChunk, chunk_id)
+    settled = await gw.repos.chunks.get(chunk_id)
     if settled is None:
         raise not_found("chunk", chunk_id)
     return settled
@@ -268,7 +284,7 @@ async def _policy_sandbox(
     gw: Gateway, name: str, workspace_scope: datamodel_pb2.WorkspaceSelector
 ) -> Sandbox:
     """The sandbox of a decision that changes its policy (refused under a global policy)."""
-    require_no_global_policy(await load_gateway_settings(gw))
+    require_no_global_policy(await gw.repos.settings.load_gateway())
     return await find_live_sandbox(gw, name, single_workspace(workspace_scope))
 
 
@@ -286,7 +302,7 @@ async def submit_policy_analysis(
             f"proposed_chunks exceeds maximum entries of {rules.MAX_CHUNKS_PER_SUBMISSION}",
         )
     sandbox = await find_live_sandbox(gw, request.name, single_workspace(request.workspace_scope))
-    existing = await list_chunks(gw, sandbox.metadata.id)
+    existing = await gw.repos.chunks.of_sandbox(sandbox.metadata.id)
     draft_version = max((c.draft_version for c in existing), default=0) + 1
     response = openshell_pb2.SubmitPolicyAnalysisResponse()
     for proposed in request.proposed_chunks:
@@ -304,8 +320,11 @@ async def submit_policy_analysis(
 async def _store_proposal(
     gw: Gateway, sandbox: Sandbox, proposed: openshell_pb2.PolicyChunk, draft_version: int
 ) -> str:
+    """Insert the chunk; when its id exists (a repeated denial), fold the observation into
+    the existing chunk instead."""
     chunk_id = _chunk_id(sandbox.metadata.id, rules.dedup_key(proposed))
-    for _ in range(FOLD_ATTEMPTS):
+
+    def observation() -> tuple[StoredDraftChunk, rules.ChunkMutation]:
         now = gw.clock_ms()
         stored = rules.new_chunk(
             chunk_id=chunk_id,
@@ -315,17 +334,10 @@ async def _store_proposal(
             draft_version=draft_version,
             now_ms=now,
         )
-        try:
-            await insert_scoped(gw, CHUNK_TYPE, stored, scope=sandbox.metadata.id, status="pending")
-            return chunk_id
-        except UniqueViolation:
-            pass
-        try:
-            await decide(gw, chunk_id, rules.fold_observation(proposed.hit_count, now))
-            return chunk_id
-        except NotFound:
-            continue  # cleared between our insert and our fold: insert again
-    raise Conflict(None)
+        return stored, rules.fold_observation(proposed.hit_count, now)
+
+    await gw.repos.chunks.insert_or_fold(observation, rules.chunk_status)
+    return chunk_id
 
 
 async def get_draft_policy(
@@ -356,7 +368,7 @@ async def approve_draft_chunk(
     """Validate the merged candidate, decide (chunk CAS), then merge (revision), then settle."""
     sandbox = await _policy_sandbox(gw, request.sandbox, request.workspace_scope)
     stored = await _chunk(gw, sandbox, request.chunk_id)
-    latest = await latest_revision(gw, sandbox.metadata.id)
+    latest = await gw.repos.revisions.latest(sandbox.metadata.id)
     addition = add_rule_operation(stored.chunk.rule_name, stored.chunk.proposed_rule)
     _check_candidate(sandbox, latest, [addition])
     base = latest.revision.version if latest is not None else 0
@@ -390,7 +402,7 @@ async def approve_all_draft_chunks(
     )
     if not chosen and not skipped:
         raise FailedPrecondition("no pending chunks to approve", rules.PENDING)
-    latest = await latest_revision(gw, sandbox.metadata.id)
+    latest = await gw.repos.revisions.latest(sandbox.metadata.id)
     additions = [add_rule_operation(c.chunk.rule_name, c.chunk.proposed_rule) for c, _ in chosen]
     _check_candidate(sandbox, latest, additions)
     base = latest.revision.version if latest is not None else 0
@@ -458,22 +470,17 @@ async def clear_draft_chunks(
     )
     cleared = 0
     for stored in await _chunks(gw, sandbox):
-        if stored.chunk.status == rules.PENDING and stored.effect == rules.EFFECT_NONE:
+        if _clearable(stored):
             cleared += await _delete_if_pending(gw, stored)
     return openshell_pb2.ClearDraftChunksResponse(chunks_cleared=cleared)
 
 
+def _clearable(stored: StoredDraftChunk) -> bool:
+    return stored.chunk.status == rules.PENDING and stored.effect == rules.EFFECT_NONE
+
+
 async def _delete_if_pending(gw: Gateway, stored: StoredDraftChunk) -> int:
-    for _ in range(FOLD_ATTEMPTS):
-        try:
-            version = stored.metadata.resource_version
-            return int(await gw.store.delete_if(CHUNK_TYPE, stored.metadata.id, version))
-        except Conflict:
-            fresh = await gw.store.get_message(StoredDraftChunk, stored.metadata.id)
-            if fresh is None or fresh.chunk.status != rules.PENDING or fresh.effect:
-                return 0
-            stored = fresh
-    return 0
+    return int(await gw.repos.chunks.delete_if_still(stored, _clearable))
 
 
 async def get_draft_history(

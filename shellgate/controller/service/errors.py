@@ -33,6 +33,7 @@ from shellgate.store import (
     UniqueViolation,
 )
 from shellgate.store.errors import quoted
+from shellgate.store.repositories import ProviderInUse, ProviderMissing
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,10 @@ def _rich_status(error: BaseException, operation: str) -> status_pb2.Status:
             return _invalid((FieldViolation("request", str(error)),))
         case FailedPrecondition():
             return _failed_precondition(error)
+        case ProviderMissing():
+            return _failed_precondition(FailedPrecondition(str(error), "PROVIDER_MISSING"))
+        case ProviderInUse():
+            return _failed_precondition(FailedPrecondition(str(error), "PROVIDER_IN_USE"))
         case NotFound():
             return _status(code_pb2.NOT_FOUND, f"{error.object_type} not found")
         case Conflict():

@@ -2,55 +2,50 @@
 ReportPolicyStatus.
 
 A sandbox's policy is its latest revision (scope = sandbox id); a global policy, when one is
-set, overrides every sandbox's. Every new revision goes through
-``config_store.commit_revision`` (insert n+1, the version index arbitrates, rebuild and
-retry on a lost race); every status change through a state-checked CAS.
+set, overrides every sandbox's. Every new revision goes through the revision repository's
+``commit`` with a plan built here from ``reconcilers.policy`` (insert n+1, the version index
+arbitrates, rebuild and retry on a lost race); every status change through a state-checked
+CAS.
 """
 
 from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from shellgate.api import openshell_pb2, sandbox_pb2
-from shellgate.controller.config_store import (
-    REVISION_TYPE,
-    GatewaySettings,
-    StoredPolicyRevision,
-    blank_gateway_settings,
-    commit_revision,
-    insert_scoped,
-    latest_revision,
-    load_gateway_settings,
-    revision_at,
-    supersede_older,
-    update_settings,
-)
 from shellgate.controller.gateway import Gateway
 from shellgate.controller.service.errors import not_found
-from shellgate.controller.service.requests import single_workspace
-from shellgate.controller.service.sandboxes import find_sandbox
-from shellgate.reconcilers.errors import FailedPrecondition, InvalidArgument
+from shellgate.controller.service.requests import (
+    effective_revision,
+    find_sandbox,
+    single_workspace,
+)
+from shellgate.reconcilers.errors import InvalidArgument
 from shellgate.reconcilers.policy import (
     ACTIVE_WORDS,
     GLOBAL_SCOPE,
     LOADED,
+    PENDING,
     SUPERSEDED,
+    StoredPolicyRevision,
+    any_revision,
     backfill_policy,
-    new_revision,
-    policy_hash,
+    next_revision,
+    policy_base,
     raise_current_version,
     report_status,
     require_valid_policy,
     revision_status,
+    supersede,
     validate_static_fields,
     with_default_identity,
 )
 from shellgate.reconcilers.policy_merge import MergeOperation, apply_merge_operations
 from shellgate.reconcilers.settings import GlobalPolicyChange, is_global, require_no_global_policy
 from shellgate.reconcilers.validation import effective_page_size
-from shellgate.store import NotFound, UniqueViolation, decode
+from shellgate.store import NotFound
 from shellgate.store.paging import decode_version_token, encode_version_token
 
 Sandbox = openshell_pb2.Sandbox
@@ -59,22 +54,44 @@ UpdateConfigResponse = openshell_pb2.UpdateConfigResponse
 DELETING = openshell_pb2.SANDBOX_PHASE_DELETING
 
 
-async def find_live_sandbox(gw: Gateway, name: str, workspace: str) -> Sandbox:
-    """The named sandbox, refusing one that is being deleted: its configuration rows are
-    being removed, so writing new ones would only leave orphans behind."""
-    sandbox = await find_sandbox(gw, name, workspace)
-    if sandbox.status.phase == DELETING:
-        raise FailedPrecondition(
-            f"sandbox {name!r} is being deleted", openshell_pb2.SandboxPhase.Name(DELETING)
+Build = Callable[[StoredPolicyRevision | None], SandboxPolicy]
+"""Builds the policy to store from the latest revision (None: there is none yet). Pure, and
+run again on every attempt, so a retry re-applies the change to what is latest then."""
+
+
+async def commit_revision(
+    gw: Gateway,
+    scope: str,
+    workspace: str,
+    build: Build,
+    *,
+    status: int = PENDING,
+    supersedes: Sequence[str] = ("pending",),
+    reusable: Callable[[StoredPolicyRevision], bool] = any_revision,
+) -> StoredPolicyRevision:
+    """Store ``build(latest)`` as version n+1 of ``scope`` (nothing when the latest revision
+    already holds it and ``reusable`` says it can serve); then older revisions in
+    ``supersedes`` are superseded. Returns the revision that holds the policy now."""
+
+    async def plan(latest: StoredPolicyRevision | None) -> StoredPolicyRevision | None:
+        return next_revision(
+            latest,
+            build(latest),
+            scope=scope,
+            workspace=workspace,
+            revision_id=str(uuid.uuid4()),
+            now_ms=gw.clock_ms(),
+            status=status,
+            reusable=reusable,
         )
-    return sandbox
 
-
-def policy_base(sandbox: Sandbox, latest: StoredPolicyRevision | None) -> SandboxPolicy:
-    """What a change applies to: the latest revision, else the sandbox's spec policy."""
-    if latest is not None:
-        return latest.revision.policy
-    return sandbox.spec.policy if sandbox.spec.HasField("policy") else SandboxPolicy()
+    revisions = gw.repos.revisions
+    revision, inserted = await revisions.commit(scope, plan, revision_status)
+    assert revision is not None  # the plan declines only in favour of an existing latest
+    if inserted:
+        version = revision.revision.version
+        await revisions.supersede_older(scope, version, supersedes, supersede, revision_status)
+    return revision
 
 
 def _response(revision: StoredPolicyRevision, settings_revision: int = 0) -> UpdateConfigResponse:
@@ -94,13 +111,13 @@ async def set_sandbox_policy(
     """A full policy for one sandbox: backfill or static-field check on the sandbox row (by
     CAS, with the client's expected_resource_version), then a new revision unless unchanged.
     """
-    require_no_global_policy(await load_gateway_settings(gw))
+    require_no_global_policy(await gw.repos.settings.load_gateway())
     candidate = with_default_identity(policy)
     require_valid_policy(candidate)
-    await gw.store.update_message_cas(
-        Sandbox, sandbox.metadata.id, backfill_policy(candidate), expected_version
+    await gw.repos.sandboxes.update(
+        sandbox.metadata.id, backfill_policy(candidate), expected_version
     )
-    revision, _ = await commit_revision(
+    revision = await commit_revision(
         gw, sandbox.metadata.id, sandbox.metadata.workspace, lambda _latest: candidate
     )
     return _response(revision)
@@ -111,7 +128,7 @@ async def merge_sandbox_policy(
 ) -> UpdateConfigResponse:
     """Merge operations, re-applied to whatever revision is latest on every attempt (and
     validated there, before the insert: a target may exist only in the latest revision)."""
-    require_no_global_policy(await load_gateway_settings(gw))
+    require_no_global_policy(await gw.repos.settings.load_gateway())
     baseline = sandbox.spec.policy if sandbox.spec.HasField("policy") else None
 
     def build(latest: StoredPolicyRevision | None) -> SandboxPolicy:
@@ -120,36 +137,8 @@ async def merge_sandbox_policy(
             validate_static_fields(baseline, candidate)
         return candidate
 
-    revision, _ = await commit_revision(gw, sandbox.metadata.id, sandbox.metadata.workspace, build)
+    revision = await commit_revision(gw, sandbox.metadata.id, sandbox.metadata.workspace, build)
     return _response(revision)
-
-
-async def effective_revision(gw: Gateway, sandbox: Sandbox) -> StoredPolicyRevision | None:
-    """The latest revision; the first read of a sandbox created with a policy records that
-    policy as revision 1, loaded (the reference's lazy backfill). Idempotent: a racing reader
-    that inserted version 1 first makes our insert fail on the version index, and we read."""
-    latest = await latest_revision(gw, sandbox.metadata.id)
-    if latest is not None or not sandbox.spec.HasField("policy"):
-        return latest
-    if sandbox.status.phase == DELETING:
-        return None  # its rows are being removed: recording one now would leave an orphan
-    policy = sandbox.spec.policy
-    first = new_revision(
-        revision_id=str(uuid.uuid4()),
-        sandbox_id=sandbox.metadata.id,
-        workspace=sandbox.metadata.workspace,
-        version=1,
-        policy=policy,
-        digest=policy_hash(policy),
-        now_ms=gw.clock_ms(),
-        status=LOADED,
-    )
-    try:
-        return await insert_scoped(
-            gw, REVISION_TYPE, first, scope=sandbox.metadata.id, status="loaded", version=1
-        )
-    except UniqueViolation:
-        return await latest_revision(gw, sandbox.metadata.id)
 
 
 # --- global scope -----------------------------------------------------------------------------
@@ -162,7 +151,7 @@ async def set_global_policy(gw: Gateway, policy: SandboxPolicy) -> UpdateConfigR
     pointer is written then."""
     candidate = with_default_identity(policy)
     require_valid_policy(candidate)
-    revision, _ = await commit_revision(
+    revision = await commit_revision(
         gw,
         GLOBAL_SCOPE,
         "",
@@ -172,7 +161,7 @@ async def set_global_policy(gw: Gateway, policy: SandboxPolicy) -> UpdateConfigR
         reusable=lambda latest: latest.revision.status == LOADED,
     )
     change = GlobalPolicyChange(candidate, revision.revision.version, revision.revision.policy_hash)
-    settings = await update_settings(gw, GatewaySettings, blank_gateway_settings(), change)
+    settings = await gw.repos.settings.update(gw.repos.settings.blank_gateway(), change)
     return _response(revision, settings.revision)
 
 
@@ -180,10 +169,12 @@ async def clear_global_policy(gw: Gateway) -> UpdateConfigResponse:
     """Delete the global policy (``setting_key=policy, delete_setting``); sandboxes return
     to their own policies, and the global revisions are superseded."""
     change = GlobalPolicyChange(None)
-    settings = await update_settings(gw, GatewaySettings, blank_gateway_settings(), change)
+    settings = await gw.repos.settings.update(gw.repos.settings.blank_gateway(), change)
     if change.changed:
         # Only what this clear retired: a racing set may already point at a newer revision.
-        await supersede_older(gw, GLOBAL_SCOPE, change.cleared_version + 1)
+        await gw.repos.revisions.supersede_older(
+            GLOBAL_SCOPE, change.cleared_version + 1, ACTIVE_WORDS, supersede, revision_status
+        )
     return UpdateConfigResponse(settings_revision=settings.revision, deleted=change.changed)
 
 
@@ -193,7 +184,7 @@ async def clear_global_policy(gw: Gateway) -> UpdateConfigResponse:
 async def _scope_of(gw: Gateway, request: object, name: str, workspace: str) -> tuple[str, int]:
     """(scope, active version) of a request naming a sandbox or ``global``."""
     if is_global(request):
-        settings = await load_gateway_settings(gw)
+        settings = await gw.repos.settings.load_gateway()
         active = settings.global_policy.version if settings is not None else 0
         return GLOBAL_SCOPE, active
     sandbox = await find_sandbox(gw, name, workspace)
@@ -219,9 +210,9 @@ async def list_sandbox_policies(
     below = decode_version_token(request.page_token)
     workspace = single_workspace(request.workspace_scope)
     scope, _ = await _scope_of(gw, request, request.sandbox, workspace)
-    rows = await gw.store.list_versions(REVISION_TYPE, scope, below=below, limit=size)
-    revisions = [public_revision(decode(StoredPolicyRevision, r), with_policy=False) for r in rows]
-    last = rows[-1].version if len(rows) == size else None
+    rows = await gw.repos.revisions.below(scope, below, size)
+    revisions = [public_revision(r, with_policy=False) for r in rows]
+    last = rows[-1].revision.version if len(rows) == size else None
     token = encode_version_token(last) if last else ""
     return openshell_pb2.ListSandboxPoliciesResponse(revisions=revisions, next_page_token=token)
 
@@ -232,9 +223,9 @@ async def get_sandbox_policy_status(
     workspace = single_workspace(request.workspace_scope)
     scope, active = await _scope_of(gw, request, request.sandbox, workspace)
     if request.version:
-        found = await revision_at(gw, scope, request.version)
+        found = await gw.repos.revisions.at(scope, request.version)
     else:
-        found = await latest_revision(gw, scope)
+        found = await gw.repos.revisions.latest(scope)
     if found is None:
         raise not_found("policy revision", str(request.version) if request.version else "latest")
     return openshell_pb2.GetSandboxPolicyStatusResponse(
@@ -252,18 +243,18 @@ async def report_policy_status(
     if not request.version:
         raise InvalidArgument.single("version", "version is required")
     mutation = report_status(request.status, request.load_error, gw.clock_ms())
-    found = await revision_at(gw, request.sandbox_id, request.version)
+    found = await gw.repos.revisions.at(request.sandbox_id, request.version)
     if found is None:
         raise not_found("policy revision", f"{request.sandbox_id} v{request.version}")
-    outcome = await gw.store.update_message_cas(
-        StoredPolicyRevision, found.metadata.id, mutation, status=revision_status
-    )
+    outcome = await gw.repos.revisions.update(found.metadata.id, mutation, revision_status)
     if outcome.message.revision.status == SUPERSEDED:
         return openshell_pb2.ReportPolicyStatusResponse()  # a late report changes nothing
     if request.status == LOADED:
-        await supersede_older(gw, request.sandbox_id, request.version, ACTIVE_WORDS)
+        await gw.repos.revisions.supersede_older(
+            request.sandbox_id, request.version, ACTIVE_WORDS, supersede, revision_status
+        )
         with contextlib.suppress(NotFound):  # the sandbox is gone; its revisions go with it
-            await gw.store.update_message_cas(
-                Sandbox, request.sandbox_id, raise_current_version(request.version)
+            await gw.repos.sandboxes.update(
+                request.sandbox_id, raise_current_version(request.version)
             )
     return openshell_pb2.ReportPolicyStatusResponse()

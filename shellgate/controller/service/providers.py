@@ -1,10 +1,9 @@
-"""Provider RPCs, and the provider side of the delete-versus-attach guard.
+"""Provider RPCs. Responses never carry credential values.
 
-DeleteProvider protocol (architecture decision 11): read the provider's version, scan every
-sandbox of its workspace for a reference, and ``delete_if`` on the version read *before* the
-scan. An attach fences the provider (bumps its version) after its sandbox write, so an attach
-that slipped in after our read makes ``delete_if`` fail with Conflict; we then read and scan
-again, find the reference and refuse. Responses never carry credential values.
+DeleteProvider's guard against a concurrent attach (architecture decision 11) is the provider
+repository's ``delete_unreferenced``: read the provider's version, scan the sandboxes for a
+reference, ``delete_if`` at the version read before the scan (docs/api.md explains why that
+order closes the race).
 """
 
 from __future__ import annotations
@@ -14,21 +13,24 @@ import uuid
 from shellgate.api import datamodel_pb2, openshell_pb2
 from shellgate.controller.gateway import Gateway
 from shellgate.controller.service.errors import not_found
-from shellgate.controller.service.requests import find_named, single_workspace, workspace_of
-from shellgate.controller.service.sandboxes import find_sandbox, generated_name
-from shellgate.reconcilers.errors import FailedPrecondition, InvalidArgument
+from shellgate.controller.service.requests import (
+    find_named,
+    find_sandbox,
+    generated_name,
+    single_workspace,
+    workspace_of,
+)
+from shellgate.reconcilers.errors import InvalidArgument
 from shellgate.reconcilers.provider import (
     merge_provider_update,
     new_provider_for_create,
     redact_credentials,
 )
 from shellgate.reconcilers.validation import effective_page_size
-from shellgate.store import Conflict, ObjectRecord
 from shellgate.store.paging import decode_offset_token, encode_offset_token
+from shellgate.store.repositories import PROVIDER_TYPE
 
 Provider = datamodel_pb2.Provider
-DELETE_ATTEMPTS = 5
-SCAN_PAGE = 1000
 
 
 def response(provider: Provider) -> openshell_pb2.ProviderResponse:
@@ -46,14 +48,13 @@ async def create_provider(gw: Gateway, request: openshell_pb2.CreateProviderRequ
     candidate = new_provider_for_create(
         incoming, new_id=str(uuid.uuid4()), random_name=generated_name("provider")
     )
-    return await gw.store.create_message(candidate)
+    return await gw.repos.providers.create(candidate)
 
 
 async def list_providers(
     gw: Gateway, request: openshell_pb2.ListProvidersRequest
 ) -> openshell_pb2.ListProvidersResponse:
-    providers, token = await gw.store.list_messages(
-        Provider,
+    providers, token = await gw.repos.providers.list_page(
         workspace=workspace_of(request.workspace_scope),
         selector=request.label_selector,
         limit=effective_page_size(request.page_size),
@@ -70,8 +71,7 @@ async def update_provider(gw: Gateway, request: openshell_pb2.UpdateProviderRequ
     existing = await find_provider(
         gw, incoming.metadata.name, single_workspace(request.workspace_scope)
     )
-    outcome = await gw.store.update_message_cas(
-        Provider,
+    outcome = await gw.repos.providers.update(
         existing.metadata.id,
         lambda stored: merge_provider_update(stored, incoming),
         incoming.metadata.resource_version,
@@ -82,47 +82,19 @@ async def update_provider(gw: Gateway, request: openshell_pb2.UpdateProviderRequ
 async def delete_provider(
     gw: Gateway, request: openshell_pb2.DeleteProviderRequest
 ) -> openshell_pb2.DeleteProviderResponse:
+    """Refused (FAILED_PRECONDITION, naming the sandboxes) while any sandbox references it."""
     workspace = single_workspace(request.workspace_scope)
     if not request.name:
         raise InvalidArgument.single("name", "name is required")
-    for _ in range(DELETE_ATTEMPTS):
-        record = await gw.store.get_by_name("provider", request.name, workspace)
-        if record is None:
-            if request.allow_missing:
-                return openshell_pb2.DeleteProviderResponse(
-                    outcome=openshell_pb2.DELETION_OUTCOME_ALREADY_ABSENT
-                )
-            raise not_found("provider", request.name)
-        await refuse_if_referenced(gw, record)
-        try:
-            if await gw.store.delete_if("provider", record.id, record.resource_version):
-                return openshell_pb2.DeleteProviderResponse(
-                    outcome=openshell_pb2.DELETION_OUTCOME_COMPLETED
-                )
-        except Conflict:
-            continue  # something (perhaps an attach) touched it since our read: check again
-    raise Conflict(None)
-
-
-async def refuse_if_referenced(gw: Gateway, provider: ObjectRecord) -> None:
-    users = await sandboxes_referencing(gw, provider.name or "", provider.workspace)
-    if users:
-        shown = ", ".join(sorted(users)[:10])
-        raise FailedPrecondition(
-            f"provider {provider.name!r} is attached to sandboxes: {shown}", "PROVIDER_IN_USE"
+    if await gw.repos.providers.delete_unreferenced(request.name, workspace):
+        return openshell_pb2.DeleteProviderResponse(
+            outcome=openshell_pb2.DELETION_OUTCOME_COMPLETED
         )
-
-
-async def sandboxes_referencing(gw: Gateway, name: str, workspace: str) -> list[str]:
-    users: list[str] = []
-    token = ""
-    while True:
-        page, token = await gw.store.list_messages(
-            openshell_pb2.Sandbox, workspace=workspace, limit=SCAN_PAGE, page_token=token
+    if request.allow_missing:
+        return openshell_pb2.DeleteProviderResponse(
+            outcome=openshell_pb2.DELETION_OUTCOME_ALREADY_ABSENT
         )
-        users += [s.metadata.name for s in page if name in s.spec.providers]
-        if not token:
-            return users
+    raise not_found(PROVIDER_TYPE, request.name)
 
 
 async def list_sandbox_providers(
@@ -135,7 +107,7 @@ async def list_sandbox_providers(
     size = effective_page_size(request.page_size)
     providers = []
     for name in names[start : start + size]:
-        found = await gw.store.get_message_by_name(Provider, name, workspace)
+        found = await gw.repos.providers.find(name, workspace)
         if found is not None:
             providers.append(redact_credentials(found))
     token = encode_offset_token(start + size) if start + size < len(names) else ""

@@ -1,22 +1,33 @@
-"""What every handler reads from a request the same way: workspaces and named objects."""
+"""What several handlers read the same way: workspaces, named objects, sandboxes.
+
+Handler modules do not import each other; what more than one of them needs lives here.
+"""
 
 from __future__ import annotations
 
+import secrets
+import string
+import uuid
 from typing import TypeVar
 
 from google.protobuf.message import Message
 
-from shellgate.api import datamodel_pb2
+from shellgate.api import datamodel_pb2, openshell_pb2
 from shellgate.controller.gateway import Gateway
 from shellgate.controller.service.errors import not_found
+from shellgate.reconcilers.errors import FailedPrecondition
+from shellgate.reconcilers.policy import LOADED, new_revision, policy_hash, revision_status
 from shellgate.reconcilers.validation import (
     require_valid,
     validate_object_name,
     validate_workspace,
 )
 from shellgate.store import DEFAULT_WORKSPACE, object_type_of
+from shellgate.store.repositories import StoredPolicyRevision, VersionTaken
 
 M = TypeVar("M", bound=Message)
+Sandbox = openshell_pb2.Sandbox
+DELETING = openshell_pb2.SANDBOX_PHASE_DELETING
 
 
 def workspace_of(selector: datamodel_pb2.WorkspaceSelector) -> str | None:
@@ -35,6 +46,11 @@ def single_workspace(selector: datamodel_pb2.WorkspaceSelector) -> str:
     return workspace_of(selector) or DEFAULT_WORKSPACE
 
 
+def generated_name(prefix: str) -> str:
+    alphabet = string.ascii_lowercase + string.digits
+    return f"{prefix}-" + "".join(secrets.choice(alphabet) for _ in range(8))
+
+
 async def find_named(
     gw: Gateway, message_type: type[M], name: str, workspace: str, field: str = "name"
 ) -> M:
@@ -45,3 +61,46 @@ async def find_named(
     if found is None:
         raise not_found(object_type_of(message_type), name)
     return found
+
+
+async def find_sandbox(gw: Gateway, name: str, workspace: str) -> Sandbox:
+    return await find_named(gw, Sandbox, name, workspace)
+
+
+async def find_live_sandbox(gw: Gateway, name: str, workspace: str) -> Sandbox:
+    """The named sandbox, refusing one that is being deleted: its configuration rows are
+    being removed, so writing new ones would only leave orphans behind."""
+    sandbox = await find_sandbox(gw, name, workspace)
+    if sandbox.status.phase == DELETING:
+        raise FailedPrecondition(
+            f"sandbox {name!r} is being deleted", openshell_pb2.SandboxPhase.Name(DELETING)
+        )
+    return sandbox
+
+
+async def effective_revision(gw: Gateway, sandbox: Sandbox) -> StoredPolicyRevision | None:
+    """The latest revision; the first read of a sandbox created with a policy records that
+    policy as revision 1, loaded (the reference's lazy backfill). Idempotent: a racing reader
+    that inserted version 1 first makes our insert fail on the version index, and we read."""
+    latest = await gw.repos.revisions.latest(sandbox.metadata.id)
+    if latest is not None or not sandbox.spec.HasField("policy"):
+        return latest
+    if sandbox.status.phase == DELETING:
+        return None  # its rows are being removed: recording one now would leave an orphan
+    policy = sandbox.spec.policy
+    first = new_revision(
+        revision_id=str(uuid.uuid4()),
+        sandbox_id=sandbox.metadata.id,
+        workspace=sandbox.metadata.workspace,
+        version=1,
+        policy=policy,
+        digest=policy_hash(policy),
+        now_ms=gw.clock_ms(),
+        status=LOADED,
+    )
+    try:
+        return await gw.repos.revisions.insert_next_version(
+            sandbox.metadata.id, first, revision_status(first)
+        )
+    except VersionTaken:
+        return await gw.repos.revisions.latest(sandbox.metadata.id)

@@ -19,7 +19,12 @@ from shellgate.api import openshell_pb2, openshell_pb2_grpc, sandbox_pb2
 from shellgate.controller.gateway import Gateway
 from shellgate.controller.service import config, drafts, policies, providers, sandboxes, watch
 from shellgate.controller.service.errors import status_for
-from shellgate.controller.service.requests import single_workspace
+from shellgate.controller.service.requests import (
+    find_live_sandbox,
+    find_sandbox,
+    single_workspace,
+)
+from shellgate.reconcilers.settings import UpdateKind, classify_update, is_global
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +58,30 @@ def unary(method: str) -> Callable[[Handler[Req, Resp]], Handler[Req, Resp]]:
     return decorate
 
 
+async def update_config(
+    gw: Gateway, request: openshell_pb2.UpdateConfigRequest
+) -> openshell_pb2.UpdateConfigResponse:
+    """UpdateConfig carries exactly one change: a policy, one setting, or merge operations.
+    Settings are ``config``'s, policies ``policies``'s; the routing lives here, the one module
+    that may import both."""
+    kind = classify_update(request)
+    if is_global(request):
+        if kind is UpdateKind.POLICY:
+            return await policies.set_global_policy(gw, request.policy)
+        if config.deletes_global_policy(request):
+            return await policies.clear_global_policy(gw)
+        return await config.update_global_setting(gw, request)
+    workspace = single_workspace(request.workspace_scope)
+    sandbox = await find_live_sandbox(gw, request.sandbox, workspace)
+    if kind is UpdateKind.SETTING:
+        return await config.update_sandbox_setting(gw, sandbox, request)
+    if kind is UpdateKind.POLICY:
+        return await policies.set_sandbox_policy(
+            gw, sandbox, request.policy, request.expected_resource_version
+        )
+    return await policies.merge_sandbox_policy(gw, sandbox, request.merge_operations)
+
+
 class OpenShellService(openshell_pb2_grpc.OpenShellServicer):
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
@@ -80,7 +109,7 @@ class OpenShellService(openshell_pb2_grpc.OpenShellServicer):
     async def GetSandbox(
         self, request: openshell_pb2.GetSandboxRequest, context: Any
     ) -> openshell_pb2.SandboxResponse:
-        found = await sandboxes.find_sandbox(
+        found = await find_sandbox(
             self.gateway, request.name, single_workspace(request.workspace_scope)
         )
         return openshell_pb2.SandboxResponse(sandbox=found)
@@ -178,7 +207,7 @@ class OpenShellService(openshell_pb2_grpc.OpenShellServicer):
     async def UpdateConfig(
         self, request: openshell_pb2.UpdateConfigRequest, context: Any
     ) -> openshell_pb2.UpdateConfigResponse:
-        return await config.update_config(self.gateway, request)
+        return await update_config(self.gateway, request)
 
     @unary("GetSandboxConfig")
     async def GetSandboxConfig(

@@ -85,7 +85,7 @@ async def _stream(
                     yield _event_message(event)
             last_version = 0
             while True:
-                current = await gw.store.get_message(Sandbox, sandbox_id)
+                current = await gw.repos.sandboxes.get(sandbox_id)
                 if current is None:
                     return
                 if follow_status and current.metadata.resource_version != last_version:

@@ -1,0 +1,75 @@
+"""Typed repositories: one per kind of row, each over a ``Store``.
+
+A repository owns what the controller must not spell out itself: the object type string and
+the message type registered under it, the stored encoding of its rows, and the multi-row
+protocols (the provider fence and DeleteProvider's version-bound check, the attach and its
+undo, the cascade removal of a sandbox, the revision insert at n+1). Domain decisions stay in
+``reconcilers/``: the controller passes mutations and plans in. Every loop that can lose a
+race goes through ``Store.retry_on_conflict``. Each repository's ``hooks`` are named points
+where a test may pause a protocol to force an interleaving.
+"""
+
+from __future__ import annotations
+
+from shellgate.store.base import Store
+from shellgate.store.repositories.chunks import CHUNK_TYPE, ChunkRepository, StoredDraftChunk
+from shellgate.store.repositories.errors import ProviderInUse, ProviderMissing, VersionTaken
+from shellgate.store.repositories.hooks import Hook, no_hook
+from shellgate.store.repositories.providers import PROVIDER_TYPE, Provider, ProviderRepository
+from shellgate.store.repositories.revisions import (
+    REVISION_TYPE,
+    RevisionRepository,
+    StoredPolicyRevision,
+)
+from shellgate.store.repositories.sandboxes import SANDBOX_TYPE, Sandbox, SandboxRepository
+from shellgate.store.repositories.settings import (
+    GATEWAY_SETTINGS_TYPE,
+    SANDBOX_SETTINGS_TYPE,
+    GatewaySettings,
+    SandboxSettings,
+    SettingsRepository,
+    sandbox_settings_id,
+)
+
+
+class Repositories:
+    """Every repository over one store, wired together (a sandbox's removal removes the
+    rows the other repositories hold for it)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.settings = SettingsRepository(store)
+        self.revisions = RevisionRepository(store)
+        self.chunks = ChunkRepository(store)
+        self.providers = ProviderRepository(store)
+        self.sandboxes = SandboxRepository(
+            store, self.providers, owned=(self.settings, self.revisions, self.chunks)
+        )
+
+
+__all__ = [
+    "CHUNK_TYPE",
+    "GATEWAY_SETTINGS_TYPE",
+    "PROVIDER_TYPE",
+    "REVISION_TYPE",
+    "SANDBOX_SETTINGS_TYPE",
+    "SANDBOX_TYPE",
+    "ChunkRepository",
+    "GatewaySettings",
+    "Hook",
+    "Provider",
+    "ProviderInUse",
+    "ProviderMissing",
+    "ProviderRepository",
+    "Repositories",
+    "RevisionRepository",
+    "Sandbox",
+    "SandboxRepository",
+    "SandboxSettings",
+    "SettingsRepository",
+    "StoredDraftChunk",
+    "StoredPolicyRevision",
+    "VersionTaken",
+    "no_hook",
+    "sandbox_settings_id",
+]

@@ -1,0 +1,32 @@
+"""Errors the repositories' protocols raise; the controller maps them to API statuses."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from shellgate.store.errors import StoreError, UniqueViolation
+
+
+class VersionTaken(UniqueViolation):
+    """Another writer inserted the version this insert wanted (the version index refused it).
+
+    The writer lost a race: it reads the latest version again, rebuilds and inserts again.
+    """
+
+
+class ProviderMissing(StoreError):
+    """A sandbox was to reference a provider that does not exist (any more)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"provider {name!r} not found")
+        self.name = name
+
+
+class ProviderInUse(StoreError):
+    """DeleteProvider found sandboxes that reference the provider."""
+
+    def __init__(self, name: str, sandboxes: Sequence[str]) -> None:
+        shown = ", ".join(sorted(sandboxes)[:10])
+        super().__init__(f"provider {name!r} is attached to sandboxes: {shown}")
+        self.name = name
+        self.sandboxes = list(sandboxes)

@@ -1,0 +1,135 @@
+"""Provider rows, and the provider side of the guard that no sandbox references a provider
+that does not exist.
+
+Two writers meet here. A sandbox that starts referencing a provider (attach, create) fences
+the provider afterwards: it re-writes the provider row unchanged at the version it read
+(``fence``), so the provider's version moves. DeleteProvider (``delete_unreferenced``) reads
+the provider's version, scans the sandboxes of its workspace for a reference, and deletes
+with ``delete_if`` at the version read *before* the scan. A reference written after that
+read was fenced after it was written, so the delete fails with Conflict, reads and scans
+again, finds the reference and refuses; a reference written before the read is found by the
+scan. A fence that finds the provider gone raises ``ProviderMissing`` and the referencing
+writer takes its reference back out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from shellgate.api import datamodel_pb2, openshell_pb2
+from shellgate.store.base import Mutation, Store
+from shellgate.store.errors import Conflict, NotFound
+from shellgate.store.messages import register_object_type
+from shellgate.store.records import CasOutcome, ObjectRecord, WriteCondition
+from shellgate.store.repositories.errors import ProviderInUse, ProviderMissing
+from shellgate.store.repositories.hooks import Hook, no_hook
+
+Provider = datamodel_pb2.Provider
+PROVIDER_TYPE = "provider"
+SCAN_PAGE = 1000
+
+register_object_type(Provider.DESCRIPTOR.full_name, PROVIDER_TYPE)
+
+
+@dataclass
+class ProviderHooks:
+    after_reference_scan: Hook = no_hook
+    """DeleteProvider read the provider's version and found no reference; it deletes next."""
+
+
+class ProviderRepository:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.hooks = ProviderHooks()
+
+    async def find(self, name: str, workspace: str) -> Provider | None:
+        return await self.store.get_message_by_name(Provider, name, workspace)
+
+    async def list_page(self, **kwargs: Any) -> tuple[Sequence[Provider], str]:
+        return await self.store.list_messages(Provider, **kwargs)
+
+    async def create(self, candidate: Provider) -> Provider:
+        return await self.store.create_message(candidate)
+
+    async def update(
+        self, provider_id: str, mutation: Mutation[Provider], expected_version: int = 0
+    ) -> CasOutcome[Provider]:
+        return await self.store.update_message_cas(
+            Provider, provider_id, mutation, expected_version
+        )
+
+    async def require(self, names: Sequence[str], workspace: str) -> None:
+        """``ProviderMissing`` unless every named provider exists (a first check; the fence
+        after the reference is written is what makes it hold)."""
+        for name in names:
+            if await self.store.get_by_name(PROVIDER_TYPE, name, workspace) is None:
+                raise ProviderMissing(name)
+
+    async def fence(self, name: str, workspace: str) -> None:
+        """Move the provider's version by re-writing it at the version read, proving it still
+        exists after a reference to it was written. ``ProviderMissing`` when it is gone."""
+
+        async def attempt() -> None:
+            record = await self.store.get_by_name(PROVIDER_TYPE, name, workspace)
+            if record is None:
+                raise ProviderMissing(name)
+            try:
+                await self._write_fence(record)
+            except NotFound:
+                raise Conflict(None) from None  # deleted meanwhile: read again
+            self.store.observer.cas_attempt(PROVIDER_TYPE, "written")
+
+        await self.store.retry_on_conflict(attempt, object_type=PROVIDER_TYPE)
+
+    async def _write_fence(self, record: ObjectRecord) -> None:
+        """The fence itself: the same row, at ``match(version read)``."""
+        await self.store.put_if(
+            PROVIDER_TYPE,
+            record.id,
+            record.name,
+            record.payload,
+            record.labels,
+            WriteCondition.match(record.resource_version),
+            record.workspace,
+        )
+
+    async def delete_unreferenced(self, name: str, workspace: str) -> bool:
+        """Delete the provider unless a sandbox references it; False when there is none.
+
+        ``ProviderInUse`` names the sandboxes that reference it; Conflict when every attempt
+        lost to a concurrent writer (a fence, an update).
+        """
+
+        async def attempt() -> bool:
+            record = await self.store.get_by_name(PROVIDER_TYPE, name, workspace)
+            if record is None:
+                self.store.observer.cas_attempt(PROVIDER_TYPE, "noop")
+                return False
+            users = await self.sandboxes_referencing(name, workspace)
+            if users:
+                raise ProviderInUse(name, users)
+            await self.hooks.after_reference_scan(record.id)
+            if not await self._delete_at_version_read(record):
+                raise Conflict(None)  # gone since the read: read again
+            self.store.observer.cas_attempt(PROVIDER_TYPE, "written")
+            return True
+
+        return await self.store.retry_on_conflict(attempt, object_type=PROVIDER_TYPE)
+
+    async def _delete_at_version_read(self, record: ObjectRecord) -> bool:
+        """``delete_if`` at the version read before the reference scan: a fence since then
+        makes it fail."""
+        return await self.store.delete_if(PROVIDER_TYPE, record.id, record.resource_version)
+
+    async def sandboxes_referencing(self, name: str, workspace: str) -> list[str]:
+        users: list[str] = []
+        token = ""
+        while True:
+            page, token = await self.store.list_messages(
+                openshell_pb2.Sandbox, workspace=workspace, limit=SCAN_PAGE, page_token=token
+            )
+            users += [s.metadata.name for s in page if name in s.spec.providers]
+            if not token:
+                return users
