@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -39,6 +40,7 @@ from shellgate.store.sql import Dialect, Params, SqlStore
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.2
+WAL_SWITCH_PAUSE = 0.01
 SYNCHRONOUS_MODES = ("FULL", "NORMAL", "EXTRA")
 
 # SQLite names no index in its unique-violation message, only the columns; map those to
@@ -131,18 +133,42 @@ class SqliteStore(SqlStore):
     async def open(self, *, migrate_to: int | None = None) -> None:
         """Open the database, apply migrations (up to ``migrate_to`` when given)."""
         if not self.in_memory:
-            _create_private_file(self.path)
+            try:
+                _create_private_file(self.path)
+            except OSError as exc:
+                raise StoreUnavailable(
+                    f"cannot create SQLite database {self.path!r}: {exc.strerror or exc}"
+                ) from None
         try:
             self._conn = await aiosqlite.connect(self.path, isolation_level=None)
             await self._conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
             if not self.in_memory:
-                await self._conn.execute("PRAGMA journal_mode = WAL")
+                await self._enter_wal_mode()
             await self._conn.execute(f"PRAGMA synchronous = {self._synchronous}")
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open SQLite database {self.path!r}: {exc}") from exc
         await self._migrate(migrate_to)
         if not self.in_memory:
             _tighten_permissions(self.path)
+
+    async def _enter_wal_mode(self) -> None:
+        """Switch to WAL, waiting out other processes that are opening the file too.
+
+        Changing the journal mode needs an exclusive lock, and SQLite answers "database is
+        locked" at once, without its busy handler, while another connection holds it (two
+        replicas or a ``migrate`` starting together). So this waits, in short steps, up to
+        the busy timeout the other statements get.
+        """
+        assert self._conn is not None
+        deadline = time.monotonic() + self._busy_timeout_ms / 1000
+        while True:
+            try:
+                await self._conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+            await asyncio.sleep(WAL_SWITCH_PAUSE)
 
     async def _disconnect(self) -> None:
         if self._conn is not None:

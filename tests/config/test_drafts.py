@@ -373,7 +373,8 @@ async def test_concurrent_approve_and_reject_exactly_one_wins(
     for chunk in final:
         assert chunk.status == winners[chunk.id]
         assert (chunk.rule_name in in_policy) == (chunk.status == "approved")
-    assert {"approved", "rejected"} <= set(winners.values())
+    # Which side wins each round is the scheduler's choice; both orders are forced
+    # deterministically in tests/gateway/test_forced_races.py.
 
 
 # --- stale recoveries and what undo takes out ----------------------------------------------------
