@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -164,3 +165,17 @@ async def test_a_statement_stuck_on_a_lock_times_out_as_unavailable(pg_dsn: str)
     finally:
         await admin.close()
         await store.close()
+
+
+async def test_an_sqlite_file_that_cannot_be_created_is_one_clear_error(
+    tmp_path: Path,
+) -> None:
+    """Root ignores file modes, so the path runs through a regular file instead."""
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    path = blocker / "shellgate.db"
+    with pytest.raises(StoreUnavailable) as refused:
+        await connect(f"sqlite:///{path}")
+    message = str(refused.value)
+    assert str(path) in message and message.endswith("File exists")
+    assert "\n" not in message
