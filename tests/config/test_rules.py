@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shellgate.api import internal_pb2
-from shellgate.reconcilers import settings as config_rules
 from shellgate.reconcilers import drafts as rules
+from shellgate.reconcilers import settings as config_rules
 from shellgate.reconcilers.errors import FailedPrecondition, InvalidArgument
 from shellgate.reconcilers.policy import (
     FAILED,

@@ -27,6 +27,7 @@ from shellgate.controller.config_store import (
     supersede_older,
     update_settings,
 )
+from shellgate.controller.draft_effects import policy_base
 from shellgate.controller.gateway import Gateway
 from shellgate.controller.service.errors import not_found
 from shellgate.controller.service.requests import single_workspace
@@ -67,13 +68,6 @@ async def find_live_sandbox(gw: Gateway, name: str, workspace: str) -> Sandbox:
             f"sandbox {name!r} is being deleted", openshell_pb2.SandboxPhase.Name(DELETING)
         )
     return sandbox
-
-
-def policy_base(sandbox: Sandbox, latest: StoredPolicyRevision | None) -> SandboxPolicy:
-    """What a change applies to: the latest revision, else the sandbox's spec policy."""
-    if latest is not None:
-        return latest.revision.policy
-    return sandbox.spec.policy if sandbox.spec.HasField("policy") else SandboxPolicy()
 
 
 def _response(revision: StoredPolicyRevision, settings_revision: int = 0) -> UpdateConfigResponse:
