@@ -51,6 +51,7 @@ async def test_workers_never_process_one_key_concurrently() -> None:
     overlaps = 0
     processed: list[str] = []
     release = asyncio.Event()
+    both_held = asyncio.Event()
 
     async def handler(key: str) -> None:
         nonlocal overlaps
@@ -58,14 +59,15 @@ async def test_workers_never_process_one_key_concurrently() -> None:
             overlaps += 1
         running.add(key)
         processed.append(key)
+        if running == {"a", "b"}:
+            both_held.set()
         await release.wait()
         running.discard(key)
 
     workers = asyncio.create_task(queue.run(handler, workers=4))
     queue.offer("a")
     queue.offer("b")
-    while running != {"a", "b"}:
-        await asyncio.sleep(0.001)
+    await asyncio.wait_for(both_held.wait(), 5)
     for _ in range(10):  # while both are held, with two idle workers ready to take them
         queue.offer("a")
         queue.offer("b")

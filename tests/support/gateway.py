@@ -16,11 +16,11 @@ from shellgate.controller.app.serve import start_grpc
 from shellgate.controller.drivers.base import ComputeDriver
 from shellgate.controller.gateway import Gateway
 from shellgate.controller.metrics import Metrics
-from shellgate.controller.reconcile.loops import attach_reconcilers
+from shellgate.controller.reconcile.loops import Reconcilers, attach_reconcilers
 from shellgate.store import Store
 from tests.support.fake_driver import FakeDriver
 
-SETTLE_AFTER_SECONDS = 0.5
+SETTLE_AFTER_SECONDS = 2.0
 """How long the draft loop leaves a chunk's effect to its own handler in tests."""
 
 
@@ -31,6 +31,7 @@ class Running:
     stub: openshell_pb2_grpc.OpenShellStub
     channel: grpc.aio.Channel
     address: str
+    loops: Reconcilers
 
 
 @contextlib.asynccontextmanager
@@ -51,6 +52,7 @@ async def running_gateway(store: Store, driver: ComputeDriver) -> AsyncIterator[
             openshell_pb2_grpc.OpenShellStub(channel),
             channel,
             address,  # type: ignore[arg-type]
+            loops,
         )
     finally:
         await channel.close()

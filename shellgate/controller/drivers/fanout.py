@@ -44,6 +44,15 @@ class Subscription(AsyncIterator[DriverEvent]):
         self._buffer.append(event)
         self._ready.set()
 
+    def drain(self) -> list[DriverEvent]:
+        """Everything buffered now, without waiting (the end-of-stream mark is kept)."""
+        out = [event for event in self._buffer if event is not None]
+        ended = any(event is None for event in self._buffer)
+        self._buffer.clear()
+        if ended:
+            self._buffer.append(None)
+        return out
+
     async def __anext__(self) -> DriverEvent:
         if self._ended:
             raise StopAsyncIteration
