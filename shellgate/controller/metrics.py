@@ -65,6 +65,30 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.workqueue_depth = Gauge(
+            "shellgate_workqueue_depth",
+            "Distinct keys waiting in a reconcile work queue.",
+            ["queue"],
+            registry=r,
+        )
+        self.workqueue_adds = Counter(
+            "shellgate_workqueue_adds",
+            "Keys added to a reconcile work queue (a key already waiting is not counted).",
+            ["queue"],
+            registry=r,
+        )
+        self.workqueue_retries = Counter(
+            "shellgate_workqueue_retries",
+            "Keys re-added with backoff after a failed reconcile.",
+            ["queue"],
+            registry=r,
+        )
+        self.workqueue_dropped = Counter(
+            "shellgate_workqueue_dropped",
+            "Keys dropped because the queue was full (the periodic resync brings them back).",
+            ["queue"],
+            registry=r,
+        )
         self.grpc_requests = Counter(
             "shellgate_grpc_requests",
             "gRPC requests by method and status code.",
@@ -102,6 +126,20 @@ class Metrics:
             "shellgate_build_info", "Build information.", ["version"], registry=r
         )
         self.build_info.labels(version=__version__).set(1)
+
+    # ----- QueueMetrics -------------------------------------------------------------------
+
+    def queue_depth(self, queue: str, depth: int) -> None:
+        self.workqueue_depth.labels(queue=queue).set(depth)
+
+    def queue_added(self, queue: str) -> None:
+        self.workqueue_adds.labels(queue=queue).inc()
+
+    def queue_retried(self, queue: str) -> None:
+        self.workqueue_retries.labels(queue=queue).inc()
+
+    def queue_dropped(self, queue: str) -> None:
+        self.workqueue_dropped.labels(queue=queue).inc()
 
     # ----- StoreObserver ------------------------------------------------------------------
 

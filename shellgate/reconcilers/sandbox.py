@@ -138,11 +138,14 @@ def apply_snapshot(snapshot: DriverSnapshot, now_ms: int) -> Mutation:
     """Turn a driver snapshot into sandbox status (§4.4), monotonically by driver revision.
 
     The row is returned unchanged when it is DELETING (the deletion is finished by a
-    version-bound delete elsewhere; a snapshot never resurrects it), when the snapshot is not
-    newer than the last one applied, or when applying it would change nothing. In the last
-    case the revision alone is not written either: a write per unchanged snapshot would cost
-    every replica a version bump for nothing. Otherwise it sets the conditions, the composed
-    phase, the agent pod, the exit code (when the snapshot has one) and the revision.
+    version-bound delete elsewhere; a snapshot never resurrects it) or when the snapshot is
+    not newer than the last one applied. Otherwise it sets the conditions, the composed phase,
+    the agent pod, the exit code (when the snapshot has one) and the revision.
+
+    A newer snapshot that changes nothing else still records its revision. The work queue
+    coalesces events, so a replica may apply revision 9 straight over 7 (same status); if 9
+    were not recorded, a lagging replica could then apply the superseded 8 over it and roll
+    the status back. One write per such snapshot, by whichever replica gets there first.
 
     Unlike HEAD, an ERROR row still gets fresh conditions (its phase stays ERROR), so users
     can see what the backend reports now.
@@ -163,6 +166,7 @@ def apply_snapshot(snapshot: DriverSnapshot, now_ms: int) -> Mutation:
             and not exit_code_changes
         )
         if unchanged:
+            _record_revision(sandbox, snapshot)
             return sandbox
         del status.conditions[:]
         status.conditions.extend(conditions)
@@ -170,11 +174,15 @@ def apply_snapshot(snapshot: DriverSnapshot, now_ms: int) -> Mutation:
         status.agent_pod = agent_pod
         if snapshot.exit_code is not None:
             status.exit_code = snapshot.exit_code
-        if snapshot.revision is not None:
-            sandbox.metadata.annotations[DRIVER_REVISION_ANNOTATION] = str(snapshot.revision)
+        _record_revision(sandbox, snapshot)
         return sandbox
 
     return mutate
+
+
+def _record_revision(sandbox: Sandbox, snapshot: DriverSnapshot) -> None:
+    if snapshot.revision is not None:
+        sandbox.metadata.annotations[DRIVER_REVISION_ANNOTATION] = str(snapshot.revision)
 
 
 # --- lifecycle --------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """Draft-policy chunks: submit, review, decide, undo, clear, history; on SQLite and Postgres.
 
 Includes the crash-safety proof of approvals (docs/config.md): the handler's steps are run
-one by one and "crash" in between; another replica's next read completes the change exactly
-once. And the race the issue names: approve and reject of one chunk from two replicas,
-100 times, exactly one winning each time, the chunk's state matching the policy.
+one by one and "crash" in between; the draft reconcile loop (on any replica) completes the
+change exactly once, and reads never write. And the race the issue names: approve and
+reject of one chunk from two replicas, 100 times, exactly one winning each time, the chunk's
+state matching the policy.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ import grpc
 import pytest
 
 from shellgate.api import internal_pb2
-from shellgate.controller.service import drafts
+from shellgate.controller import draft_effects as drafts
 from shellgate.reconcilers import drafts as rules
 from shellgate.reconcilers import policy as policy_rules
 from shellgate.reconcilers.errors import InvalidArgument
 from shellgate.reconcilers.policy_merge import ports_of
-from shellgate.store import Store
+from shellgate.store import Store, repositories
 from tests.config.helpers import (
     P,
     code_of,
@@ -57,6 +58,21 @@ async def rules_in_policy(gw: Running, name: str = "alpha") -> set[str]:
 
 async def revision_count(gw: Running, sandbox_id: str) -> int:
     return len(await gw.gateway.store.list_versions("sandbox_policy", sandbox_id, limit=1000))
+
+
+async def settled_by_the_loop(
+    gw: Running, chunk_id: str, timeout: float = 15.0
+) -> internal_pb2.StoredDraftChunk:
+    """Poll the store until the draft loop has finished the chunk's decision."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        found = await stored_chunk(gw, chunk_id)
+        if found.effect == rules.EFFECT_NONE:
+            return found
+        if loop.time() > deadline:
+            raise AssertionError(f"chunk {chunk_id} still owes {found.effect} after {timeout} s")
+        await asyncio.sleep(0.05)
 
 
 def approve(chunk_id: str, name: str = "alpha", token: str = "") -> P.ApproveDraftChunkRequest:
@@ -275,7 +291,8 @@ async def test_crash_after_the_decision_is_completed_by_another_replica(
     half = await stored_chunk(seeded, chunk_id)
     assert (half.chunk.status, half.effect) == ("approved", rules.EFFECT_ADDING)
     assert await revision_count(seeded, sandbox.metadata.id) == 0
-    # Replica B's next read of the drafts finishes the approval.
+    # The draft loop (of either replica) finishes the approval.
+    await settled_by_the_loop(replica_b, chunk_id)
     [seen] = await chunks(replica_b)
     assert seen.status == "approved"
     done = await stored_chunk(seeded, chunk_id)
@@ -297,6 +314,7 @@ async def test_crash_after_the_revision_is_settled_without_a_second_revision(
     assert revision is not None and revision.revision.version == 1
     # "Crash" before settle: the chunk still owes the policy a change it already holds.
     assert (await stored_chunk(seeded, chunk_id)).effect == rules.EFFECT_ADDING
+    await settled_by_the_loop(replica_b, chunk_id)
     history = await replica_b.stub.GetDraftHistory(P.GetDraftHistoryRequest(sandbox="alpha"))
     assert history.entries
     done = await stored_chunk(seeded, chunk_id)
@@ -311,6 +329,7 @@ async def test_crash_during_undo_is_completed(seeded: Running, replica_b: Runnin
     await seeded.stub.ApproveDraftChunk(approve(chunk_id))
     await drafts.decide(seeded.gateway, chunk_id, rules.undo(2))  # then crash
     assert "allow_github_com_443" in await rules_in_policy(seeded)
+    await settled_by_the_loop(replica_b, chunk_id)
     [seen] = await chunks(replica_b)
     assert seen.status == "pending"
     assert await rules_in_policy(replica_b) == set()
@@ -332,7 +351,7 @@ async def test_an_approval_that_no_longer_fits_is_withdrawn(
         raise InvalidArgument.single(field, "policy too large now")
 
     monkeypatch.setattr(policy_rules, "require_valid_policy", refuse)
-    await chunks(seeded)
+    await settled_by_the_loop(seeded, chunk_id)
     after = await stored_chunk(seeded, chunk_id)
     assert (after.chunk.status, after.effect) == ("pending", rules.EFFECT_NONE)
     assert after.chunk.application_error
@@ -454,8 +473,54 @@ async def test_undo_after_a_crash_between_revision_and_settle_removes_the_rule(
     sandbox = await _sandbox(seeded)
     decided = await drafts.decide(seeded.gateway, chunk_id, rules.approve("", 1))
     await drafts.commit_effects(seeded.gateway, sandbox, [decided])  # then crash
-    await chunks(replica_b)
+    await settled_by_the_loop(replica_b, chunk_id)
     settled = await stored_chunk(seeded, chunk_id)
     assert settled.effect == rules.EFFECT_NONE and settled.applied_addition.created_rule
     await replica_b.stub.UndoDraftChunk(P.UndoDraftChunkRequest(sandbox="alpha", chunk_id=chunk_id))
     assert await rules_in_policy(seeded) == set()
+
+
+# --- reads never write -----------------------------------------------------------------------
+
+
+async def all_versions(gw: Running) -> dict[tuple[str, str], int]:
+    """Every row's resource_version, for every object type the draft RPCs touch."""
+    versions: dict[tuple[str, str], int] = {}
+    for object_type in (
+        "sandbox",
+        repositories.CHUNK_TYPE,
+        repositories.REVISION_TYPE,
+        repositories.SANDBOX_SETTINGS_TYPE,
+        repositories.GATEWAY_SETTINGS_TYPE,
+    ):
+        token = ""
+        while True:
+            page = await gw.gateway.store.list(
+                object_type, workspace=None, limit=500, page_token=token
+            )
+            for record in page.records:
+                versions[(object_type, record.id)] = record.resource_version
+            token = page.next_page_token
+            if not token:
+                break
+    return versions
+
+
+async def test_draft_reads_never_write_even_with_a_decision_half_done(seeded: Running) -> None:
+    await seeded.loops.stop()  # no loop may finish it while we read
+    submitted = await seeded.stub.SubmitPolicyAnalysis(
+        submit("alpha", proposal("github.com"), proposal("gitlab.com"))
+    )
+    done_id, half_id = submitted.accepted_chunk_ids
+    await seeded.stub.ApproveDraftChunk(approve(done_id))
+    await drafts.decide(seeded.gateway, half_id, rules.approve("", 1))  # then "crash"
+    before = await all_versions(seeded)
+    assert (repositories.CHUNK_TYPE, half_id) in before
+    for _ in range(3):
+        await seeded.stub.GetDraftPolicy(P.GetDraftPolicyRequest(sandbox="alpha"))
+        await seeded.stub.GetDraftPolicy(
+            P.GetDraftPolicyRequest(sandbox="alpha", status_filter="approved")
+        )
+        await seeded.stub.GetDraftHistory(P.GetDraftHistoryRequest(sandbox="alpha"))
+    assert await all_versions(seeded) == before
+    assert (await stored_chunk(seeded, half_id)).effect == rules.EFFECT_ADDING

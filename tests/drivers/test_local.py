@@ -24,6 +24,7 @@ from shellgate.controller.drivers import (
     SnapshotEvent,
 )
 from shellgate.controller.drivers.base import DriverNotOwner
+from shellgate.controller.drivers.fanout import Subscription
 from shellgate.reconcilers.snapshot import DriverCondition, DriverSnapshot
 
 pytestmark = pytest.mark.timeout(10)
@@ -114,13 +115,8 @@ def revisions_of(events: list[DriverEvent]) -> list[int]:
 
 def drain(events: AsyncIterator[DriverEvent]) -> list[DriverEvent]:
     """Everything already queued on a subscription, without waiting."""
-    queue: asyncio.Queue[DriverEvent | None] = events._queue  # type: ignore[attr-defined]
-    out: list[DriverEvent] = []
-    while not queue.empty():
-        event = queue.get_nowait()
-        if event is not None:
-            out.append(event)
-    return out
+    assert isinstance(events, Subscription)
+    return events.drain()
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ our ``SandboxEmulator``. ``emulator`` registers agent-sandbox ``sandboxes`` (v1b
 discovery; a test that wants v1alpha1 only uses ``emulator_versions`` through
 ``@pytest.mark.parametrize("emulator_versions", [...], indirect=True)``. ``driver`` is a
 started ``KubernetesDriver`` logged in to kmock with a fixed ``Configuration`` (host: kmock),
-and ``k8s_gateway`` adds a store, the watch loop and a gRPC server, as the gateway tests do.
+and ``k8s_gateway`` adds a store, the reconcile loops and a gRPC server, as the gateway tests do.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from shellgate.controller.drivers.kubernetes import KubernetesDriver
 from shellgate.controller.drivers.kubernetes.client import configuration_for, fixed_login
 from shellgate.controller.gateway import Gateway
 from shellgate.controller.metrics import Metrics
-from shellgate.controller.reconcile.driver_events import run_watch_loop
+from shellgate.controller.reconcile.loops import attach_reconcilers
 from shellgate.store import Store
 from tests.support.k8s_emulator import NAMESPACE, SandboxEmulator, serve_sandboxes
 
@@ -128,9 +128,10 @@ async def running_k8s_gateway(
 ) -> AsyncIterator[K8sGateway]:
     driver = make_driver(str(emulator.url).rstrip("/"))
     gateway = Gateway(store=store, driver=driver, metrics=Metrics(), replica_id="test")
-    events = driver.events()
+    loops = attach_reconcilers(gateway)
     await driver.start()
-    watch = asyncio.create_task(run_watch_loop(gateway, events))
+    loops.start(0)
+    await asyncio.wait_for(loops.settled(), 10)
     server, _health, port = await start_grpc(gateway, "127.0.0.1:0")
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:
@@ -139,9 +140,7 @@ async def running_k8s_gateway(
     finally:
         await channel.close()
         await server.stop(0)
-        watch.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watch
+        await loops.stop()
         await driver.close()
 
 

@@ -17,7 +17,6 @@ import pytest
 
 from shellgate.api import openshell_pb2 as P
 from shellgate.controller.gateway import wall_clock_ms
-from shellgate.controller.reconcile.sweep import sweep_once
 from shellgate.reconcilers.sandbox import MISSING_REASON
 from tests.k8s.conftest import K8sGateway, until, until_async
 from tests.support.k8s_emulator import (
@@ -30,6 +29,7 @@ from tests.support.k8s_emulator import (
     suspended_status,
     suspending_status,
 )
+from tests.support.reconcile import resync_once
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -153,7 +153,7 @@ async def test_the_sweep_notices_objects_deleted_behind_our_back(k8s: K8sGateway
         k8s.emulator.objects[resource_key(), NAMESPACE, name].delete()
 
     k8s.gateway.clock_ms = lambda: wall_clock_ms() + 1000  # the pass starts after the writes
-    counts = await sweep_once(k8s.gateway, grace_seconds=0)
+    counts = await resync_once(k8s.gateway, grace_seconds=0)
     assert counts == {"removed": 1, "marked_error": 1}
     assert await k8s.gateway.store.get("sandbox", ready_id) is None
     stopped = await k8s.sandbox("vanishing-stopped")
@@ -162,9 +162,9 @@ async def test_the_sweep_notices_objects_deleted_behind_our_back(k8s: K8sGateway
         "Ready",
         MISSING_REASON,
     )
-    assert await sweep_once(k8s.gateway, grace_seconds=0) == {}  # nothing left to repair
+    assert await resync_once(k8s.gateway, grace_seconds=0) == {}  # nothing left to repair
     sweeps = k8s.gateway.metrics.registry.get_sample_value(
-        "shellgate_reconcile_total", {"controller": "sweep", "result": "removed"}
+        "shellgate_reconcile_total", {"controller": "sandbox", "result": "removed"}
     )
     assert sweeps == 1
 

@@ -80,14 +80,25 @@ def test_deleting_row_is_untouched_by_an_unordered_snapshot() -> None:
     assert not changed
 
 
-def test_reapplying_the_same_state_writes_nothing_not_even_the_revision() -> None:
+def test_a_newer_snapshot_of_the_same_state_records_only_its_revision() -> None:
     row = sandbox(P.SANDBOX_PHASE_PROVISIONING)
     first, changed = run(snap(cond("Ready", "True"), pod="pod-a", revision=3), row)
     assert changed
     again, changed_again = run(snap(cond("Ready", "True"), pod="pod-a", revision=4), first, NOW + 5)
-    assert not changed_again
-    assert again == first
-    assert stored_driver_revision(again) == 3
+    assert changed_again
+    assert stored_driver_revision(again) == 4
+    assert again.status == first.status
+
+
+def test_a_coalesced_snapshot_still_fences_off_the_one_it_superseded() -> None:
+    """Revisions 7, 8, 9 with 7 and 9 alike: a replica that saw only 9 (its queue coalesced
+    8 away) records 9, so a lagging replica's 8 is stale, not a roll-back."""
+    row = sandbox(P.SANDBOX_PHASE_PROVISIONING)
+    at_7, _ = run(snap(cond("Ready", "True"), pod="pod-a", revision=7), row)
+    at_9, _ = run(snap(cond("Ready", "True"), pod="pod-a", revision=9), at_7, NOW + 5)
+    late_8, changed = run(snap(cond("Ready", "False", "PodNotReady"), revision=8), at_9, NOW + 9)
+    assert not changed
+    assert late_8.status.phase == P.SANDBOX_PHASE_READY
 
 
 def test_unordered_snapshot_twice_is_a_noop_the_second_time() -> None:
@@ -258,7 +269,7 @@ def test_error_row_keeps_its_phase_but_shows_fresh_conditions() -> None:
     assert result.status.conditions[0].status == "True"
 
 
-def test_snapshot_without_status_changes_nothing() -> None:
+def test_a_snapshot_without_status_records_only_its_revision() -> None:
     row = sandbox(
         P.SANDBOX_PHASE_READY,
         conditions=[stored_condition("Ready", "True", time_ms=1)],
@@ -266,8 +277,9 @@ def test_snapshot_without_status_changes_nothing() -> None:
         revision=3,
     )
     result, changed = run(snap(has_status=False, revision=4), row)
-    assert not changed
-    assert stored_driver_revision(result) == 3
+    assert changed  # only the revision: nothing else is known
+    assert result.status == row.status
+    assert stored_driver_revision(result) == 4
 
 
 @pytest.mark.parametrize(

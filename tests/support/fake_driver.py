@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from shellgate.api import openshell_pb2
 from shellgate.controller.drivers.base import (
@@ -48,6 +48,7 @@ class FakeDriver:
         self.auto_ready = auto_ready
         self._revisions = itertools.count(1)
         self._queues: set[asyncio.Queue[DriverEvent]] = set()
+        self._sinks: list[Callable[[DriverEvent], None]] = []
         self._started = False
 
     @property
@@ -61,6 +62,8 @@ class FakeDriver:
         self._started = False
 
     def emit(self, event: DriverEvent) -> None:
+        for sink in tuple(self._sinks):
+            sink(event)
         for queue in tuple(self._queues):
             queue.put_nowait(event)
 
@@ -100,6 +103,10 @@ class FakeDriver:
 
     async def list_sandboxes(self) -> list[DriverSnapshot]:
         return [ready(sandbox_id, None) for sandbox_id in self.sandboxes]
+
+    def attach(self, sink: Callable[[DriverEvent], None]) -> Callable[[], None]:
+        self._sinks.append(sink)
+        return lambda: self._sinks.remove(sink) if sink in self._sinks else None
 
     async def events(self) -> AsyncIterator[DriverEvent]:
         queue: asyncio.Queue[DriverEvent] = asyncio.Queue()

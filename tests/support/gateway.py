@@ -1,5 +1,6 @@
 """An in-process gateway on a real socket: real store (SQLite file or Postgres), the gRPC
-servicer, the driver watch loop, and a driver the test controls (usually FakeDriver)."""
+servicer, the reconcile loops (driver events, change feed, a resync at start), and a driver
+the test controls (usually FakeDriver)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,12 @@ from shellgate.controller.drivers.base import ComputeDriver
 from shellgate.controller.gateway import Gateway
 from shellgate.controller.limits import Limits
 from shellgate.controller.metrics import Metrics
-from shellgate.controller.reconcile.driver_events import run_watch_loop
+from shellgate.controller.reconcile.loops import Reconcilers, attach_reconcilers
 from shellgate.store import Store
 from tests.support.fake_driver import FakeDriver
+
+SETTLE_AFTER_SECONDS = 2.0
+"""How long the draft loop leaves a chunk's effect to its own handler in tests."""
 
 
 @dataclass
@@ -28,6 +32,7 @@ class Running:
     stub: openshell_pb2_grpc.OpenShellStub
     channel: grpc.aio.Channel
     address: str
+    loops: Reconcilers
 
 
 @contextlib.asynccontextmanager
@@ -38,8 +43,10 @@ async def running_gateway(
         store=store, driver=driver, metrics=Metrics(), replica_id="test", limits=limits or Limits()
     )
     store.observer = gateway.metrics  # as serve does: the store reports into the metrics
+    loops = attach_reconcilers(gateway, settle_after_seconds=SETTLE_AFTER_SECONDS)
     await driver.start()
-    watch = asyncio.create_task(run_watch_loop(gateway))
+    loops.start(0)  # one resync at start; tests that want more call resync themselves
+    await asyncio.wait_for(loops.settled(), 10)
     server, _health, port = await start_grpc(gateway, "127.0.0.1:0")
     address = f"127.0.0.1:{port}"
     channel = grpc.aio.insecure_channel(address)
@@ -50,11 +57,10 @@ async def running_gateway(
             openshell_pb2_grpc.OpenShellStub(channel),
             channel,
             address,  # type: ignore[arg-type]
+            loops,
         )
     finally:
         await channel.close()
         await server.stop(0)
-        watch.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watch
+        await loops.stop()
         await driver.close()

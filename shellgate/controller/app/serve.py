@@ -1,8 +1,9 @@
 """``shellgate serve``: the gateway process.
 
-One asyncio loop runs the gRPC server, the HTTP probe/metrics server, the driver watch loop,
-the sweep and the store pinger. Nothing here assumes it is the only replica: every replica
-serves reads and writes, watches the driver and sweeps, and they agree through CAS alone.
+One asyncio loop runs the gRPC server, the HTTP probe/metrics server, the reconcile loops
+(fed by driver events, the store's change feed and a periodic resync) and the store pinger.
+Nothing here assumes it is the only replica: every replica serves reads and writes and
+reconciles everything, and they agree through CAS alone.
 SIGTERM or SIGINT stops it within ``SHUTDOWN_SECONDS``.
 """
 
@@ -35,8 +36,7 @@ from shellgate.controller.drivers.base import ComputeDriver
 from shellgate.controller.gateway import Gateway
 from shellgate.controller.limits import Limits
 from shellgate.controller.metrics import Metrics
-from shellgate.controller.reconcile.driver_events import run_watch_loop
-from shellgate.controller.reconcile.intents import run_intent_loop
+from shellgate.controller.reconcile.loops import Reconcilers, attach_reconcilers
 from shellgate.controller.service.decoding import RejectUndecodableRequests
 from shellgate.controller.service.servicer import OpenShellService
 from shellgate.store import ConfigurationError, StoreTimeouts, connect
@@ -143,14 +143,12 @@ async def serve(
     health_state = HealthState(gw)
     tasks: list[asyncio.Task[Any]] = []
     server = runner = None
+    loops: Reconcilers | None = None
     try:
-        events = driver.events()  # subscribe first: start() may already emit
+        loops = attach_reconcilers(gw)  # before start(): the driver may already emit
         await driver.start()
-        tasks.append(asyncio.create_task(run_watch_loop(gw, events), name="driver-watch"))
-        if driver.routes_by_owner:
-            tasks.append(asyncio.create_task(run_intent_loop(gw), name="intents"))
+        loops.start(config.sweep_interval)
         tasks.append(asyncio.create_task(health_state.ping_forever(), name="store-ping"))
-        tasks += _extra_loops(gw, config)
         server, health, _port = await start_grpc(gw, config.listen)
         host, port = split_address(config.http_listen, "--http-listen")
         runner = await start_http(health_state, host, port)
@@ -168,21 +166,22 @@ async def serve(
         log.info("shutting down")
         await health.enter_graceful_shutdown()
     finally:
-        await _shutdown(server, runner, tasks, driver, store)
-
-
-def _extra_loops(gw: Gateway, config: ServeOptions) -> list[asyncio.Task[Any]]:
-    from shellgate.controller.reconcile.sweep import run_sweep_loop
-
-    return [asyncio.create_task(run_sweep_loop(gw, config.sweep_interval), name="sweep")]
+        await _shutdown(server, runner, tasks, loops, driver, store)
 
 
 async def _shutdown(
-    server: Any, runner: Any, tasks: list[asyncio.Task[Any]], driver: ComputeDriver, store: Any
+    server: Any,
+    runner: Any,
+    tasks: list[asyncio.Task[Any]],
+    loops: Reconcilers | None,
+    driver: ComputeDriver,
+    store: Any,
 ) -> None:
     async def steps() -> None:
         if server is not None:
             await server.stop(GRPC_GRACE_SECONDS)
+        if loops is not None:
+            await loops.stop()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

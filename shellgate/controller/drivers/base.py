@@ -1,7 +1,7 @@
 """The compute-driver interface, used by the API handlers and by the watch loop alike.
 
 A driver owns sandboxes in its own world (child processes, Kubernetes objects) and reports
-what it sees as ``DriverEvent``s. It never touches the store: the watch loop applies its
+what it sees as ``DriverEvent``s. It never touches the store: the reconcile loop applies its
 snapshots through ``update_message_cas`` and the handlers write rows before calling it.
 
 Every operation is idempotent by sandbox id, because any replica may repeat it: creating
@@ -10,7 +10,7 @@ what already exists with the same id succeeds, deleting what is gone returns Fal
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -95,4 +95,9 @@ class ComputeDriver(Protocol):
     async def list_sandboxes(self) -> list[DriverSnapshot]: ...
 
     def events(self) -> AsyncIterator[DriverEvent]:
-        """Every event from now on, for as long as the driver runs."""
+        """Every event from now on, in order, for as long as the driver runs (diagnostics)."""
+
+    def attach(self, sink: Callable[[DriverEvent], None]) -> Callable[[], None]:
+        """Call ``sink`` synchronously for every event from now on (how the gateway
+        consumes them: the sink coalesces per sandbox and never blocks the driver); returns a
+        function that detaches it."""

@@ -74,7 +74,7 @@ from shellgate.controller.drivers.base import (
     PlatformEvent,
     SnapshotEvent,
 )
-from shellgate.controller.drivers.fanout import EventFanout
+from shellgate.controller.drivers.fanout import EventFanout, EventSink
 from shellgate.reconcilers.snapshot import DriverCondition, DriverSnapshot, InstanceFacts
 
 log = logging.getLogger(__name__)
@@ -174,11 +174,13 @@ class LocalDriver:
         self._fanout.close()
 
     def events(self) -> AsyncIterator[DriverEvent]:
-        """Every event from this call on, until ``close()``; each caller gets its own queue.
-
-        Queues are unbounded; one that is no longer referenced stops receiving events.
-        """
+        """Every event from this call on, until ``close()``, in order (a bounded buffer per
+        caller; see ``fanout``). The gateway uses ``attach`` instead."""
         return self._fanout.subscribe()
+
+    def attach(self, sink: EventSink) -> Callable[[], None]:
+        """Call ``sink`` for every event from now on; returns a detach function."""
+        return self._fanout.attach(sink)
 
     # ---- operations ------------------------------------------------------------------------
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from shellgate.api import internal_pb2
 from shellgate.store.base import Mutation, Store, decode
 from shellgate.store.errors import Conflict, NotFound, UniqueViolation
 from shellgate.store.messages import register_object_type
+from shellgate.store.records import ObjectRecord, Page
 from shellgate.store.repositories.hooks import Hook, no_hook
 from shellgate.store.repositories.rows import delete_row, insert_scoped, scan_scope
 
@@ -38,6 +40,14 @@ class ChunkRepository:
 
     async def get(self, chunk_id: str) -> StoredDraftChunk | None:
         return await self.store.get_message(StoredDraftChunk, chunk_id)
+
+    async def get_record(self, chunk_id: str) -> ObjectRecord | None:
+        """The row itself: the draft loop needs its ``updated_at_ms``."""
+        return await self.store.get(CHUNK_TYPE, chunk_id)
+
+    async def list_records(self, **kwargs: Any) -> Page:
+        """One page of chunk rows of every sandbox (``Store.list`` arguments)."""
+        return await self.store.list(CHUNK_TYPE, **kwargs)
 
     async def of_sandbox(self, sandbox_id: str) -> list[StoredDraftChunk]:
         records = await scan_scope(self.store, CHUNK_TYPE, sandbox_id)

@@ -34,7 +34,7 @@ import asyncio
 import collections
 import logging
 import re
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Protocol
 
 from shellgate.api import openshell_pb2
@@ -45,7 +45,7 @@ from shellgate.controller.drivers.base import (
     DriverEvent,
     SnapshotEvent,
 )
-from shellgate.controller.drivers.fanout import EventFanout
+from shellgate.controller.drivers.fanout import EventFanout, EventSink
 from shellgate.controller.drivers.kubernetes.client import (
     ApiConflict,
     ApiError,
@@ -177,8 +177,13 @@ class KubernetesDriver:
         self._fanout.close()
 
     def events(self) -> AsyncIterator[DriverEvent]:
-        """Every event from this call on, until ``close()``; each caller gets its own queue."""
+        """Every event from this call on, until ``close()``, in order (a bounded buffer per
+        caller; see ``fanout``). The gateway uses ``attach`` instead."""
         return self._fanout.subscribe()
+
+    def attach(self, sink: EventSink) -> Callable[[], None]:
+        """Call ``sink`` for every event from now on; returns a detach function."""
+        return self._fanout.attach(sink)
 
     async def _discover_version(self) -> str:
         served = await self._served_versions()

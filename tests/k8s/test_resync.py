@@ -1,4 +1,5 @@
-"""The sweep, generic over drivers: each repair, and the races it must lose gracefully.
+"""The periodic resync through ``reconcile(id)``, generic over drivers: each drift repair
+(formerly the sweep's), and the races it must lose gracefully.
 
 The driver here is the gateway tests' ``FakeDriver`` (its snapshots carry no revision); the
 store is real, on SQLite and Postgres. The gateway's clock runs a second ahead so that every
@@ -7,8 +8,6 @@ row written by the test is older than the pass's start.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import random
 from collections.abc import AsyncIterator
 
@@ -17,13 +16,15 @@ import pytest
 from shellgate.api import openshell_pb2 as P
 from shellgate.controller.gateway import Gateway, wall_clock_ms
 from shellgate.controller.metrics import Metrics
-from shellgate.controller.reconcile.sweep import jittered, run_sweep_loop, sweep_once
+from shellgate.controller.reconcile.loops import attach_reconcilers
+from shellgate.controller.reconcile.sandboxes import jittered
 from shellgate.reconcilers.sandbox import MISSING_REASON, is_marked_missing, mark_compute_missing
 from shellgate.reconcilers.snapshot import DriverSnapshot
 from shellgate.store import Store
 from tests.k8s.conftest import until
 from tests.support.fake_driver import FakeDriver, ready
 from tests.support.objects import sandbox as sandbox_message
+from tests.support.reconcile import resync_once
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -104,16 +105,16 @@ def test_jitter_stays_within_twenty_percent() -> None:
 
 async def test_rows_are_resynced_from_the_listing(gw: Gateway) -> None:
     sandbox_id = await row(gw, "lagging", P.SANDBOX_PHASE_PROVISIONING)
-    assert await sweep_once(gw, grace_seconds=0) == {"resynced": 1}
+    assert await resync_once(gw, grace_seconds=0) == {"resynced": 1}
     assert await phase_of(gw, sandbox_id) == P.SANDBOX_PHASE_READY
-    assert await sweep_once(gw, grace_seconds=0) == {}
+    assert await resync_once(gw, grace_seconds=0) == {}
 
 
 async def test_missing_objects_respect_the_grace_period(gw: Gateway) -> None:
     sandbox_id = await row(gw, "young", P.SANDBOX_PHASE_READY, backed=False)
-    assert await sweep_once(gw, grace_seconds=300) == {}
+    assert await resync_once(gw, grace_seconds=300) == {}
     assert await phase_of(gw, sandbox_id) == P.SANDBOX_PHASE_READY
-    assert await sweep_once(gw, grace_seconds=0) == {"removed": 1}
+    assert await resync_once(gw, grace_seconds=0) == {"removed": 1}
     assert await phase_of(gw, sandbox_id) is None
 
 
@@ -125,17 +126,17 @@ async def test_missing_objects_of_transitions_become_errors_and_stay(gw: Gateway
         )
     ]
     deleting = await row(gw, "half-deleted", P.SANDBOX_PHASE_DELETING, backed=False)
-    assert await sweep_once(gw, grace_seconds=0) == {"marked_error": 3, "removed": 1}
+    assert await resync_once(gw, grace_seconds=0) == {"marked_error": 3, "removed": 1}
     assert [await phase_of(gw, i) for i in ids] == [P.SANDBOX_PHASE_ERROR] * 3
     assert await phase_of(gw, deleting) is None
-    assert await sweep_once(gw, grace_seconds=0) == {}  # marked errors are kept
+    assert await resync_once(gw, grace_seconds=0) == {}  # marked errors are kept
     assert [await phase_of(gw, i) for i in ids] == [P.SANDBOX_PHASE_ERROR] * 3
 
 
 async def test_orphan_objects_are_deleted(gw: Gateway) -> None:
     orphan = sandbox_message("orphan")
     fake(gw).sandboxes[orphan.metadata.id] = orphan
-    assert await sweep_once(gw, grace_seconds=0) == {"orphan_deleted": 1}
+    assert await resync_once(gw, grace_seconds=0) == {"orphan_deleted": 1}
     assert ("delete", orphan.metadata.id) in fake(gw).calls
 
 
@@ -143,11 +144,11 @@ async def test_stuck_transitions_are_reissued(gw: Gateway) -> None:
     stopping = await row(gw, "stuck-stop", P.SANDBOX_PHASE_STOPPING)
     starting = await row(gw, "stuck-start", P.SANDBOX_PHASE_STARTING)
     # FakeDriver reports them READY; STOPPING stays STOPPING on READY, STARTING goes READY.
-    counts = await sweep_once(gw, grace_seconds=0, stuck_seconds=0)
+    counts = await resync_once(gw, grace_seconds=0, stuck_seconds=0)
     assert counts == {"reissued": 1, "resynced": 1}
     assert ("stop", stopping) in fake(gw).calls
     assert await phase_of(gw, starting) == P.SANDBOX_PHASE_READY
-    assert await sweep_once(gw, grace_seconds=0, stuck_seconds=3600) == {}
+    assert await resync_once(gw, grace_seconds=0, stuck_seconds=3600) == {}
 
 
 async def test_rows_written_after_the_listing_started_are_left_alone(store: Store) -> None:
@@ -165,7 +166,7 @@ async def test_rows_written_after_the_listing_started_are_left_alone(store: Stor
         return [ready(written[0], None)]
 
     driver.list_sandboxes = listing  # type: ignore[method-assign]
-    assert await sweep_once(gw, grace_seconds=0) == {}
+    assert await resync_once(gw, grace_seconds=0) == {}
     assert await phase_of(gw, written[0]) == P.SANDBOX_PHASE_PROVISIONING
 
 
@@ -180,10 +181,10 @@ async def test_a_row_changed_meanwhile_is_a_conflict_not_a_repair(gw: Gateway) -
         return None
 
     fake(gw).get_sandbox = racing_get  # type: ignore[method-assign]
-    assert await sweep_once(gw, grace_seconds=0) == {"conflict": 1}
+    assert await resync_once(gw, grace_seconds=0) == {"conflict": 1}
     assert await phase_of(gw, sandbox_id) == P.SANDBOX_PHASE_STARTING
     conflicts = gw.metrics.registry.get_sample_value(
-        "shellgate_reconcile_total", {"controller": "sweep", "result": "conflict"}
+        "shellgate_reconcile_total", {"controller": "sandbox", "result": "conflict"}
     )
     assert conflicts == 1
 
@@ -203,7 +204,7 @@ async def test_owner_routed_drivers_only_sweep_their_own(gw: Gateway) -> None:
     await row(gw, "foreign", P.SANDBOX_PHASE_READY, backed=False)
     orphan = sandbox_message("foreign-orphan")
     driver.sandboxes[orphan.metadata.id] = orphan
-    assert await sweep_once(gw, grace_seconds=0) == {}
+    assert await resync_once(gw, grace_seconds=0) == {}
 
 
 async def test_a_failed_listing_counts_an_error(gw: Gateway) -> None:
@@ -213,21 +214,20 @@ async def test_a_failed_listing_counts_an_error(gw: Gateway) -> None:
         raise DriverError("API down")
 
     fake(gw).list_sandboxes = broken  # type: ignore[method-assign]
-    assert await sweep_once(gw) == {"error": 1}
+    assert await resync_once(gw) == {"error": 1}
 
 
-async def test_the_loop_sweeps_until_cancelled(gw: Gateway) -> None:
-    assert await run_sweep_loop(gw, 0) is None  # disabled
+async def test_the_loop_resyncs_until_stopped(gw: Gateway) -> None:
     orphan = sandbox_message("looped")
-    fake(gw).sandboxes[orphan.metadata.id] = orphan
-    loop = asyncio.create_task(run_sweep_loop(gw, 0.02, grace_seconds=0))
+    loops = attach_reconcilers(gw, grace_seconds=0)
+    loops.start(0.02)
     try:
+        await until(lambda: loops.sandboxes.queue.idle)
+        fake(gw).sandboxes[orphan.metadata.id] = orphan  # appears after the first resync
         await until(lambda: ("delete", orphan.metadata.id) in fake(gw).calls)
     finally:
-        loop.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await loop
+        await loops.stop()
     duration = gw.metrics.registry.get_sample_value(
-        "shellgate_reconcile_duration_seconds_count", {"controller": "sweep"}
+        "shellgate_reconcile_duration_seconds_count", {"controller": "sandbox"}
     )
     assert duration is not None and duration >= 1

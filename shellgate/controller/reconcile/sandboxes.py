@@ -1,0 +1,350 @@
+"""``reconcile(sandbox_id)``: the only path that repairs a sandbox row or its driver object.
+
+Three sources only enqueue sandbox ids on one bounded, coalescing ``WorkQueue``:
+
+- **driver events** (``observe``, a synchronous callback the driver calls for every event):
+  the latest snapshot (or deletion) per id is kept for the next reconcile of that id; an
+  older one still waiting is superseded, since snapshots are states, not deltas. Platform
+  events (human-readable) go to the in-memory bus for WatchSandbox and are not queued.
+- **the store's change feed** (``follow_changes``): a sandbox hint enqueues its id, a wildcard
+  hint every id the store knows. An owner replica of a local-driver sandbox learns of a stop,
+  start or delete another replica recorded this way.
+- **the periodic resync** (``resync``): every id the driver lists (with the listed snapshot)
+  and every id the store holds (the driver is asked about that one sandbox when it is
+  reconciled), so drift is repaired and anything a watch missed is caught up.
+
+``reconcile`` reads the row, takes the driver's view, asks ``reconcilers.sandbox_sync.decide``
+for one action, and carries it out with a write bound to the version read
+(``update_message_cas(..., expected_version=rv)`` or ``delete_if(id, rv)``). A write refused
+because the row moved on is a ``conflict``: a watch event is kept and retried with backoff
+(it decides again from the newer row), a resync's view is dropped (the next resync looks
+again). Driver calls are idempotent, so repeating one is harmless.
+
+Results are counted in ``shellgate_reconcile_total{controller="sandbox", result=...}``;
+every watch event consumed also in ``shellgate_driver_events_total{driver, result}`` with
+``applied``, ``stale``, ``noop``, ``superseded`` (replaced by a newer event before it was
+reconciled) or ``error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from shellgate.api import openshell_pb2
+from shellgate.controller.drivers.base import (
+    DriverError,
+    DriverEvent,
+    PlatformEvent,
+    SnapshotEvent,
+)
+from shellgate.controller.gateway import Gateway
+from shellgate.controller.reconcile.queue import DEFAULT_MAX_WAITING, WorkQueue
+from shellgate.reconcilers.sandbox_sync import (
+    Absent,
+    Action,
+    CallDriver,
+    Deleted,
+    DeleteOrphan,
+    Nothing,
+    Remove,
+    Reported,
+    Row,
+    Thresholds,
+    View,
+    Write,
+    decide,
+)
+from shellgate.store import Conflict, NotFound, StoreError, decode
+from shellgate.store.records import ChangeEvent
+from shellgate.store.repositories import SANDBOX_TYPE
+
+log = logging.getLogger(__name__)
+
+Sandbox = openshell_pb2.Sandbox
+CONTROLLER = "sandbox"
+PAGE_SIZE = 500
+DEFAULT_GRACE_SECONDS = 300.0
+GRACE_ENV = "SHELLGATE_SWEEP_GRACE_SECONDS"
+DEFAULT_STUCK_SECONDS = 60.0
+JITTER = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class Look:
+    """The resync wants this id checked against the driver (asked when reconciled)."""
+
+
+Observation = Reported | Deleted | Look
+"""What a source left for the next reconcile of an id."""
+
+
+class Retry(Exception):
+    """Reconcile did not finish; the queue re-adds the key with backoff."""
+
+
+def jittered(interval: float, rng: random.Random) -> float:
+    """``interval`` ±20 %, so replicas started together do not resync in lockstep."""
+    return interval * rng.uniform(1 - JITTER, 1 + JITTER)
+
+
+def grace_from_environment() -> float:
+    """``SHELLGATE_SWEEP_GRACE_SECONDS`` when set to a number, else 300."""
+    raw = os.environ.get(GRACE_ENV, "")
+    try:
+        return float(raw) if raw else DEFAULT_GRACE_SECONDS
+    except ValueError:
+        log.warning("%s=%r is not a number; using %.0f s", GRACE_ENV, raw, DEFAULT_GRACE_SECONDS)
+        return DEFAULT_GRACE_SECONDS
+
+
+async def write_at(gw: Gateway, sandbox_id: str, candidate: Sandbox, version: int) -> bool:
+    """Store ``candidate`` only if the row is still at ``version``; True when written.
+
+    The candidate was decided from the row read at ``version``; writing it over any newer row
+    would undo a write someone else already acknowledged (a DeleteSandbox, say).
+    """
+    outcome = await gw.repos.sandboxes.update(
+        sandbox_id, lambda _current: candidate, expected_version=version
+    )
+    return outcome.written
+
+
+class SandboxReconciler:
+    """The sandbox work queue, its sources, and ``reconcile`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        gw: Gateway,
+        *,
+        grace_seconds: float | None = None,
+        stuck_seconds: float = DEFAULT_STUCK_SECONDS,
+        max_waiting: int = DEFAULT_MAX_WAITING,
+    ) -> None:
+        self.gw = gw
+        grace = grace_from_environment() if grace_seconds is None else grace_seconds
+        self.thresholds = Thresholds(int(grace * 1000), int(stuck_seconds * 1000))
+        self.queue: WorkQueue[str] = WorkQueue(
+            CONTROLLER, max_waiting=max_waiting, metrics=gw.metrics
+        )
+        self._pending: dict[str, Observation] = {}
+
+    # ---- sources ---------------------------------------------------------------------------
+
+    def observe(self, event: DriverEvent) -> None:
+        """A driver event: keep the latest per id and enqueue the id (never blocks)."""
+        if isinstance(event, PlatformEvent):
+            self.gw.events.publish(event)
+            self._count_event("applied")
+            return
+        seen: Observation
+        if isinstance(event, SnapshotEvent):
+            sandbox_id, seen = event.snapshot.sandbox_id, Reported(event.snapshot)
+        else:
+            sandbox_id, seen = event.sandbox_id, Deleted()
+        self._leave(sandbox_id, seen, from_event=True)
+
+    async def resync(self) -> int:
+        """Enqueue every id the driver lists and the store holds; returns how many."""
+        listed_at = self.gw.clock_ms()
+        listing = await self.gw.driver.list_sandboxes()
+        ids: set[str] = set()
+        for snapshot in listing:
+            ids.add(snapshot.sandbox_id)
+            view = Reported(snapshot, resync=True, listed_at_ms=listed_at)
+            await self._leave_waiting(snapshot.sandbox_id, view)
+        async for sandbox_id in self._stored_ids():
+            if sandbox_id not in ids:
+                ids.add(sandbox_id)
+                await self._leave_waiting(sandbox_id, Look())
+        return len(ids)
+
+    async def hint(self, change: ChangeEvent) -> None:
+        """A change-feed hint: the row changed (or, wildcard, anything may have)."""
+        if change.object_type not in (None, SANDBOX_TYPE):
+            return
+        if change.id is not None:
+            await self.queue.add(change.id)
+            return
+        async for sandbox_id in self._stored_ids():
+            await self.queue.add(sandbox_id)
+
+    async def _stored_ids(self) -> AsyncIterator[str]:
+        token = ""
+        while True:
+            page = await self.gw.repos.sandboxes.list_records(
+                workspace=None, limit=PAGE_SIZE, page_token=token
+            )
+            for record in page.records:
+                yield record.id
+            token = page.next_page_token
+            if not token:
+                return
+
+    def _leave(self, sandbox_id: str, seen: Observation, *, from_event: bool) -> None:
+        if not self.queue.offer(sandbox_id):
+            if from_event:
+                self._count_event("error")  # dropped: the queue is full; resync repairs it
+            return
+        self._supersede(sandbox_id, seen)
+
+    async def _leave_waiting(self, sandbox_id: str, seen: Observation) -> None:
+        await self.queue.add(sandbox_id)
+        self._supersede(sandbox_id, seen)
+
+    def _supersede(self, sandbox_id: str, seen: Observation) -> None:
+        """Keep the newest observation; a watch event is never replaced by a mere look."""
+        previous = self._pending.get(sandbox_id)
+        if isinstance(seen, Look) and previous is not None:
+            return
+        if _from_event(previous):
+            self._count_event("superseded")
+        self._pending[sandbox_id] = seen
+
+    # ---- reconcile -------------------------------------------------------------------------
+
+    async def handle(self, sandbox_id: str) -> None:
+        """The queue's handler: reconcile, count, and ask for a retry when needed."""
+        started = time.perf_counter()
+        try:
+            result = await self.reconcile(sandbox_id)
+        finally:
+            self.gw.metrics.reconcile_duration.labels(controller=CONTROLLER).observe(
+                time.perf_counter() - started
+            )
+        self.gw.metrics.reconcile.labels(controller=CONTROLLER, result=result).inc()
+        if result == "error" or (result == "conflict" and sandbox_id in self._pending):
+            raise Retry(sandbox_id)
+
+    async def reconcile(self, sandbox_id: str) -> str:
+        """Read, decide once, act once; returns the result label (see the module docstring)."""
+        seen = self._pending.get(sandbox_id)
+        try:
+            result = await self._reconcile(sandbox_id, seen)
+        except Conflict:
+            result = "conflict"
+        except (StoreError, DriverError) as exc:
+            log.warning("reconcile of sandbox %s failed: %s", sandbox_id, exc)
+            result = "error"
+        except Exception:  # one bad row must not stop the workers; counted and retried
+            log.exception("reconcile of sandbox %s failed unexpectedly", sandbox_id)
+            result = "error"
+        keep = result == "error" or (result == "conflict" and _from_event(seen))
+        if not keep and self._pending.get(sandbox_id) is seen:
+            self._pending.pop(sandbox_id, None)
+        if _from_event(seen) and (not keep or result == "error"):
+            self._count_event(_event_result(result))
+        return result
+
+    async def _reconcile(self, sandbox_id: str, seen: Observation | None) -> str:
+        record = await self.gw.repos.sandboxes.get_record(sandbox_id)
+        row = None
+        if record is not None:
+            row = Row(decode(Sandbox, record), record.resource_version, record.updated_at_ms)
+        driver = self.gw.driver
+        mine = not driver.routes_by_owner or driver.owns(sandbox_id)
+        view = await self._view(sandbox_id, seen) if mine else _event_only(seen)
+        action = decide(
+            row,
+            view,
+            self.gw.clock_ms(),
+            self.thresholds,
+            acts_on_intent=driver.routes_by_owner and mine,
+        )
+        return await self._act(sandbox_id, row, action)
+
+    async def _view(self, sandbox_id: str, seen: Observation | None) -> View:
+        if isinstance(seen, Look):
+            fresh = await self.gw.driver.get_sandbox(sandbox_id)
+            return Absent() if fresh is None else Reported(fresh, resync=True)
+        return seen
+
+    async def _act(self, sandbox_id: str, row: Row | None, action: Action) -> str:
+        if isinstance(action, Nothing):
+            return action.result
+        if isinstance(action, DeleteOrphan):
+            return await self._delete_orphan(sandbox_id)
+        assert row is not None  # every other action is about an existing row
+        if isinstance(action, Write):
+            try:
+                written = await write_at(self.gw, sandbox_id, action.candidate, row.version)
+            except NotFound:
+                return "noop"
+            if action.result == "marked_error" and written:
+                log.warning("sandbox %s lost its compute resource; marked ERROR", sandbox_id)
+            if written and action.then is not None:
+                return await self._call_driver(sandbox_id, action.then)
+            return action.result if written else "noop"
+        if isinstance(action, Remove):
+            return await self._remove(sandbox_id, row, action)
+        return await self._call_driver(sandbox_id, action)
+
+    async def _remove(self, sandbox_id: str, row: Row, action: Remove) -> str:
+        if not await self.gw.remove_sandbox_at(sandbox_id, row.version):
+            # Not at the version read: someone wrote it meanwhile (decide again) or removed it.
+            gone = await self.gw.repos.sandboxes.get_record(sandbox_id) is None
+            return "noop" if gone else "conflict"
+        log.info("sandbox %s removed: its compute resources are gone", sandbox_id)
+        return action.result
+
+    async def _call_driver(self, sandbox_id: str, action: CallDriver) -> str:
+        log.info("sandbox %s: asking the driver to %s (%s)", sandbox_id, action.verb, action.result)
+        if action.verb == "stop":
+            await self.gw.driver.stop_sandbox(sandbox_id)
+        elif action.verb == "start":
+            await self.gw.driver.start_sandbox(sandbox_id)
+        else:
+            await self.gw.driver.delete_sandbox(sandbox_id)
+        return action.result
+
+    async def _delete_orphan(self, sandbox_id: str) -> str:
+        if not await self.gw.driver.delete_sandbox(sandbox_id):
+            return "noop"
+        log.info("deleted the compute resource of %s, which has no row", sandbox_id)
+        return "orphan_deleted"
+
+    def _count_event(self, result: str) -> None:
+        self.gw.metrics.driver_events.labels(driver=self.gw.driver.name, result=result).inc()
+
+    # ---- loops -----------------------------------------------------------------------------
+
+    async def run(self, *, workers: int = 2) -> None:
+        await self.queue.run(self.handle, workers=workers)
+
+    async def resync_forever(self, interval_seconds: float, rng: random.Random) -> None:
+        """Resync now, then every ``interval_seconds`` ±20 % (0 or less: only now)."""
+        while True:
+            try:
+                await self.resync()
+            except asyncio.CancelledError:
+                raise
+            except (StoreError, DriverError) as exc:
+                log.warning("resync stopped: %s", exc)
+                self.gw.metrics.reconcile.labels(controller=CONTROLLER, result="error").inc()
+            except Exception:  # the next pass tries again
+                log.exception("resync failed")
+                self.gw.metrics.reconcile.labels(controller=CONTROLLER, result="error").inc()
+            if interval_seconds <= 0:
+                return
+            await asyncio.sleep(jittered(interval_seconds, rng))
+
+
+def _from_event(seen: Observation | None) -> bool:
+    return isinstance(seen, Deleted) or (isinstance(seen, Reported) and not seen.resync)
+
+
+def _event_only(seen: Observation | None) -> View:
+    """Another replica owns the sandbox: apply what its own events say, repair nothing."""
+    return seen if _from_event(seen) else None  # type: ignore[return-value]
+
+
+def _event_result(result: str) -> str:
+    """A reconcile's result as the outcome of the watch event it consumed."""
+    if result in ("applied", "stale", "error"):
+        return result
+    return "noop"

@@ -1,0 +1,214 @@
+"""The one decision of a sandbox reconcile: given the row and the driver's view, what to do.
+
+``decide`` is pure: the caller reads the row (with its version and last write time), gathers
+the driver's view, and carries out the returned ``Action`` with a write bound to the version
+it read. Every input that can be stale is therefore checked by the store at write time, and
+two replicas deciding at once cannot undo each other: the slower one's write is refused and it
+decides again from the newer row.
+
+The driver's view comes from one of three places:
+
+- ``Reported`` by a watch event (``listed_at_ms`` None): applied whatever the row's age,
+  because snapshots are ordered by driver revision and an older one changes nothing.
+- ``Reported`` by the periodic resync's listing (``listed_at_ms`` set): ignored for a row
+  written after the listing started, since the listing may predate that write.
+- ``Reported`` or ``Absent`` after asking the driver for this one sandbox, which happens
+  after the row was read and is therefore never older than it.
+- ``Deleted``: a watch reported the object gone for good.
+
+Decisions, in order: a deletion removes the row; a row without an object is an orphan (only
+when resyncing: deleted through the driver unless already being deleted); a snapshot that
+changes the row is applied; an owner acts on a STOPPING/STARTING/DELETING row (drivers whose
+sandboxes only one replica can touch learn of the intent this way); a resync repairs drift:
+a missing object past the grace period (transitions become ERROR so the user sees why, other
+rows are removed), or re-issues a transition that has not moved for ``stuck`` ms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from shellgate.api import openshell_pb2
+from shellgate.reconcilers.phase import DELETING, STARTING, STOPPING
+from shellgate.reconcilers.sandbox import (
+    MISSING_TO_ERROR,
+    apply_snapshot,
+    is_marked_missing,
+    is_stale,
+    mark_compute_missing,
+)
+from shellgate.reconcilers.snapshot import DriverSnapshot
+
+Sandbox = openshell_pb2.Sandbox
+
+TRANSITIONS: dict[int, Literal["stop", "start", "delete"]] = {
+    STOPPING: "stop",
+    STARTING: "start",
+    DELETING: "delete",
+}
+
+
+# ---- inputs ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Reported:
+    """The driver has an object for the sandbox, in this state."""
+
+    snapshot: DriverSnapshot
+    resync: bool = False
+    """True when it came from a resync (listing or a direct look), not a watch event."""
+    listed_at_ms: int | None = None
+    """When the listing it came from started; None when it is not older than the row."""
+
+
+@dataclass(frozen=True, slots=True)
+class Absent:
+    """The driver was asked, after the row was read, and has no object for the sandbox."""
+
+
+@dataclass(frozen=True, slots=True)
+class Deleted:
+    """A watch reported the driver's object deleted for good."""
+
+
+View = Reported | Absent | Deleted | None
+"""None: nothing is known of the driver's side (a change-feed hint only)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """The stored sandbox as read, with the version every write is bound to."""
+
+    sandbox: Sandbox
+    version: int
+    updated_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    grace_ms: int
+    """How long a row may lack its object before it is repaired (creates are in flight)."""
+    stuck_ms: int
+    """How long a transition may go unwritten before its driver call is re-issued."""
+
+
+# ---- decisions ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """Write ``candidate`` at the version read; ``result`` names the repair for metrics.
+
+    ``then`` is a driver call to make once the write succeeded: a resync that brings a stuck
+    transition's status up to date still re-issues its driver call.
+    """
+
+    candidate: Sandbox
+    result: Literal["applied", "resynced", "marked_error"]
+    then: CallDriver | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Remove:
+    """Remove the row at the version read (its object is gone)."""
+
+    result: Literal["applied", "removed"]
+
+
+@dataclass(frozen=True, slots=True)
+class CallDriver:
+    """Ask the driver for what the row's phase says is under way (idempotent)."""
+
+    verb: Literal["stop", "start", "delete"]
+    result: Literal["intent", "reissued"]
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteOrphan:
+    """Delete a driver object whose row does not exist."""
+
+
+@dataclass(frozen=True, slots=True)
+class Nothing:
+    """Nothing to do; ``result`` says why when a watch event was involved."""
+
+    result: Literal["noop", "stale"] = "noop"
+
+
+Action = Write | Remove | CallDriver | DeleteOrphan | Nothing
+
+
+def decide(
+    row: Row | None,
+    view: View,
+    now_ms: int,
+    thresholds: Thresholds,
+    *,
+    acts_on_intent: bool,
+) -> Action:
+    """The one action for this sandbox now (see the module docstring for the order)."""
+    if isinstance(view, Deleted):
+        return Remove("applied") if row is not None else Nothing()
+    if row is None:
+        if isinstance(view, Reported) and view.resync and not view.snapshot.deleting:
+            return DeleteOrphan()
+        return Nothing()
+    if isinstance(view, Reported) and not _predates(view, row):
+        candidate = _applied(row.sandbox, view.snapshot, now_ms)
+        if candidate != row.sandbox and view.resync:
+            stuck = _stuck(Row(candidate, row.version, row.updated_at_ms), now_ms, thresholds)
+            return Write(candidate, "resynced", stuck if isinstance(stuck, CallDriver) else None)
+        if candidate != row.sandbox:
+            return Write(candidate, "applied")
+        if not view.resync:
+            return _intent(row, acts_on_intent) or _unchanged(view.snapshot, row.sandbox)
+    intent = _intent(row, acts_on_intent)
+    if intent is not None:
+        return intent
+    if isinstance(view, Absent):
+        return _missing(row, now_ms, thresholds)
+    if isinstance(view, Reported) and view.resync and not _predates(view, row):
+        return _stuck(row, now_ms, thresholds)
+    return Nothing()
+
+
+def _predates(view: Reported, row: Row) -> bool:
+    return view.listed_at_ms is not None and row.updated_at_ms > view.listed_at_ms
+
+
+def _applied(sandbox: Sandbox, snapshot: DriverSnapshot, now_ms: int) -> Sandbox:
+    copy = Sandbox()
+    copy.CopyFrom(sandbox)
+    return apply_snapshot(snapshot, now_ms)(copy)
+
+
+def _unchanged(snapshot: DriverSnapshot, sandbox: Sandbox) -> Nothing:
+    return Nothing("stale" if is_stale(snapshot, sandbox) else "noop")
+
+
+def _intent(row: Row, acts_on_intent: bool) -> CallDriver | None:
+    verb = TRANSITIONS.get(row.sandbox.status.phase)
+    if acts_on_intent and verb is not None:
+        return CallDriver(verb, "intent")
+    return None
+
+
+def _missing(row: Row, now_ms: int, thresholds: Thresholds) -> Action:
+    if now_ms - row.updated_at_ms < thresholds.grace_ms:
+        return Nothing()  # a create may still be on its way to the driver
+    if row.sandbox.status.phase in MISSING_TO_ERROR:
+        copy = Sandbox()
+        copy.CopyFrom(row.sandbox)
+        return Write(mark_compute_missing(now_ms)(copy), "marked_error")
+    if is_marked_missing(row.sandbox):
+        return Nothing()  # kept so the user sees why, until they delete it
+    return Remove("removed")
+
+
+def _stuck(row: Row, now_ms: int, thresholds: Thresholds) -> Action:
+    verb = TRANSITIONS.get(row.sandbox.status.phase)
+    if verb is not None and now_ms - row.updated_at_ms >= thresholds.stuck_ms:
+        return CallDriver(verb, "reissued")
+    return Nothing()

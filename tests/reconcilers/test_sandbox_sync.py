@@ -1,0 +1,153 @@
+"""``sandbox_sync.decide``: the one decision of a sandbox reconcile, as a table."""
+
+from __future__ import annotations
+
+import pytest
+
+from shellgate.api import openshell_pb2 as P
+from shellgate.reconcilers.sandbox import DRIVER_REVISION_ANNOTATION, MISSING_REASON
+from shellgate.reconcilers.sandbox_sync import (
+    Absent,
+    Action,
+    CallDriver,
+    Deleted,
+    DeleteOrphan,
+    Nothing,
+    Remove,
+    Reported,
+    Row,
+    Thresholds,
+    View,
+    Write,
+    decide,
+)
+from shellgate.reconcilers.snapshot import DriverCondition, DriverSnapshot
+
+NOW = 1_000_000
+LIMITS = Thresholds(grace_ms=300_000, stuck_ms=60_000)
+OLD = NOW - 3_600_000  # written long before: past every threshold
+FRESH = NOW - 1_000  # written a second ago: inside every threshold
+
+
+def ready(revision: int | None = 7, *, deleting: bool = False) -> DriverSnapshot:
+    return DriverSnapshot(
+        "id-1", revision, (DriverCondition("Ready", "True", "DependenciesReady"),), deleting
+    )
+
+
+def row(phase: int, *, updated: int = OLD, revision: int | None = None) -> Row:
+    sandbox = P.Sandbox()
+    sandbox.metadata.id = "id-1"
+    sandbox.metadata.name = "s"
+    sandbox.status.phase = phase
+    if phase == P.SANDBOX_PHASE_ERROR:
+        sandbox.status.conditions.add(type="Ready", status="False", reason=MISSING_REASON)
+    if revision is not None:
+        sandbox.metadata.annotations[DRIVER_REVISION_ANNOTATION] = str(revision)
+    return Row(sandbox, 3, updated)
+
+
+def kind(action: Action) -> tuple[str, str]:
+    """The action's type and result, for the table."""
+    if isinstance(action, Write):
+        then = f" then {action.then.verb}" if action.then is not None else ""
+        return ("write" + then, action.result)
+    if isinstance(action, Remove):
+        return ("remove", action.result)
+    if isinstance(action, CallDriver):
+        return (action.verb, action.result)
+    if isinstance(action, DeleteOrphan):
+        return ("delete-orphan", "orphan_deleted")
+    assert isinstance(action, Nothing)
+    return ("nothing", action.result)
+
+
+EVENT = Reported(ready())
+LISTED_BEFORE = Reported(ready(None), resync=True, listed_at_ms=NOW - 10)
+LOOKED = Reported(ready(None), resync=True)
+PROV, RDY, STOPPING = P.SANDBOX_PHASE_PROVISIONING, P.SANDBOX_PHASE_READY, P.SANDBOX_PHASE_STOPPING
+STARTING, STOPPED = P.SANDBOX_PHASE_STARTING, P.SANDBOX_PHASE_STOPPED
+DELETING, ERROR = P.SANDBOX_PHASE_DELETING, P.SANDBOX_PHASE_ERROR
+
+CASES: list[tuple[str, Row | None, View, bool, tuple[str, str]]] = [
+    # watch events
+    ("event applies", row(PROV), EVENT, False, ("write", "applied")),
+    (
+        "event older than stored",
+        row(RDY, revision=9),
+        Reported(ready(8)),
+        False,
+        ("nothing", "stale"),
+    ),
+    (
+        "event changes nothing",
+        row(PROV, revision=9),
+        Reported(ready(9)),
+        False,
+        ("nothing", "stale"),
+    ),
+    ("event without a row", None, EVENT, False, ("nothing", "noop")),
+    ("event never resurrects DELETING", row(DELETING), EVENT, False, ("nothing", "noop")),
+    ("owner acts on DELETING", row(DELETING), EVENT, True, ("delete", "intent")),
+    ("deleted removes the row", row(RDY, updated=FRESH), Deleted(), False, ("remove", "applied")),
+    ("deleted removes even a stopped row", row(STOPPED), Deleted(), False, ("remove", "applied")),
+    ("deleted without a row", None, Deleted(), False, ("nothing", "noop")),
+    # change-feed hints (no driver view)
+    ("hint, owner, STOPPING", row(STOPPING, updated=FRESH), None, True, ("stop", "intent")),
+    ("hint, owner, STARTING", row(STARTING, updated=FRESH), None, True, ("start", "intent")),
+    ("hint, not owner-routed", row(STOPPING), None, False, ("nothing", "noop")),
+    ("hint, owner, READY", row(RDY), None, True, ("nothing", "noop")),
+    # resync: listed or looked-up snapshots
+    ("listing resyncs", row(PROV), LISTED_BEFORE, False, ("write", "resynced")),
+    (
+        "listing older than the row",
+        row(PROV, updated=NOW - 5),
+        LISTED_BEFORE,
+        False,
+        ("nothing", "noop"),
+    ),
+    ("look resyncs", row(PROV, updated=FRESH), LOOKED, False, ("write", "resynced")),
+    ("stuck STOPPING reissued", row(STOPPING), LOOKED, False, ("write then stop", "resynced")),
+    ("young STOPPING resynced", row(STOPPING, updated=FRESH), LOOKED, False, ("write", "resynced")),
+    (
+        "stuck STOPPING, status current",
+        row(STOPPING, revision=None),
+        Reported(DriverSnapshot("id-1", None, ()), resync=True),
+        False,
+        ("stop", "reissued"),
+    ),
+    ("stuck DELETING reissued", row(DELETING), LOOKED, False, ("delete", "reissued")),
+    ("orphan deleted", None, LOOKED, False, ("delete-orphan", "orphan_deleted")),
+    (
+        "orphan being deleted",
+        None,
+        Reported(ready(None, deleting=True), resync=True),
+        False,
+        ("nothing", "noop"),
+    ),
+    # resync: the driver has nothing
+    ("missing READY removed", row(RDY), Absent(), False, ("remove", "removed")),
+    ("missing DELETING removed", row(DELETING), Absent(), False, ("remove", "removed")),
+    ("missing STOPPED marked", row(STOPPED), Absent(), False, ("write", "marked_error")),
+    ("missing STARTING marked", row(STARTING), Absent(), False, ("write", "marked_error")),
+    ("missing within grace", row(RDY, updated=FRESH), Absent(), False, ("nothing", "noop")),
+    ("marked error is kept", row(ERROR), Absent(), False, ("nothing", "noop")),
+    ("missing but owner acts first", row(STOPPING), Absent(), True, ("stop", "intent")),
+]
+
+
+@pytest.mark.parametrize(
+    ("current", "view", "acts", "expected"),
+    [case[1:] for case in CASES],
+    ids=[case[0] for case in CASES],
+)
+def test_decide(current: Row | None, view: View, acts: bool, expected: tuple[str, str]) -> None:
+    assert kind(decide(current, view, NOW, LIMITS, acts_on_intent=acts)) == expected
+
+
+def test_writes_are_decided_on_a_copy() -> None:
+    current = row(STOPPED)
+    action = decide(current, Absent(), NOW, LIMITS, acts_on_intent=False)
+    assert isinstance(action, Write)
+    assert action.candidate.status.phase == ERROR
+    assert current.sandbox.status.phase == STOPPED  # the row read is left as it was
