@@ -11,6 +11,7 @@ from shellgate.controller.limits import Limits, Slots
 from shellgate.controller.metrics import Metrics
 from shellgate.controller.platform_events import PlatformEventBus
 from shellgate.store import Repositories, Store
+from shellgate.store.secrets import SecretSealer
 
 
 def wall_clock_ms() -> int:
@@ -23,6 +24,8 @@ class Gateway:
     driver: ComputeDriver
     metrics: Metrics
     replica_id: str
+    sealer: SecretSealer
+    """Seals provider credentials before they are stored (``--encryption-key-file``)."""
     events: PlatformEventBus = field(default_factory=lambda: PlatformEventBus())
     clock_ms: Callable[[], int] = wall_clock_ms
     limits: Limits = field(default_factory=Limits)
@@ -31,7 +34,7 @@ class Gateway:
 
     def __post_init__(self) -> None:
         self.watch_slots = Slots(self.limits.max_watch_streams)
-        self.repos = Repositories(self.store)
+        self.repos = Repositories(self.store, self.sealer)
 
     async def remove_sandbox_at(self, sandbox_id: str, version: int) -> bool:
         """Remove the sandbox row at ``version`` with what it owns (the repository's cascade),

@@ -42,6 +42,7 @@ METRICS: dict[str, str] = {
 EVERYTHING_ON: dict[str, Any] = {
     "replicaCount": 2,
     "database": {"url": "postgresql://shellgate:secret@db.example:5432/shellgate"},
+    "encryption": {"existingSecret": "shellgate-keys"},
     "sandboxNamespace": "sandboxes",
     "sandboxImage": "ghcr.io/example/sandbox:1",
     "extraEnv": [{"name": "EXTRA", "value": "1"}],

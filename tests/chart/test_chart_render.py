@@ -13,6 +13,7 @@ import yaml
 from .support import CHART_DIR, EVERYTHING_ON, HA_VALUES_FILE, NAMESPACE, RELEASE, Render
 
 POSTGRES_URL = "postgresql://shellgate:secret@db.example:5432/shellgate"
+KEYS = {"existingSecret": "shellgate-keys"}
 KUBE_VERSIONS = ["1.27.0", "1.37.0"]  # the chart's kubeVersion floor and the newest bundled
 
 
@@ -75,8 +76,8 @@ def test_ha_values_render_three_replicas_on_postgres(
     assert deployment["spec"]["replicas"] == 3
     assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
-    # The Secret is the user's; no data volume on Postgres.
-    assert [v["name"] for v in m.pod_spec["volumes"]] == ["tmp"]
+    # The Secrets are the user's; no data volume on Postgres, the sealing key read-only.
+    assert [v["name"] for v in m.pod_spec["volumes"]] == ["tmp", "encryption-key"]
     db_env = _env(m.container)["SHELLGATE_DATABASE_URL"]
     assert db_env["valueFrom"]["secretKeyRef"] == {"name": "shellgate-db", "key": "url"}
     pdb = m.one("PodDisruptionBudget")
@@ -300,7 +301,7 @@ def test_several_replicas_on_sqlite_fail_with_a_clear_message(
 def test_several_replicas_on_postgres_render_a_pdb(
     render: Render, database: dict[str, Any]
 ) -> None:
-    m = render({"replicaCount": 3, "database": database})
+    m = render({"replicaCount": 3, "database": database, "encryption": KEYS})
     assert m.one("Deployment")["spec"]["replicas"] == 3
     assert m.one("PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
     assert m.all("PersistentVolumeClaim") == []
@@ -308,14 +309,21 @@ def test_several_replicas_on_postgres_render_a_pdb(
 
 
 def test_pdb_only_with_more_than_one_replica(render: Render) -> None:
-    single = render({"database": {"url": POSTGRES_URL}, "podDisruptionBudget": {"enabled": True}})
+    single = render(
+        {
+            "database": {"url": POSTGRES_URL},
+            "encryption": KEYS,
+            "podDisruptionBudget": {"enabled": True},
+        }
+    )
     assert single.all("PodDisruptionBudget") == []
-    several = render({"replicaCount": 2, "database": {"url": POSTGRES_URL}})
+    several = render({"replicaCount": 2, "database": {"url": POSTGRES_URL}, "encryption": KEYS})
     assert several.one("PodDisruptionBudget")
     disabled = render(
         {
             "replicaCount": 2,
             "database": {"url": POSTGRES_URL},
+            "encryption": KEYS,
             "podDisruptionBudget": {"enabled": False},
         }
     )
@@ -327,6 +335,7 @@ def test_pdb_min_available_replaces_max_unavailable(render: Render) -> None:
         {
             "replicaCount": 3,
             "database": {"url": POSTGRES_URL},
+            "encryption": KEYS,
             "podDisruptionBudget": {"minAvailable": 2},
         }
     )
@@ -344,7 +353,7 @@ def test_empty_database_url_fails(render: Render) -> None:
 def test_chart_secret_holds_the_url_under_key_url(render: Render) -> None:
     import base64
 
-    m = render({"database": {"url": POSTGRES_URL}})
+    m = render({"database": {"url": POSTGRES_URL}, "encryption": KEYS})
     secret = m.one("Secret")
     assert base64.b64decode(secret["data"]["url"]).decode() == POSTGRES_URL
     ref = _env(m.container)["SHELLGATE_DATABASE_URL"]["valueFrom"]["secretKeyRef"]
@@ -352,7 +361,7 @@ def test_chart_secret_holds_the_url_under_key_url(render: Render) -> None:
 
 
 def test_existing_secret_wins_and_no_secret_is_rendered(render: Render) -> None:
-    m = render({"database": {"existingSecret": "mine", "url": POSTGRES_URL}})
+    m = render({"database": {"existingSecret": "mine", "url": POSTGRES_URL}, "encryption": KEYS})
     assert m.all("Secret") == []
     ref = _env(m.container)["SHELLGATE_DATABASE_URL"]["valueFrom"]["secretKeyRef"]
     assert ref == {"name": "mine", "key": "url"}
@@ -415,6 +424,7 @@ def test_configuration_reaches_the_process(render: Render) -> None:
         "SHELLGATE_HTTP_LISTEN": "0.0.0.0:9090",
         "SHELLGATE_DRIVER": "kubernetes",
         "SHELLGATE_LOG_FORMAT": "json",
+        "SHELLGATE_STATE_DIR": "/var/lib/shellgate",
         "SHELLGATE_NAMESPACE": NAMESPACE,
         "SHELLGATE_SANDBOX_IMAGE": "example/sandbox:2",
     }
@@ -433,14 +443,39 @@ def test_config_checksum_rolls_pods_on_config_changes(render: Render) -> None:
         return {k: v for k, v in annotations["annotations"].items() if k.startswith("checksum/")}
 
     base = checksums({})
-    assert set(base) == {"checksum/config", "checksum/database"}
+    assert set(base) == {"checksum/config"}
     assert checksums({"sandboxImage": "other"})["checksum/config"] != base["checksum/config"]
     assert checksums({"logFormat": "text"})["checksum/config"] != base["checksum/config"]
-    assert (
-        checksums({"database": {"url": POSTGRES_URL}})["checksum/database"]
-        != (base["checksum/database"])
-    )
     assert checksums({"resources": {}}) == base  # not configuration of the process
+
+
+def test_no_pod_annotation_is_derived_from_a_secret(render: Render) -> None:
+    """A plain hash of the rendered Secret on the pod let anyone who can read pods guess a
+    weak database password offline."""
+    weak = {"database": {"url": "postgresql://shellgate:hunter2@db:5432/shellgate"}}
+    rendered = render({**weak, "encryption": KEYS})
+    annotations = rendered.one("Deployment")["spec"]["template"]["metadata"]["annotations"]
+    other = render({"database": {"url": POSTGRES_URL}, "encryption": KEYS})
+    other_annotations = other.one("Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations == other_annotations
+
+
+def test_postgres_needs_the_sealing_key_and_mounts_it_read_only(render: Render) -> None:
+    import helm_python as helm
+
+    with pytest.raises(helm.HelmRenderError, match=r"encryption\.existingSecret"):
+        render({"database": {"url": POSTGRES_URL}})
+    m = render({"database": {"url": POSTGRES_URL}, "encryption": KEYS})
+    env = _env(m.container)
+    assert env["SHELLGATE_ENCRYPTION_KEY_FILE"]["value"] == "/etc/shellgate/encryption/key"
+    [mount] = [v for v in m.container["volumeMounts"] if v["name"] == "encryption-key"]
+    assert mount == {
+        "name": "encryption-key",
+        "mountPath": "/etc/shellgate/encryption",
+        "readOnly": True,
+    }
+    [volume] = [v for v in m.pod_spec["volumes"] if v["name"] == "encryption-key"]
+    assert volume["secret"]["secretName"] == "shellgate-keys"
 
 
 # --- RBAC ------------------------------------------------------------------------------------
@@ -523,7 +558,7 @@ def test_local_driver_mounts_no_token(render: Render) -> None:
 
 
 def test_service_balances_across_all_replicas(render: Render) -> None:
-    m = render({"replicaCount": 3, "database": {"existingSecret": "db"}})
+    m = render({"replicaCount": 3, "database": {"existingSecret": "db"}, "encryption": KEYS})
     service = m.one("Service")
     assert service["spec"]["type"] == "ClusterIP"
     assert service["spec"]["selector"] == m.one("Deployment")["spec"]["selector"]["matchLabels"]

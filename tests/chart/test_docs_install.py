@@ -86,8 +86,11 @@ def test_ports(render: Render) -> None:
 
 
 def test_environment_variables(render: Render) -> None:
-    m = render({"sandboxImage": "x"})
-    set_by_chart = set(m.one("ConfigMap")["data"]) | {e["name"] for e in m.container["env"]}
+    set_by_chart: set[str] = set()
+    sealing_key = {"encryption": {"existingSecret": "keys"}}
+    for values in ({"sandboxImage": "x"}, {"sandboxImage": "x", **sealing_key}):
+        m = render(values)
+        set_by_chart |= set(m.one("ConfigMap")["data"]) | {e["name"] for e in m.container["env"]}
     documented = set(re.findall(r"SHELLGATE_[A-Z_]+", _docs()))
     assert documented == set_by_chart
 

@@ -35,6 +35,13 @@ async def code_of(call: object) -> grpc.StatusCode:
     return caught.value.code()
 
 
+def opened(gw: Running, stored: D.Provider) -> dict[str, str]:
+    """The stored credentials, opened with the gateway's own key."""
+    values = dict(stored.credentials)
+    gw.gateway.sealer.open_map(values, stored.metadata.id)
+    return values
+
+
 async def test_create_get_list_redact_credentials(gw: Running) -> None:
     created = await create_provider(gw, "gh")
     assert created.metadata.resource_version == 1
@@ -44,7 +51,8 @@ async def test_create_get_list_redact_credentials(gw: Running) -> None:
     listed = await gw.stub.ListProviders(P.ListProvidersRequest())
     assert [p.metadata.name for p in listed.providers] == ["gh"]
     stored = await gw.gateway.store.get_message_by_name(D.Provider, "gh")
-    assert stored is not None and dict(stored.credentials) == {"TOKEN": "secret"}
+    assert stored is not None and "secret" not in stored.credentials["TOKEN"]  # sealed at rest
+    assert opened(gw, stored) == {"TOKEN": "secret"}
 
 
 async def test_concurrent_create_provider_one_already_exists(gw: Running) -> None:
@@ -73,7 +81,7 @@ async def test_update_provider_versions_and_client_driven_cas(gw: Running) -> No
     assert third.metadata.resource_version == 3
     stored = await gw.gateway.store.get_message_by_name(D.Provider, "gh")
     assert stored is not None
-    assert dict(stored.credentials) == {"TOKEN": "secret", "EXTRA": "1", "MORE": "2"}
+    assert opened(gw, stored) == {"TOKEN": "secret", "EXTRA": "1", "MORE": "2"}
 
 
 async def test_invalid_update_is_rejected_and_nothing_written(gw: Running) -> None:

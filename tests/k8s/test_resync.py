@@ -25,6 +25,7 @@ from tests.k8s.conftest import until
 from tests.support.fake_driver import FakeDriver, ready
 from tests.support.objects import sandbox as sandbox_message
 from tests.support.reconcile import resync_once
+from tests.support.sealing import test_sealer
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -37,7 +38,14 @@ def ahead() -> int:
 async def gw(store: Store) -> AsyncIterator[Gateway]:
     driver = FakeDriver(auto_ready=False)
     await driver.start()
-    yield Gateway(store=store, driver=driver, metrics=Metrics(), replica_id="t", clock_ms=ahead)
+    yield Gateway(
+        sealer=test_sealer(),
+        store=store,
+        driver=driver,
+        metrics=Metrics(),
+        replica_id="t",
+        clock_ms=ahead,
+    )
     await driver.close()
 
 
@@ -155,7 +163,12 @@ async def test_rows_written_after_the_listing_started_are_left_alone(store: Stor
     driver = FakeDriver(auto_ready=False)
     pass_start = wall_clock_ms() - 1
     gw = Gateway(
-        store=store, driver=driver, metrics=Metrics(), replica_id="t", clock_ms=lambda: pass_start
+        sealer=test_sealer(),
+        store=store,
+        driver=driver,
+        metrics=Metrics(),
+        replica_id="t",
+        clock_ms=lambda: pass_start,
     )
     written: list[str] = []
 

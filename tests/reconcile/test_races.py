@@ -30,6 +30,7 @@ from shellgate.reconcilers import sandbox as sandbox_rules
 from shellgate.store import ObjectRecord, Store, connect
 from tests.support.fake_driver import FakeDriver, ready, suspended
 from tests.support.objects import sandbox as sandbox_message
+from tests.support.sealing import test_sealer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -66,7 +67,9 @@ async def snapshot_against_intent(store: Store) -> tuple[P.Sandbox, int]:
     sandbox_id = created.metadata.id
     hooked = IntentBetweenReadAndWrite(store, sandbox_id)
     driver = FakeDriver(auto_ready=False)
-    gw = Gateway(store=hooked, driver=driver, metrics=Metrics(), replica_id="r")  # type: ignore[arg-type]
+    gw = Gateway(
+        sealer=test_sealer(), store=hooked, driver=driver, metrics=Metrics(), replica_id="r"
+    )  # type: ignore[arg-type]
     reconciler = SandboxReconciler(gw)
     workers = asyncio.create_task(reconciler.run(workers=1))
     try:
@@ -124,7 +127,13 @@ async def replicas(store_url: str) -> AsyncIterator[list[tuple[Gateway, FakeDriv
         for n in range(REPLICAS):
             store = await connect(store_url)
             driver = FakeDriver(auto_ready=False)
-            gw = Gateway(store=store, driver=driver, metrics=Metrics(), replica_id=f"r{n}")
+            gw = Gateway(
+                sealer=test_sealer(),
+                store=store,
+                driver=driver,
+                metrics=Metrics(),
+                replica_id=f"r{n}",
+            )
             reconciler = SandboxReconciler(gw)
             driver.attach(reconciler.observe)
             opened.append((gw, driver, reconciler, asyncio.create_task(reconciler.run())))

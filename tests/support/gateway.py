@@ -20,6 +20,7 @@ from shellgate.controller.metrics import Metrics
 from shellgate.controller.reconcile.loops import Reconcilers, attach_reconcilers
 from shellgate.store import Store
 from tests.support.fake_driver import FakeDriver
+from tests.support.sealing import test_sealer
 
 SETTLE_AFTER_SECONDS = 2.0
 """How long the draft loop leaves a chunk's effect to its own handler in tests."""
@@ -40,7 +41,12 @@ async def running_gateway(
     store: Store, driver: ComputeDriver, limits: Limits | None = None
 ) -> AsyncIterator[Running]:
     gateway = Gateway(
-        store=store, driver=driver, metrics=Metrics(), replica_id="test", limits=limits or Limits()
+        sealer=test_sealer(),
+        store=store,
+        driver=driver,
+        metrics=Metrics(),
+        replica_id="test",
+        limits=limits or Limits(),
     )
     store.observer = gateway.metrics  # as serve does: the store reports into the metrics
     loops = attach_reconcilers(gateway, settle_after_seconds=SETTLE_AFTER_SECONDS)

@@ -21,6 +21,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SHELLGATE = str(Path(sys.executable).with_name("shellgate"))
+_SHARED_KEY_FILE: Path | None = None
+
+
+def shared_key_file() -> Path:
+    """One key file for every replica of the test run: replicas on one database must seal
+    and open provider credentials with the same key, as in production."""
+    global _SHARED_KEY_FILE
+    if _SHARED_KEY_FILE is None:
+        import tempfile
+
+        from shellgate.store.secrets import Keyring
+
+        path = Path(tempfile.mkdtemp(prefix="shellgate-keys-")) / "encryption.key"
+        Keyring.create_file(path)
+        _SHARED_KEY_FILE = path
+    return _SHARED_KEY_FILE
 
 
 def free_port() -> int:
@@ -76,6 +92,8 @@ class GatewayProcess:
                 self.replica_id,
                 "--state-dir",
                 str(self.state_dir),
+                "--encryption-key-file",
+                str(shared_key_file()),
                 *self.extra_args,
             ],
             stdout=log,

@@ -117,6 +117,9 @@ Guard rails: fail the render on values that would deploy something broken.
 {{- if and (eq $backend "sqlite") (not .Values.database.url) }}
 {{- fail "shellgate: set database.url (sqlite:///... or postgresql://...) or database.existingSecret." }}
 {{- end }}
+{{- if and (eq $backend "postgres") (not .Values.encryption.existingSecret) }}
+{{- fail "shellgate: Postgres needs encryption.existingSecret: a Secret whose key `key` holds the key file that seals provider credentials (every replica must use the same key; create one with `openssl rand -base64 32`)." }}
+{{- end }}
 {{- if and (eq $backend "sqlite") (not (hasPrefix "sqlite:///" .Values.database.url)) }}
 {{- fail (printf "shellgate: database.url must start with sqlite:///, postgresql:// or postgres:// (got a URL starting %q)." (regexReplaceAll "://.*" .Values.database.url "://")) }}
 {{- end }}

@@ -1,4 +1,4 @@
-"""The ``shellgate`` command: ``migrate`` and ``serve``.
+"""The ``shellgate`` command: ``migrate``, ``serve`` and ``rotate-key``.
 
 Every flag of ``serve`` can also come from an environment variable (named in its help), so
 the same image runs from a Helm chart, a systemd unit or a terminal.
@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from shellgate.controller.app import serve
+from shellgate.controller.app import rotate, serve
 from shellgate.controller.app.options import DEFAULT_DATABASE_URL, env_default
 from shellgate.store import ConfigurationError, StoreError, connect
 
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="database URL (SHELLGATE_DATABASE_URL); default %(default)s",
     )
     serve.add_command(commands)
+    rotate.add_command(commands)
     return parser
 
 
@@ -48,6 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "migrate":
             return asyncio.run(run_migrate(args.database_url))
+        if args.command == "rotate-key":
+            return asyncio.run(rotate.rotate_key(args))
         return int(args.run(args))
     except ConfigurationError as exc:
         print(f"shellgate: configuration error: {exc}", file=sys.stderr)

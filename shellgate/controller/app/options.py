@@ -30,6 +30,7 @@ class ServeOptions:
     namespace: str = ""
     sandbox_image: str = ""
     sweep_interval: float = 60.0
+    encryption_key_file: str = ""
     limits: Limits = field(default_factory=Limits)
 
 
@@ -83,6 +84,12 @@ def add_serve_command(commands: Any, run: Callable[[argparse.Namespace], int]) -
         ("--namespace", "SHELLGATE_NAMESPACE", "", "kubernetes: namespace of Sandbox objects"),
         ("--sandbox-image", "SHELLGATE_SANDBOX_IMAGE", "", "kubernetes: default sandbox image"),
         ("--sweep-interval", "SHELLGATE_SWEEP_INTERVAL", "60", "seconds between sweeps"),
+        (
+            "--encryption-key-file",
+            "SHELLGATE_ENCRYPTION_KEY_FILE",
+            "",
+            "keys that seal provider credentials (SQLite: generated in --state-dir if unset)",
+        ),
     ]
     for name, flag, text in LIMIT_FLAGS:
         options.append((flag, limit_env(flag), str(getattr(_DEFAULT_LIMITS, name)), text))
@@ -115,6 +122,7 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
         namespace=args.namespace,
         sandbox_image=args.sandbox_image,
         sweep_interval=sweep,
+        encryption_key_file=args.encryption_key_file,
         limits=limits_from_args(args),
     )
 

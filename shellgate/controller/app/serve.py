@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 
 from shellgate.api import openshell_pb2, openshell_pb2_grpc
 from shellgate.controller.app.health import HealthState, start_http
+from shellgate.controller.app.keys import load_keyring
 from shellgate.controller.app.logs import configure_logging
 from shellgate.controller.app.options import (
     ServeOptions,
@@ -39,7 +40,8 @@ from shellgate.controller.metrics import Metrics
 from shellgate.controller.reconcile.loops import Reconcilers, attach_reconcilers
 from shellgate.controller.service.decoding import RejectUndecodableRequests
 from shellgate.controller.service.servicer import OpenShellService
-from shellgate.store import ConfigurationError, StoreTimeouts, connect
+from shellgate.store import ConfigurationError, StoreTimeouts, connect, store_for_url
+from shellgate.store.secrets import SecretSealer
 
 log = logging.getLogger("shellgate.serve")
 
@@ -124,6 +126,11 @@ async def serve(
     stop = stop or asyncio.Event()
     _install_signal_handlers(stop)
     metrics = Metrics()
+    keyring = load_keyring(
+        config.encryption_key_file,
+        config.state_dir,
+        multiple_replicas=store_for_url(config.database_url).supports_multiple_replicas,
+    )
     store = await connect(
         config.database_url,
         observer=metrics,
@@ -138,6 +145,7 @@ async def serve(
         driver=driver,
         metrics=metrics,
         replica_id=config.replica_id,
+        sealer=SecretSealer(keyring),
         limits=config.limits,
     )
     health_state = HealthState(gw)

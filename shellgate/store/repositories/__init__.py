@@ -30,18 +30,19 @@ from shellgate.store.repositories.settings import (
     SettingsRepository,
     sandbox_settings_id,
 )
+from shellgate.store.secrets import SecretSealer
 
 
 class Repositories:
     """Every repository over one store, wired together (a sandbox's removal removes the
     rows the other repositories hold for it)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, sealer: SecretSealer) -> None:
         self.store = store
         self.settings = SettingsRepository(store)
         self.revisions = RevisionRepository(store)
         self.chunks = ChunkRepository(store)
-        self.providers = ProviderRepository(store)
+        self.providers = ProviderRepository(store, sealer)
         self.sandboxes = SandboxRepository(
             store, self.providers, owned=(self.settings, self.revisions, self.chunks)
         )

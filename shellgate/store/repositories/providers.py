@@ -10,6 +10,11 @@ read was fenced after it was written, so the delete fails with Conflict, reads a
 again, finds the reference and refuses; a reference written before the read is found by the
 scan. A fence that finds the provider gone raises ``ProviderMissing`` and the referencing
 writer takes its reference back out.
+
+Credentials are stored sealed (``shellgate.store.secrets``): creates seal them, an update's
+mutation sees them open and whatever it changes is sealed again, and a row whose credentials
+did not change keeps its ciphertext byte for byte, so a no-op update still writes nothing.
+Reads return them sealed; responses redact them anyway.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from shellgate.store.messages import register_object_type
 from shellgate.store.records import CasOutcome, ObjectRecord, WriteCondition
 from shellgate.store.repositories.errors import ProviderInUse, ProviderMissing
 from shellgate.store.repositories.hooks import Hook, no_hook
+from shellgate.store.secrets import SecretSealer
 
 Provider = datamodel_pb2.Provider
 PROVIDER_TYPE = "provider"
@@ -40,8 +46,9 @@ class ProviderHooks:
 
 
 class ProviderRepository:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, sealer: SecretSealer) -> None:
         self.store = store
+        self.sealer = sealer
         self.hooks = ProviderHooks()
 
     async def find(self, name: str, workspace: str) -> Provider | None:
@@ -51,14 +58,46 @@ class ProviderRepository:
         return await self.store.list_messages(Provider, **kwargs)
 
     async def create(self, candidate: Provider) -> Provider:
-        return await self.store.create_message(candidate)
+        sealed = Provider()
+        sealed.CopyFrom(candidate)
+        self.sealer.seal_map(sealed.credentials, sealed.metadata.id)
+        return await self.store.create_message(sealed)
 
     async def update(
         self, provider_id: str, mutation: Mutation[Provider], expected_version: int = 0
     ) -> CasOutcome[Provider]:
+        """``mutation`` sees the credentials open; what it changes is sealed again."""
+
+        def on_open_credentials(stored: Provider) -> Provider:
+            row_id = stored.metadata.id
+            sealed = dict(stored.credentials)
+            self.sealer.open_map(stored.credentials, row_id)
+            opened = dict(stored.credentials)
+            candidate = mutation(stored)
+            if dict(candidate.credentials) == opened:
+                candidate.credentials.clear()
+                candidate.credentials.update(sealed)
+            else:
+                self.sealer.seal_map(candidate.credentials, row_id)
+            return candidate
+
         return await self.store.update_message_cas(
-            Provider, provider_id, mutation, expected_version
+            Provider, provider_id, on_open_credentials, expected_version
         )
+
+    async def reseal(self, provider_id: str) -> bool:
+        """Seal the row's credentials under the active key (``rotate-key``); True when it
+        wrote, False when they already were. A CAS like any update, so it is safe while
+        replicas run and a rotation that stopped half-way simply runs again."""
+
+        def under_active_key(stored: Provider) -> Provider:
+            if not self.sealer.sealed_under_active(stored.credentials):
+                self.sealer.open_map(stored.credentials, stored.metadata.id)
+                self.sealer.seal_map(stored.credentials, stored.metadata.id)
+            return stored
+
+        outcome = await self.store.update_message_cas(Provider, provider_id, under_active_key)
+        return outcome.written
 
     async def require(self, names: Sequence[str], workspace: str) -> None:
         """``ProviderMissing`` unless every named provider exists (a first check; the fence
