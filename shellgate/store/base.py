@@ -219,6 +219,14 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def count_by_status(self, object_type: str) -> dict[str | None, int]:
+        """How many rows of ``object_type`` hold each status column value (None: unset).
+
+        One aggregate query that returns a row per distinct status, not per object: what a
+        metrics scrape can afford whatever the number of objects.
+        """
+
+    @abc.abstractmethod
     async def open(self, *, migrate_to: int | None = None) -> None:
         """Connect and apply migrations (up to ``migrate_to`` when given, for upgrade tests)."""
 
@@ -283,10 +291,11 @@ class Store(abc.ABC):
         page = await self.list(object_type_of(message_type), **kwargs)
         return [decode(message_type, record) for record in page.records], page.next_page_token
 
-    async def create_message(self, message: M) -> M:
+    async def create_message(self, message: M, *, status: str | None = None) -> M:
         """Insert ``message`` with ``MUST_CREATE``; returns it with version and times set.
 
-        ``UniqueViolation`` means the id or the name (in its workspace) is taken.
+        ``UniqueViolation`` means the id or the name (in its workspace) is taken. ``status``
+        fills the row's status column (as ``update_message_cas(status=)`` keeps it).
         """
         created = type(message)()
         created.CopyFrom(message)
@@ -300,6 +309,7 @@ class Store(abc.ABC):
             dict(meta.labels),
             WriteCondition.MUST_CREATE,
             meta.workspace,
+            status=status,
         )
         meta.resource_version = result.resource_version
         meta.created_time.FromMilliseconds(result.created_at_ms)

@@ -382,6 +382,17 @@ class SqlStore(Store):
         )
         return [self._record(row) for row in rows]
 
+    @timed("count_by_status")
+    async def count_by_status(self, object_type: str) -> dict[str | None, int]:
+        params = Params(self.dialect)
+        rows = await self._rows(
+            "SELECT status, COUNT(*) FROM objects "
+            f"WHERE object_type = {params.bind(object_type)} GROUP BY status",
+            params.values,
+            read=True,
+        )
+        return {row[0]: int(row[1]) for row in rows}
+
     # ----- schema -------------------------------------------------------------------------
 
     async def schema_version(self) -> int:

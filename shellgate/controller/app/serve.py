@@ -40,7 +40,13 @@ from shellgate.controller.metrics import Metrics
 from shellgate.controller.reconcile.loops import Reconcilers, attach_reconcilers
 from shellgate.controller.service.decoding import RejectUndecodableRequests
 from shellgate.controller.service.servicer import OpenShellService
-from shellgate.store import ConfigurationError, StoreTimeouts, connect, store_for_url
+from shellgate.store import (
+    ConfigurationError,
+    StoreError,
+    StoreTimeouts,
+    connect,
+    store_for_url,
+)
 from shellgate.store.secrets import SecretSealer
 
 log = logging.getLogger("shellgate.serve")
@@ -157,6 +163,7 @@ async def serve(
         await driver.start()
         loops.start(config.sweep_interval)
         tasks.append(asyncio.create_task(health_state.ping_forever(), name="store-ping"))
+        tasks.append(asyncio.create_task(fill_phase_column(gw), name="fill-phase-column"))
         server, health, _port = await start_grpc(gw, config.listen)
         host, port = split_address(config.http_listen, "--http-listen")
         runner = await start_http(health_state, host, port)
@@ -203,6 +210,19 @@ async def _shutdown(
     except TimeoutError:
         log.error("shutdown took longer than %.0f s; exiting anyway", SHUTDOWN_SECONDS)
     log.info("stopped")
+
+
+async def fill_phase_column(gw: Gateway) -> None:
+    """Rows written by a version that did not keep the phase in the status column get it,
+    once, in the background (``SandboxRepository.fill_phase_column``); until then the
+    ``shellgate_sandboxes`` gauge counts them as "unknown"."""
+    try:
+        filled = await gw.repos.sandboxes.fill_phase_column()
+    except StoreError as exc:
+        log.warning("could not fill the phase column of older sandbox rows: %s", exc)
+        return
+    if filled:
+        log.info("filled the phase column of %d older sandbox rows", filled)
 
 
 def _install_signal_handlers(stop: asyncio.Event) -> None:
