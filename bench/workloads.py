@@ -121,6 +121,9 @@ class WindowConflictCounter:
     def operation(self, backend: str, operation: str, seconds: float) -> None:
         return None
 
+    def outcome(self, backend: str, operation: str, available: bool) -> None:
+        return None
+
 
 @dataclass(slots=True)
 class Tally:

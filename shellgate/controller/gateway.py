@@ -6,10 +6,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from shellgate.api.openshell_pb2 import Sandbox
 from shellgate.controller.drivers.base import ComputeDriver
 from shellgate.controller.limits import Limits, Slots
 from shellgate.controller.metrics import Metrics
 from shellgate.controller.platform_events import PlatformEventBus
+from shellgate.reconcilers.ownership import owner_of
 from shellgate.store import Repositories, Store
 from shellgate.store.secrets import SecretSealer
 
@@ -35,6 +37,27 @@ class Gateway:
     def __post_init__(self) -> None:
         self.watch_slots = Slots(self.limits.max_watch_streams)
         self.repos = Repositories(self.store, self.sealer)
+
+    def owned_elsewhere(self, sandbox: Sandbox) -> bool:
+        """True when the row names another replica as the one whose driver runs the sandbox:
+        then this replica must not call its own driver for it (its driver knows nothing of the
+        sandbox and would answer "nothing there"); the owner acts on what the row says."""
+        if not self.driver.routes_by_owner:
+            return False
+        owner = owner_of(sandbox)
+        return owner is not None and owner != self.replica_id
+
+    def owns(self, sandbox_id: str, sandbox: Sandbox | None) -> bool:
+        """True when this replica may act on the sandbox through its driver: always for a
+        driver any replica can use; else when the row names this replica, or, for a row that
+        names nobody (made before owners were recorded) or no row at all, when the driver has
+        positive evidence that the sandbox is its own."""
+        if not self.driver.routes_by_owner:
+            return True
+        owner = owner_of(sandbox) if sandbox is not None else None
+        if owner is not None:
+            return owner == self.replica_id
+        return self.driver.owns(sandbox_id)
 
     async def remove_sandbox_at(self, sandbox_id: str, version: int) -> bool:
         """Remove the sandbox row at ``version`` with what it owns (the repository's cascade),

@@ -8,6 +8,8 @@ the store by the serve loop (``SandboxCounter``), cached for a few seconds.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from shellgate import __version__
@@ -16,10 +18,42 @@ from shellgate.store.observer import CasResult
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 
+WRITE_OPERATIONS = frozenset({"put_if", "delete_if"})
+
+
+@dataclass
+class StoreOutcomes:
+    """Whether the latest real read and the latest real write reached the database.
+
+    Kept apart because they fail apart: an immutable file or a full disk fails every write
+    while reads still succeed, and a successful read must not hide that.
+    """
+
+    reads_failing: bool = False
+    writes_failing: bool = False
+
+    def record(self, operation: str, available: bool) -> None:
+        if operation in WRITE_OPERATIONS:
+            self.writes_failing = not available
+        else:
+            self.reads_failing = not available
+
+    @property
+    def failing(self) -> bool:
+        return self.reads_failing or self.writes_failing
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self.store_outcomes = StoreOutcomes()
         r = self.registry
+        self.store_unavailable = Counter(
+            "shellgate_store_unavailable",
+            "Database operations that failed for want of the database (StoreUnavailable).",
+            ["backend", "operation"],
+            registry=r,
+        )
         self.cas_attempts = Counter(
             "shellgate_store_cas_attempts",
             "Attempts of update_message_cas by result.",
@@ -153,3 +187,8 @@ class Metrics:
 
     def operation(self, backend: str, operation: str, seconds: float) -> None:
         self.store_operation.labels(backend=backend, operation=operation).observe(seconds)
+
+    def outcome(self, backend: str, operation: str, available: bool) -> None:
+        if not available:
+            self.store_unavailable.labels(backend=backend, operation=operation).inc()
+        self.store_outcomes.record(operation, available)

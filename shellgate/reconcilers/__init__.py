@@ -4,7 +4,11 @@ Handlers and watch loops call these through the store (``update_message_cas``); 
 never knows what a phase or a provider is. Only ``shellgate.api`` may be imported here.
 """
 
-from shellgate.reconcilers.annotations import DRIVER_REVISION_ANNOTATION, RESERVED_ANNOTATION_KEYS
+from shellgate.reconcilers.annotations import (
+    DRIVER_REVISION_ANNOTATION,
+    OWNER_REPLICA_ANNOTATION,
+    RESERVED_ANNOTATION_KEYS,
+)
 from shellgate.reconcilers.errors import (
     DomainError,
     FailedPrecondition,
@@ -108,6 +112,7 @@ __all__ = [
     "MAX_TEMPLATE_MAP_ENTRIES",
     "MAX_TEMPLATE_STRING_LEN",
     "MAX_TEMPLATE_STRUCT_SIZE",
+    "OWNER_REPLICA_ANNOTATION",
     "REDACTED",
     "RESERVED_ANNOTATION_KEYS",
     "TRANSIENT_REASONS",

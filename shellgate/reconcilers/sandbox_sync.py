@@ -22,6 +22,10 @@ changes the row is applied; an owner acts on a STOPPING/STARTING/DELETING row (d
 sandboxes only one replica can touch learn of the intent this way); a resync repairs drift:
 a missing object past the grace period (transitions become ERROR so the user sees why, other
 rows are removed), or re-issues a transition that has not moved for ``stuck`` ms.
+
+A replica that does not own the sandbox (drivers whose sandboxes one replica runs) passes no
+view of its own and ``acts_on_intent=False``, so none of the repairs above can fire there;
+when the owner is known to be gone (``owner_lost``), the row is reported, never removed.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from shellgate.api import openshell_pb2
+from shellgate.reconcilers.ownership import is_marked_owner_lost, mark_owner_lost
 from shellgate.reconcilers.phase import DELETING, STARTING, STOPPING
 from shellgate.reconcilers.sandbox import (
     MISSING_TO_ERROR,
@@ -106,7 +111,7 @@ class Write:
     """
 
     candidate: Sandbox
-    result: Literal["applied", "resynced", "marked_error"]
+    result: Literal["applied", "resynced", "marked_error", "owner_lost"]
     then: CallDriver | None = None
 
 
@@ -147,14 +152,20 @@ def decide(
     thresholds: Thresholds,
     *,
     acts_on_intent: bool,
+    owner_lost: bool = False,
 ) -> Action:
-    """The one action for this sandbox now (see the module docstring for the order)."""
+    """The one action for this sandbox now (see the module docstring for the order).
+
+    ``owner_lost``: another replica owns the sandbox and has stopped proving it is alive.
+    """
     if isinstance(view, Deleted):
         return Remove("applied") if row is not None else Nothing()
     if row is None:
         if isinstance(view, Reported) and view.resync and not view.snapshot.deleting:
             return DeleteOrphan()
         return Nothing()
+    if owner_lost:
+        return _report_owner_lost(row, now_ms)
     if isinstance(view, Reported) and not _predates(view, row):
         candidate = _applied(row.sandbox, view.snapshot, now_ms)
         if candidate != row.sandbox and view.resync:
@@ -205,6 +216,14 @@ def _missing(row: Row, now_ms: int, thresholds: Thresholds) -> Action:
     if is_marked_missing(row.sandbox):
         return Nothing()  # kept so the user sees why, until they delete it
     return Remove("removed")
+
+
+def _report_owner_lost(row: Row, now_ms: int) -> Action:
+    if is_marked_owner_lost(row.sandbox):
+        return Nothing()
+    copy = Sandbox()
+    copy.CopyFrom(row.sandbox)
+    return Write(mark_owner_lost(copy, now_ms), "owner_lost")
 
 
 def _stuck(row: Row, now_ms: int, thresholds: Thresholds) -> Action:

@@ -30,7 +30,7 @@ from typing import Any, ClassVar, ParamSpec, TypeVar
 
 from google.protobuf.message import Message
 
-from shellgate.store.errors import Conflict, InvalidMutation, NotFound
+from shellgate.store.errors import Conflict, InvalidMutation, NotFound, StoreError, StoreUnavailable
 from shellgate.store.feed import ChangeHub, Subscription
 from shellgate.store.messages import object_type_of
 from shellgate.store.observer import NullObserver, StoreObserver
@@ -76,7 +76,7 @@ AsyncFunction = Callable[P, Coroutine[Any, Any, R]]
 
 
 def timed(operation: str) -> Callable[[AsyncFunction[P, R]], AsyncFunction[P, R]]:
-    """Report the duration of a backend primitive to the store's observer."""
+    """Report the duration and the outcome of a backend primitive to the store's observer."""
 
     def decorate(function: AsyncFunction[P, R]) -> AsyncFunction[P, R]:
         @functools.wraps(function)
@@ -84,7 +84,16 @@ def timed(operation: str) -> Callable[[AsyncFunction[P, R]], AsyncFunction[P, R]
             store: Store = args[0]  # type: ignore[assignment]
             started = time.perf_counter()
             try:
-                return await function(*args, **kwargs)
+                result = await function(*args, **kwargs)
+            except StoreUnavailable:
+                store.observer.outcome(store.backend, operation, False)
+                raise
+            except StoreError:  # a conflict, a duplicate, a missing row: the database answered
+                store.observer.outcome(store.backend, operation, True)
+                raise
+            else:
+                store.observer.outcome(store.backend, operation, True)
+                return result
             finally:
                 store.observer.operation(store.backend, operation, time.perf_counter() - started)
 

@@ -9,7 +9,7 @@ from shellgate.store.errors import ConfigurationError
 from shellgate.store.observer import StoreObserver
 from shellgate.store.postgres import PostgresStore
 from shellgate.store.records import StoreTimeouts
-from shellgate.store.sqlite import SqliteStore
+from shellgate.store.sqlite import DEFAULT_LOCK_WAIT_MS, SqliteStore
 
 ACCEPTED_FORMS = (
     "sqlite:///relative/file.db, sqlite:////absolute/file.db, sqlite:///:memory:, "
@@ -61,13 +61,14 @@ def store_for_url(
         # relative path (sqlite:///./state.db) and four an absolute one (sqlite:////var/db).
         path = parts.path[1:]
         options = {key: values[-1] for key, values in parse_qs(parts.query).items()}
-        unknown = set(options) - {"synchronous", "busy_timeout_ms"}
+        unknown = set(options) - {"synchronous", "busy_timeout_ms", "lock_wait_ms"}
         if unknown:
             raise ConfigurationError(f"unknown SQLite URL options: {', '.join(sorted(unknown))}")
         return SqliteStore(
             path,
             synchronous=options.get("synchronous", "FULL"),
             busy_timeout_ms=int(options.get("busy_timeout_ms", "5000")),
+            lock_wait_ms=int(options.get("lock_wait_ms", str(DEFAULT_LOCK_WAIT_MS))),
             observer=observer,
             retry=retry,
         )

@@ -21,6 +21,11 @@ class StoreObserver(Protocol):
     def operation(self, backend: str, operation: str, seconds: float) -> None:
         """One database operation (get, put_if, delete_if, list, ...) took ``seconds``."""
 
+    def outcome(self, backend: str, operation: str, available: bool) -> None:
+        """One database operation got an answer from the database (``available``; a conflict
+        or a missing row is an answer too) or failed for want of one (``StoreUnavailable``).
+        Readiness is judged from these real outcomes, not only from a periodic ping."""
+
 
 class NullObserver:
     """The default observer: records nothing."""
@@ -32,4 +37,7 @@ class NullObserver:
         return None
 
     def operation(self, backend: str, operation: str, seconds: float) -> None:
+        return None
+
+    def outcome(self, backend: str, operation: str, available: bool) -> None:
         return None

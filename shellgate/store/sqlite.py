@@ -20,13 +20,14 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, ClassVar
 
 import aiosqlite
 
 from shellgate.store import migrations
 from shellgate.store.base import RetryPolicy
+from shellgate.store.deadline import remaining_seconds
 from shellgate.store.errors import (
     ConfigurationError,
     StoreError,
@@ -40,6 +41,9 @@ from shellgate.store.sql import Dialect, Params, SqlStore
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.2
+DEFAULT_LOCK_WAIT_MS = 1000
+DEADLINE_MARGIN_S = 0.05
+TURN_SLACK_MS = 100
 WAL_SWITCH_PAUSE = 0.01
 SYNCHRONOUS_MODES = ("FULL", "NORMAL", "EXTRA")
 
@@ -107,6 +111,7 @@ class SqliteStore(SqlStore):
         *,
         synchronous: str = "FULL",
         busy_timeout_ms: int = 5000,
+        lock_wait_ms: int = DEFAULT_LOCK_WAIT_MS,
         observer: StoreObserver | None = None,
         retry: RetryPolicy | None = None,
     ) -> None:
@@ -118,6 +123,10 @@ class SqliteStore(SqlStore):
         self.path = path
         self._synchronous = synchronous.upper()
         self._busy_timeout_ms = busy_timeout_ms
+        self._lock_wait_ms = lock_wait_ms
+        self._pragma_busy_ms = busy_timeout_ms
+        self._turn = asyncio.Lock()
+        self._opened = False
         self._conn: aiosqlite.Connection | None = None
 
     @property
@@ -148,6 +157,7 @@ class SqliteStore(SqlStore):
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open SQLite database {self.path!r}: {exc}") from exc
         await self._migrate(migrate_to)
+        self._opened = True
         if not self.in_memory:
             _tighten_permissions(self.path)
 
@@ -184,16 +194,60 @@ class SqliteStore(SqlStore):
     # ----- executor -----------------------------------------------------------------------
 
     async def _rows(self, sql: str, params: Sequence[Any], *, read: bool = False) -> Sequence[Any]:
-        try:
-            return list(await self._db.execute_fetchall(sql, params))
-        except sqlite3.Error as exc:
-            raise self.dialect.translate(exc) from exc
+        async with self._statement_turn():
+            try:
+                return list(await self._db.execute_fetchall(sql, params))
+            except sqlite3.Error as exc:
+                raise self.dialect.translate(exc) from exc
 
     async def _execute(self, sql: str) -> None:
+        async with self._statement_turn():
+            try:
+                await self._db.execute(sql)
+            except sqlite3.Error as exc:
+                raise self.dialect.translate(exc) from exc
+
+    @contextlib.asynccontextmanager
+    async def _statement_turn(self) -> AsyncIterator[None]:
+        """Run one statement within a bounded wait for the database lock.
+
+        The one connection runs statements one after another. While another process holds
+        the lock, each statement waits in SQLite's busy handler, and every call queued behind
+        it waited too: ten seconds for a client whose write could never succeed meanwhile.
+        So a call waits for its turn on the connection here, where giving up leaves nothing
+        queued, and then for the lock no longer than the wait bound (``lock_wait_ms`` once
+        open, ``busy_timeout_ms`` while opening and migrating) or the caller's deadline,
+        whichever comes first; then it fails with ``StoreUnavailable`` (UNAVAILABLE with a
+        RetryInfo), which the client can retry.
+        """
+        wait_ms = self._lock_wait_ms if self._opened else self._busy_timeout_ms
+        remaining = remaining_seconds()
+        if remaining is not None:  # answer before the client gives up, so it sees why
+            wait_ms = min(wait_ms, max(0, int((remaining - DEADLINE_MARGIN_S) * 1000)))
+        started = time.monotonic()
         try:
-            await self._db.execute(sql)
-        except sqlite3.Error as exc:
-            raise self.dialect.translate(exc) from exc
+            if self._turn.locked():
+                await asyncio.wait_for(self._turn.acquire(), wait_ms / 1000)
+            else:
+                await self._turn.acquire()  # free: taken without suspending, no timer needed
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"the SQLite database is busy: no turn on the connection within {wait_ms} ms"
+            ) from None
+        try:  # one budget for both waits: what the turn took, the lock wait cannot have
+            waited_ms = int((time.monotonic() - started) * 1000)
+            # A short wait for the turn (ordinary load) is not charged: changing the pragma
+            # costs a statement, and the bound may be overrun by at most that slack.
+            lock_ms = wait_ms if waited_ms < TURN_SLACK_MS else max(0, wait_ms - waited_ms)
+            await self._set_busy_timeout(lock_ms)
+            yield
+        finally:
+            self._turn.release()
+
+    async def _set_busy_timeout(self, wait_ms: int) -> None:
+        if wait_ms != self._pragma_busy_ms:
+            await self._db.execute(f"PRAGMA busy_timeout = {int(wait_ms)}")
+            self._pragma_busy_ms = wait_ms
 
     # ----- change feed --------------------------------------------------------------------
 

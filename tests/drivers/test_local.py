@@ -499,15 +499,18 @@ async def test_restart_kills_a_surviving_orphan_but_not_a_reused_pid(state_dir: 
                 await proc.wait()
 
 
-async def test_a_sandbox_no_replica_claimed_is_everyones(state_dir: Path) -> None:
-    """Its creator died before the driver call: any replica may act, so the sweep can."""
+async def test_a_sandbox_no_replica_claimed_is_nobodys(state_dir: Path) -> None:
+    """No owner file is no evidence of ownership: with a state directory per replica, every
+    other replica's sandbox has none here, and treating it as ours let each replica's sweep
+    delete the others' rows. The row records the owner instead."""
     mine = LocalDriver(state_dir=state_dir, replica_id="r1", stop_grace_s=1.0)
     other = LocalDriver(state_dir=state_dir, replica_id="r2", stop_grace_s=1.0)
     await mine.start()
     await other.start()
     try:
         unclaimed = str(uuid.uuid4())
-        assert mine.owns(unclaimed) and other.owns(unclaimed)
+        assert not mine.owns(unclaimed) and not other.owns(unclaimed)
+        assert not mine.owns("../escape")
         assert await mine.get_sandbox(unclaimed) is None
         claimed = make_sandbox()
         await mine.create_sandbox(claimed)

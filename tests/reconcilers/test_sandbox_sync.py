@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from shellgate.api import openshell_pb2 as P
+from shellgate.reconcilers.annotations import OWNER_REPLICA_ANNOTATION
+from shellgate.reconcilers.ownership import OWNER_LOST_REASON
 from shellgate.reconcilers.sandbox import DRIVER_REVISION_ANNOTATION, MISSING_REASON
 from shellgate.reconcilers.sandbox_sync import (
     Absent,
@@ -151,3 +153,57 @@ def test_writes_are_decided_on_a_copy() -> None:
     assert isinstance(action, Write)
     assert action.candidate.status.phase == ERROR
     assert current.sandbox.status.phase == STOPPED  # the row read is left as it was
+
+
+# ---- a sandbox whose owner replica is gone -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("phase", "stored_phase"),
+    [(RDY, P.SANDBOX_PHASE_UNKNOWN), (STOPPED, P.SANDBOX_PHASE_UNKNOWN), (DELETING, DELETING)],
+    ids=["ready-becomes-unknown", "stopped-becomes-unknown", "deleting-keeps-its-intent"],
+)
+def test_a_lost_owner_is_reported_never_removed(phase: int, stored_phase: int) -> None:
+    current = row(phase)
+    current.sandbox.metadata.annotations[OWNER_REPLICA_ANNOTATION] = "r1"
+    action = decide(current, None, NOW, LIMITS, acts_on_intent=False, owner_lost=True)
+    assert kind(action) == ("write", "owner_lost")
+    assert isinstance(action, Write)
+    ready_condition = action.candidate.status.conditions[0]
+    assert (ready_condition.type, ready_condition.status) == ("Ready", "Unknown")
+    assert ready_condition.reason == OWNER_LOST_REASON and "'r1'" in ready_condition.message
+    assert action.candidate.status.phase == stored_phase
+    assert current.sandbox.status.phase == phase  # decided on a copy
+
+
+def test_a_row_already_reported_is_not_written_again() -> None:
+    current = row(RDY)
+    first = decide(current, None, NOW, LIMITS, acts_on_intent=False, owner_lost=True)
+    assert isinstance(first, Write)
+    again = Row(first.candidate, current.version + 1, NOW)
+    assert kind(decide(again, None, NOW, LIMITS, acts_on_intent=False, owner_lost=True)) == (
+        "nothing",
+        "noop",
+    )
+
+
+def test_the_owners_next_snapshot_clears_the_report() -> None:
+    reported = decide(
+        row(RDY, revision=6), None, NOW, LIMITS, acts_on_intent=False, owner_lost=True
+    )
+    assert isinstance(reported, Write)
+    back = decide(
+        Row(reported.candidate, 4, NOW), Reported(ready(7)), NOW, LIMITS, acts_on_intent=True
+    )
+    assert isinstance(back, Write)
+    assert back.candidate.status.phase == RDY
+    assert [c.reason for c in back.candidate.status.conditions] == ["DependenciesReady"]
+
+
+def test_without_a_view_a_non_owner_never_removes_or_marks() -> None:
+    """A non-owner passes no view of its own: no grace period can turn into a removal."""
+    for phase in (RDY, STOPPED, DELETING, STARTING):
+        assert kind(decide(row(phase), None, NOW, LIMITS, acts_on_intent=False)) == (
+            "nothing",
+            "noop",
+        )

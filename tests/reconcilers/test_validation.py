@@ -29,6 +29,7 @@ from shellgate.reconcilers import (
     MAX_TEMPLATE_MAP_ENTRIES,
     MAX_TEMPLATE_STRING_LEN,
     MAX_TEMPLATE_STRUCT_SIZE,
+    OWNER_REPLICA_ANNOTATION,
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
@@ -277,6 +278,16 @@ def test_create_requires_a_spec_and_reports_everything_at_once() -> None:
 def test_create_refuses_the_reserved_driver_revision_annotation() -> None:
     message = sandbox()
     message.metadata.annotations[DRIVER_REVISION_ANNOTATION] = "999999999"
+    [violation] = validate_sandbox_for_create(message)
+    assert violation.field == "metadata.annotations"
+    assert "reserved" in violation.description
+
+
+def test_create_refuses_the_reserved_owner_annotation() -> None:
+    """A forged owner would make another replica's sweep keep its hands off the sandbox, or
+    make a replica act on a process it does not run."""
+    message = sandbox()
+    message.metadata.annotations[OWNER_REPLICA_ANNOTATION] = "r9"
     [violation] = validate_sandbox_for_create(message)
     assert violation.field == "metadata.annotations"
     assert "reserved" in violation.description

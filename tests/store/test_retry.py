@@ -30,6 +30,9 @@ class Heard:
     def operation(self, backend: str, operation: str, seconds: float) -> None:
         return None
 
+    def outcome(self, backend: str, operation: str, available: bool) -> None:
+        return None
+
 
 @dataclass(frozen=True)
 class RecordedPauses(RetryPolicy):

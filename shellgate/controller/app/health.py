@@ -1,9 +1,10 @@
 """HTTP endpoints for probes and Prometheus: ``/healthz``, ``/readyz``, ``/metrics``.
 
 ``/healthz`` says the process is alive and never touches the database. ``/readyz`` reports the
-background store ping and the driver watch as JSON, and answers 503 until the first good ping
-and whenever a check fails. ``/metrics`` refreshes the per-phase sandbox gauge from the store
-at most every few seconds, so scrapes stay cheap.
+store (recent real outcomes and a background probe) and the driver watch as JSON, names and
+states only, and answers 503 until the first good probe and whenever a check fails.
+``/metrics`` refreshes the per-phase sandbox gauge from the store at most every few seconds,
+so scrapes stay cheap.
 """
 
 from __future__ import annotations
@@ -23,7 +24,11 @@ from shellgate.store import StoreError
 
 log = logging.getLogger(__name__)
 
-PING_INTERVAL_SECONDS = 5.0
+PING_INTERVAL_SECONDS = 1.0
+FAILING_PING_INTERVAL_SECONDS = 0.25
+WRITE_PROBE_EVERY = 5
+"""While healthy, one ping in five also writes (this replica's heartbeat row): a ``SELECT 1``
+succeeds on a database whose file cannot be written."""
 PING_TIMEOUT_SECONDS = 2.0
 GAUGE_CACHE_SECONDS = 5.0
 PHASE_WORDS = [
@@ -35,16 +40,22 @@ PHASE_WORDS = [
 class StoreCheck:
     ok: bool = False
     checked: bool = False
-    latency_ms: float = 0.0
-    error: str = ""
 
 
 class HealthState:
-    """Owned by one task (the pinger); handlers only read it."""
+    """Owned by one task (the pinger); handlers only read it.
+
+    The store check fails at once when a real store call fails for want of the database (the
+    store observer records every outcome), and when the background ping fails. It recovers
+    with the next real call that succeeds or, without traffic, with the next probe: the pinger
+    runs every second, every quarter second while failing, and then also writes, so a replica
+    whose writes failed does not stay unready forever for lack of writes.
+    """
 
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
         self.store = StoreCheck()
+        self._pings = 0
         self._gauge_refreshed = 0.0
         self._gauge_query: asyncio.Future[None] | None = None
         self.gauge_queries = 0
@@ -53,40 +64,46 @@ class HealthState:
     async def ping_forever(self) -> None:
         while True:
             await self.ping_once()
-            await asyncio.sleep(PING_INTERVAL_SECONDS)
+            failing = not self.store.ok or self.gw.metrics.store_outcomes.failing
+            await asyncio.sleep(FAILING_PING_INTERVAL_SECONDS if failing else PING_INTERVAL_SECONDS)
 
     async def ping_once(self) -> None:
-        started = time.perf_counter()
+        outcomes = self.gw.metrics.store_outcomes
+        self._pings += 1
+        probe_write = outcomes.failing or self._pings % WRITE_PROBE_EVERY == 0
         try:
-            await asyncio.wait_for(self.gw.store.ping(), PING_TIMEOUT_SECONDS)
+            await asyncio.wait_for(self._probe(write=probe_write), PING_TIMEOUT_SECONDS)
         except (TimeoutError, StoreError) as exc:
             if self.store.ok or not self.store.checked:
                 log.warning("store ping failed: %s", exc or type(exc).__name__)
-            self.store = StoreCheck(False, True, 0.0, str(exc) or type(exc).__name__)
+            self.store = StoreCheck(False, True)
         else:
-            latency = (time.perf_counter() - started) * 1000
-            self.store = StoreCheck(True, True, round(latency, 2), "")
-        self.gw.metrics.store_up.set(1 if self.store.ok else 0)
+            if not self.store.ok and self.store.checked:
+                log.info("store ping succeeds again")
+            self.store = StoreCheck(True, True)
+        self.gw.metrics.store_up.set(1 if self.store_ok() else 0)
+
+    async def _probe(self, *, write: bool) -> None:
+        await self.gw.store.ping()
+        if write:
+            await self.gw.repos.replicas.beat(self.gw.replica_id)
+
+    def store_ok(self) -> bool:
+        return self.store.ok and not self.gw.metrics.store_outcomes.failing
 
     def readiness(self) -> tuple[bool, dict[str, object]]:
+        """Check names and states only: no database error text, no host or replica name
+        (the endpoint is unauthenticated; details go to the log and the metrics)."""
         driver_ok = self.gw.driver.watch_ready
         self.gw.metrics.driver_watch_up.set(1 if driver_ok else 0)
+        store_ok = self.store_ok()
+        store_status = "ok" if store_ok else ("unknown" if not self.store.checked else "failing")
         checks = {
-            "store": {
-                "status": "ok"
-                if self.store.ok
-                else ("unknown" if not self.store.checked else "failing"),
-                "latency_ms": self.store.latency_ms,
-                "error": self.store.error,
-            },
-            "driver": {"status": "ok" if driver_ok else "failing", "name": self.gw.driver.name},
+            "store": {"status": store_status},
+            "driver": {"status": "ok" if driver_ok else "failing"},
         }
-        ready = self.store.ok and driver_ok
-        return ready, {
-            "status": "ready" if ready else "not ready",
-            "replica": self.gw.replica_id,
-            "checks": checks,
-        }
+        ready = store_ok and driver_ok
+        return ready, {"status": "ready" if ready else "not ready", "checks": checks}
 
     async def refresh_sandbox_gauge(self) -> None:
         """Refresh ``shellgate_sandboxes{phase}`` at most every ``GAUGE_CACHE_SECONDS``, by one
@@ -111,7 +128,7 @@ class HealthState:
 
 def build_app(state: HealthState) -> web.Application:
     async def healthz(_request: web.Request) -> web.Response:
-        return web.json_response({"status": "alive", "replica": state.gw.replica_id})
+        return web.json_response({"status": "alive"})
 
     async def readyz(_request: web.Request) -> web.Response:
         ready, body = state.readiness()

@@ -84,7 +84,8 @@ class ComputeDriver(Protocol):
 
     def owns(self, sandbox_id: str) -> bool:
         """True when this replica's driver may act on the sandbox (always, for drivers that
-        do not route by owner; for the local driver: its own, or one nobody claimed)."""
+        do not route by owner; for the local driver: only on positive evidence that it is its
+        own, never because no other replica's claim is visible from here)."""
 
     async def stop_sandbox(self, sandbox_id: str) -> None: ...
 

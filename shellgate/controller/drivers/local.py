@@ -12,8 +12,10 @@ also the process's working directory and ``HOME``. It holds:
   ``get_sandbox`` returns None, ``list_sandboxes`` and ``events`` leave them out,
   ``stop_sandbox``/``start_sandbox``/``delete_sandbox`` raise ``DriverNotOwner`` (the owner
   follows the store instead), and ``create_sandbox`` succeeds without doing anything (the
-  sandbox exists under that id). A sandbox no replica claimed counts as everyone's
-  (``owns``), so the sweep of any replica can repair its row.
+  sandbox exists under that id). ``owns`` is true only on positive evidence (the sandbox
+  runs here, or its ``owner`` file names this replica): the absence of a file proves nothing
+  when replicas have separate state directories. The store row records the owner too
+  (``openshell.ai/owner-replica``), and that is what the reconcile loop goes by.
 - ``sandbox.pb``: the ``Sandbox`` message given at create, so the same command can run again
   on ``start_sandbox`` and after a gateway restart.
 - ``state``: ``running``, ``stopped`` or ``exited <code>``, what a restarted driver restores.
@@ -212,14 +214,12 @@ class LocalDriver:
             self._publish(entry, self._running_snapshot(entry, run.process.pid))
 
     def owns(self, sandbox_id: str) -> bool:
-        """Ours, or claimed by no replica at all (its creator died before the driver call,
-        or lost its state): then any replica may act, so the sweep can repair the row."""
+        """Ours: it runs here, or its ``owner`` file names us. A missing file is not
+        evidence: with one state directory per replica every other replica's sandbox has none
+        here, and treating those as ours let each replica delete the others' rows."""
         if sandbox_id in self._sandboxes:
             return True
-        if not _ID.fullmatch(sandbox_id):
-            return False
-        owner = _read_text(self._root / sandbox_id / "owner")
-        return owner is None or owner == self._replica_id
+        return bool(_ID.fullmatch(sandbox_id)) and self._owns(self._root / sandbox_id)
 
     def _refuse_foreign(self, sandbox_id: str) -> None:
         """Raise DriverNotOwner when another replica's driver owns ``sandbox_id``."""

@@ -19,6 +19,7 @@ from typing import Any
 
 from shellgate.controller.gateway import Gateway
 from shellgate.controller.reconcile.drafts import DraftReconciler
+from shellgate.controller.reconcile.liveness import OwnerLiveness
 from shellgate.controller.reconcile.sandboxes import SandboxReconciler, jittered
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,9 @@ class Reconcilers:
     def start(self, resync_seconds: float, *, workers: int = 2) -> None:
         """Run the workers, the change-feed follower and the resync as tasks."""
         rng = random.Random()
+        liveness = self.sandboxes.liveness
+        if liveness is not None:
+            self.tasks.append(asyncio.create_task(liveness.beat_forever(), name="heartbeat"))
         self.tasks += [
             asyncio.create_task(self.sandboxes.run(workers=workers), name="reconcile-sandboxes"),
             asyncio.create_task(self.drafts.run(), name="reconcile-drafts"),
@@ -106,7 +110,8 @@ def attach_reconcilers(
     settle_after_seconds: float | None = None,
 ) -> Reconcilers:
     """Build the reconcilers and attach to the driver's events; ``start`` runs them."""
-    sandboxes = SandboxReconciler(gw, grace_seconds=grace_seconds)
+    liveness = OwnerLiveness(gw) if gw.driver.routes_by_owner else None
+    sandboxes = SandboxReconciler(gw, grace_seconds=grace_seconds, liveness=liveness)
     drafts = (
         DraftReconciler(gw)
         if settle_after_seconds is None

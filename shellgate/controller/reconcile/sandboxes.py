@@ -44,7 +44,9 @@ from shellgate.controller.drivers.base import (
     SnapshotEvent,
 )
 from shellgate.controller.gateway import Gateway
+from shellgate.controller.reconcile.liveness import OwnerLiveness
 from shellgate.controller.reconcile.queue import DEFAULT_MAX_WAITING, WorkQueue
+from shellgate.reconcilers.ownership import owner_of
 from shellgate.reconcilers.sandbox_sync import (
     Absent,
     Action,
@@ -125,8 +127,10 @@ class SandboxReconciler:
         grace_seconds: float | None = None,
         stuck_seconds: float = DEFAULT_STUCK_SECONDS,
         max_waiting: int = DEFAULT_MAX_WAITING,
+        liveness: OwnerLiveness | None = None,
     ) -> None:
         self.gw = gw
+        self.liveness = liveness
         grace = grace_from_environment() if grace_seconds is None else grace_seconds
         self.thresholds = Thresholds(int(grace * 1000), int(stuck_seconds * 1000))
         self.queue: WorkQueue[str] = WorkQueue(
@@ -247,7 +251,7 @@ class SandboxReconciler:
         if record is not None:
             row = Row(decode(Sandbox, record), record.resource_version, record.updated_at_ms)
         driver = self.gw.driver
-        mine = not driver.routes_by_owner or driver.owns(sandbox_id)
+        mine = self.gw.owns(sandbox_id, row.sandbox if row is not None else None)
         view = await self._view(sandbox_id, seen) if mine else _event_only(seen)
         action = decide(
             row,
@@ -255,8 +259,17 @@ class SandboxReconciler:
             self.gw.clock_ms(),
             self.thresholds,
             acts_on_intent=driver.routes_by_owner and mine,
+            owner_lost=not mine and await self._owner_lost(row, seen),
         )
         return await self._act(sandbox_id, row, action)
+
+    async def _owner_lost(self, row: Row | None, seen: Observation | None) -> bool:
+        """Whether another replica that owns the row has stopped beating; asked only on a
+        resync's look, so a burst of change-feed hints costs no heartbeat reads."""
+        owner = owner_of(row.sandbox) if row is not None else None
+        if self.liveness is None or owner is None or not isinstance(seen, Look):
+            return False
+        return await self.liveness.is_lost(owner)
 
     async def _view(self, sandbox_id: str, seen: Observation | None) -> View:
         if isinstance(seen, Look):
@@ -277,6 +290,12 @@ class SandboxReconciler:
                 return "noop"
             if action.result == "marked_error" and written:
                 log.warning("sandbox %s lost its compute resource; marked ERROR", sandbox_id)
+            if action.result == "owner_lost" and written:
+                log.warning(
+                    "sandbox %s: its owner replica %s stopped reporting; marked UNKNOWN",
+                    sandbox_id,
+                    owner_of(row.sandbox),
+                )
             if written and action.then is not None:
                 return await self._call_driver(sandbox_id, action.then)
             return action.result if written else "noop"

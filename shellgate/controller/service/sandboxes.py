@@ -30,6 +30,7 @@ from shellgate.controller.service.requests import (
 )
 from shellgate.reconcilers import sandbox as sandbox_rules
 from shellgate.reconcilers.errors import InvalidArgument
+from shellgate.reconcilers.ownership import record_owner
 from shellgate.reconcilers.validation import (
     effective_page_size,
     require_valid,
@@ -63,6 +64,8 @@ def build_sandbox(request: openshell_pb2.CreateSandboxRequest) -> Sandbox:
 async def create_sandbox(gw: Gateway, request: openshell_pb2.CreateSandboxRequest) -> Sandbox:
     """Validate → MUST_CREATE → fence providers → driver create; undo the row on failure."""
     candidate = build_sandbox(request)
+    if gw.driver.routes_by_owner:
+        record_owner(candidate, gw.replica_id)  # the row, not a file, says who runs it
     workspace = candidate.metadata.workspace
     providers = list(dict.fromkeys(candidate.spec.providers))
     await gw.repos.providers.require(providers, workspace)
@@ -124,10 +127,7 @@ async def delete_sandbox(
                 outcome=openshell_pb2.DELETION_OUTCOME_ALREADY_ABSENT
             )
         raise not_found(SANDBOX_TYPE, request.name) from None
-    try:
-        existed = await gw.driver.delete_sandbox(sandbox_id)
-    except DriverNotOwner:
-        existed = True  # the owning replica sees DELETING in the store and deletes it
+    existed = await _ask_driver_to_delete(gw, deleting)
     if existed:
         outcome = openshell_pb2.DELETION_OUTCOME_ACCEPTED
     else:
@@ -137,13 +137,27 @@ async def delete_sandbox(
     return openshell_pb2.DeleteSandboxResponse(outcome=outcome, sandbox_id=sandbox_id)
 
 
+async def _ask_driver_to_delete(gw: Gateway, deleting: Sandbox) -> bool:
+    """Ask this replica's driver, unless the row names another replica as the owner: that
+    replica sees DELETING through the change feed and deletes (our driver would answer
+    "nothing here" and we would remove the row while the owner's process still runs)."""
+    if gw.owned_elsewhere(deleting):
+        return True
+    try:
+        return await gw.driver.delete_sandbox(deleting.metadata.id)
+    except DriverNotOwner:
+        return True  # the owning replica sees DELETING in the store and deletes it
+
+
 async def stop_sandbox(gw: Gateway, request: openshell_pb2.StopSandboxRequest) -> Sandbox:
     """Answer once the row is STOPPING (or already STOPPED)."""
     found = await find_sandbox(gw, request.name, single_workspace(request.workspace_scope))
     updated = (
         await gw.repos.sandboxes.update(found.metadata.id, sandbox_rules.begin_stop())
     ).message
-    if updated.status.phase == openshell_pb2.SANDBOX_PHASE_STOPPING:
+    if updated.status.phase == openshell_pb2.SANDBOX_PHASE_STOPPING and not gw.owned_elsewhere(
+        updated
+    ):
         with contextlib.suppress(DriverNotOwner):  # the owner follows the store
             await gw.driver.stop_sandbox(updated.metadata.id)
     return updated
@@ -155,7 +169,9 @@ async def start_sandbox(gw: Gateway, request: openshell_pb2.StartSandboxRequest)
     updated = (
         await gw.repos.sandboxes.update(found.metadata.id, sandbox_rules.begin_start())
     ).message
-    if updated.status.phase == openshell_pb2.SANDBOX_PHASE_STARTING:
+    if updated.status.phase == openshell_pb2.SANDBOX_PHASE_STARTING and not gw.owned_elsewhere(
+        updated
+    ):
         with contextlib.suppress(DriverNotOwner):  # the owner follows the store
             await gw.driver.start_sandbox(updated.metadata.id)
     return updated

@@ -25,6 +25,7 @@ from shellgate.controller.service.requests import (
     single_workspace,
 )
 from shellgate.reconcilers.settings import UpdateKind, classify_update, is_global
+from shellgate.store.deadline import deadline_in
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,8 @@ def unary(method: str) -> Callable[[Handler[Req, Resp]], Handler[Req, Resp]]:
             started = time.perf_counter()
             code = "OK"
             try:
-                return await function(self, request, context)
+                with deadline_in(context.time_remaining()):
+                    return await function(self, request, context)
             except Exception as exc:
                 status = status_for(exc, method)
                 code = status.code.name

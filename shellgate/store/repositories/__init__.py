@@ -16,6 +16,7 @@ from shellgate.store.repositories.chunks import CHUNK_TYPE, ChunkRepository, Sto
 from shellgate.store.repositories.errors import ProviderInUse, ProviderMissing, VersionTaken
 from shellgate.store.repositories.hooks import Hook, no_hook
 from shellgate.store.repositories.providers import PROVIDER_TYPE, Provider, ProviderRepository
+from shellgate.store.repositories.replicas import REPLICA_TYPE, ReplicaRepository
 from shellgate.store.repositories.revisions import (
     REVISION_TYPE,
     RevisionRepository,
@@ -43,6 +44,7 @@ class Repositories:
         self.revisions = RevisionRepository(store)
         self.chunks = ChunkRepository(store)
         self.providers = ProviderRepository(store, sealer)
+        self.replicas = ReplicaRepository(store)
         self.sandboxes = SandboxRepository(
             store, self.providers, owned=(self.settings, self.revisions, self.chunks)
         )
@@ -52,6 +54,7 @@ __all__ = [
     "CHUNK_TYPE",
     "GATEWAY_SETTINGS_TYPE",
     "PROVIDER_TYPE",
+    "REPLICA_TYPE",
     "REVISION_TYPE",
     "SANDBOX_SETTINGS_TYPE",
     "SANDBOX_TYPE",
@@ -62,6 +65,7 @@ __all__ = [
     "ProviderInUse",
     "ProviderMissing",
     "ProviderRepository",
+    "ReplicaRepository",
     "Repositories",
     "RevisionRepository",
     "Sandbox",

@@ -1,0 +1,122 @@
+"""Three `serve` replicas on one durable Postgres under a logged client load, while the
+database restarts (``pg_ctl restart -m fast``) and its backends are terminated in a loop.
+
+After each fault: every acknowledged create exists, no call answered INTERNAL or UNKNOWN,
+and every replica's readiness recovered within a bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psycopg
+import pytest
+
+from shellgate.api import datamodel_pb2, openshell_pb2, openshell_pb2_grpc
+from tests.faults.support import Call, History, seconds_until
+from tests.support.processes import GatewayProcess, gateways
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+P = openshell_pb2
+READINESS_BOUND_S = 3.0  # the database is back; a replica must follow within this
+
+
+def provider(name: str) -> datamodel_pb2.Provider:
+    message = datamodel_pb2.Provider(type="github", credentials={"T": "x"})
+    message.metadata.name = name
+    return message
+
+
+async def load(
+    stubs: list[openshell_pb2_grpc.OpenShellStub], history: History, stop: asyncio.Event
+) -> None:
+    """Creates of distinct providers, round-robin over the replicas, each call logged."""
+    counter = itertools.count()
+
+    async def client(stub: openshell_pb2_grpc.OpenShellStub) -> None:
+        while not stop.is_set():
+            name = f"p{next(counter)}"
+            call = Call("create", name, None, time.monotonic())
+            history.calls.append(call)
+            try:
+                await stub.CreateProvider(
+                    P.CreateProviderRequest(provider=provider(name)), timeout=5
+                )
+                call.code = "OK"
+            except grpc.aio.AioRpcError as error:
+                call.code = error.code().name
+            call.answered = time.monotonic()
+            await asyncio.sleep(0.02)
+
+    await asyncio.gather(*(client(stub) for stub in stubs))
+
+
+def pg_ctl(server: Any, *args: str) -> None:
+    subprocess.run([server.executable, *args, "-D", server.datadir, "-w"], check=True, timeout=60)
+
+
+def terminate_backends(dsn: str, database: str, rounds: int) -> None:
+    admin = dsn.rpartition("/")[0] + "/postgres"
+    for _ in range(rounds):
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                (database,),
+            )
+        time.sleep(0.5)
+
+
+async def check_after_fault(
+    replicas: list[GatewayProcess], stub: openshell_pb2_grpc.OpenShellStub, history: History
+) -> None:
+    for replica in replicas:
+        await seconds_until(replica, True, READINESS_BOUND_S)
+    assert not history.codes() & {"INTERNAL", "UNKNOWN"}, history.codes()
+    stored: set[str] = set()
+    token = ""
+    while True:
+        reply = await stub.ListProviders(P.ListProvidersRequest(page_size=1000, page_token=token))
+        stored |= {p.metadata.name for p in reply.providers}
+        token = reply.next_page_token
+        if not token:
+            break
+    acknowledged = {c.key for c in history.acknowledged("create")}
+    assert acknowledged and acknowledged <= stored, sorted(acknowledged - stored)
+
+
+async def test_restart_and_terminated_backends_lose_nothing_acknowledged(
+    durable_pg: Any, durable_pg_dsn: str, tmp_path: Path
+) -> None:
+    replicas = [
+        GatewayProcess(durable_pg_dsn, tmp_path / f"state-r{n}", replica_id=f"r{n}")
+        for n in (1, 2, 3)
+    ]
+    database = durable_pg_dsn.rpartition("/")[2]
+    async with gateways(replicas):
+        channels = [grpc.aio.insecure_channel(r.address) for r in replicas]
+        stubs = [openshell_pb2_grpc.OpenShellStub(c) for c in channels]
+        try:
+            for fault in ("restart-fast", "terminate-loop"):
+                history = History()
+                stop = asyncio.Event()
+                running = asyncio.create_task(load(stubs, history, stop))
+                await asyncio.sleep(1.0)
+                if fault == "restart-fast":
+                    await asyncio.to_thread(pg_ctl, durable_pg, "restart", "-m", "fast")
+                else:
+                    await asyncio.to_thread(terminate_backends, durable_pg_dsn, database, 6)
+                await asyncio.sleep(1.0)
+                stop.set()
+                await running
+                await check_after_fault(replicas, stubs[0], history)
+                assert len(history.acknowledged("create")) > 20, fault
+        finally:
+            for channel in channels:
+                await channel.close()
