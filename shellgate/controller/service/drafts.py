@@ -16,7 +16,7 @@ import logging
 import uuid
 
 from shellgate.api import datamodel_pb2, openshell_pb2
-from shellgate.controller.draft_effects import apply_effects, decide, settle_effects
+from shellgate.controller.draft_effects import apply_effects, decide_chunk, settle_effects
 from shellgate.controller.gateway import Gateway
 from shellgate.controller.service.errors import not_found
 from shellgate.controller.service.requests import (
@@ -176,7 +176,7 @@ async def approve_draft_chunk(
     addition = add_rule_operation(stored.chunk.rule_name, stored.chunk.proposed_rule)
     _check_candidate(sandbox, latest, [addition])
     base = latest.revision.version if latest is not None else 0
-    decided = await decide(
+    decided = await decide_chunk(
         gw, stored.metadata.id, rules.approve(request.review_token, gw.clock_ms(), base)
     )
     revision = await apply_effects(gw, sandbox, [decided])
@@ -214,7 +214,9 @@ async def approve_all_draft_chunks(
     for stored, token in chosen:
         try:
             decided.append(
-                await decide(gw, stored.metadata.id, rules.approve(token, gw.clock_ms(), base))
+                await decide_chunk(
+                    gw, stored.metadata.id, rules.approve(token, gw.clock_ms(), base)
+                )
             )
         except (FailedPrecondition, NotFound):
             skipped += 1  # decided (or cleared) by someone else meanwhile
@@ -247,7 +249,7 @@ async def _decide_named_chunk(
         gw, request.sandbox, single_workspace(request.workspace_scope)
     )
     stored = await _chunk(gw, sandbox, request.chunk_id)
-    await decide(gw, stored.metadata.id, mutation)
+    await decide_chunk(gw, stored.metadata.id, mutation)
 
 
 async def undo_draft_chunk(
@@ -256,7 +258,7 @@ async def undo_draft_chunk(
     """Approved → pending, then the rule leaves the policy (same two-step protocol)."""
     sandbox = await _policy_sandbox(gw, request.sandbox, request.workspace_scope)
     stored = await _chunk(gw, sandbox, request.chunk_id)
-    undone = await decide(gw, stored.metadata.id, rules.undo(gw.clock_ms()))
+    undone = await decide_chunk(gw, stored.metadata.id, rules.undo(gw.clock_ms()))
     revision = await apply_effects(gw, sandbox, [undone])
     return openshell_pb2.UndoDraftChunkResponse(
         policy_version=revision.revision.version if revision else 0,

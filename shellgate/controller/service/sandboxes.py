@@ -161,7 +161,7 @@ async def start_sandbox(gw: Gateway, request: openshell_pb2.StartSandboxRequest)
     return updated
 
 
-async def attach_provider(
+async def attach_sandbox_provider(
     gw: Gateway, request: openshell_pb2.AttachSandboxProviderRequest
 ) -> openshell_pb2.AttachSandboxProviderResponse:
     """Check the provider exists, then the repository's attach protocol: the sandbox write,
@@ -183,7 +183,7 @@ async def attach_provider(
     )
 
 
-async def detach_provider(
+async def detach_sandbox_provider(
     gw: Gateway, request: openshell_pb2.DetachSandboxProviderRequest
 ) -> openshell_pb2.DetachSandboxProviderResponse:
     mutation = sandbox_rules.detach_provider(request.provider)

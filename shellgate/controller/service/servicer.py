@@ -152,13 +152,13 @@ class OpenShellService(openshell_pb2_grpc.OpenShellServicer):
     async def AttachSandboxProvider(
         self, request: openshell_pb2.AttachSandboxProviderRequest, context: Any
     ) -> openshell_pb2.AttachSandboxProviderResponse:
-        return await sandboxes.attach_provider(self.gateway, request)
+        return await sandboxes.attach_sandbox_provider(self.gateway, request)
 
     @unary("DetachSandboxProvider")
     async def DetachSandboxProvider(
         self, request: openshell_pb2.DetachSandboxProviderRequest, context: Any
     ) -> openshell_pb2.DetachSandboxProviderResponse:
-        return await sandboxes.detach_provider(self.gateway, request)
+        return await sandboxes.detach_sandbox_provider(self.gateway, request)
 
     @unary("ListSandboxProviders")
     async def ListSandboxProviders(
