@@ -41,14 +41,23 @@ async def find_provider(gw: Gateway, name: str, workspace: str) -> Provider:
     return await find_named(gw, Provider, name, workspace)
 
 
-async def create_provider(gw: Gateway, request: openshell_pb2.CreateProviderRequest) -> Provider:
+async def get_provider(
+    gw: Gateway, request: openshell_pb2.GetProviderRequest
+) -> openshell_pb2.ProviderResponse:
+    found = await find_provider(gw, request.name, single_workspace(request.workspace_scope))
+    return response(found)
+
+
+async def create_provider(
+    gw: Gateway, request: openshell_pb2.CreateProviderRequest
+) -> openshell_pb2.ProviderResponse:
     incoming = Provider()
     incoming.CopyFrom(request.provider)
     incoming.metadata.workspace = single_workspace(request.workspace_scope)
     candidate = new_provider_for_create(
         incoming, new_id=str(uuid.uuid4()), random_name=generated_name("provider")
     )
-    return await gw.repos.providers.create(candidate)
+    return response(await gw.repos.providers.create(candidate))
 
 
 async def list_providers(
@@ -65,7 +74,9 @@ async def list_providers(
     )
 
 
-async def update_provider(gw: Gateway, request: openshell_pb2.UpdateProviderRequest) -> Provider:
+async def update_provider(
+    gw: Gateway, request: openshell_pb2.UpdateProviderRequest
+) -> openshell_pb2.ProviderResponse:
     """Merge into a candidate, validate it, then CAS-write; the client's version if it sent one."""
     incoming = request.provider
     existing = await find_provider(
@@ -76,7 +87,7 @@ async def update_provider(gw: Gateway, request: openshell_pb2.UpdateProviderRequ
         lambda stored: merge_provider_update(stored, incoming),
         incoming.metadata.resource_version,
     )
-    return outcome.message
+    return response(outcome.message)
 
 
 async def delete_provider(

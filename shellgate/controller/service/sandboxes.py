@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 
 from shellgate.api import openshell_pb2
 from shellgate.controller.drivers.base import DriverError, DriverNotOwner
@@ -30,6 +31,7 @@ from shellgate.controller.service.requests import (
 )
 from shellgate.reconcilers import sandbox as sandbox_rules
 from shellgate.reconcilers.errors import InvalidArgument
+from shellgate.reconcilers.phase import STARTING, STOPPING
 from shellgate.reconcilers.validation import (
     effective_page_size,
     require_valid,
@@ -60,7 +62,9 @@ def build_sandbox(request: openshell_pb2.CreateSandboxRequest) -> Sandbox:
     return sandbox
 
 
-async def create_sandbox(gw: Gateway, request: openshell_pb2.CreateSandboxRequest) -> Sandbox:
+async def create_sandbox(
+    gw: Gateway, request: openshell_pb2.CreateSandboxRequest
+) -> openshell_pb2.SandboxResponse:
     """Validate → MUST_CREATE → fence providers → driver create; undo the row on failure."""
     candidate = build_sandbox(request)
     workspace = candidate.metadata.workspace
@@ -74,7 +78,14 @@ async def create_sandbox(gw: Gateway, request: openshell_pb2.CreateSandboxReques
         await _undo_create(gw, created)
         raise
     log.info("created sandbox %s (%s) in %s", created.metadata.name, created.metadata.id, workspace)
-    return created
+    return openshell_pb2.SandboxResponse(sandbox=created)
+
+
+async def get_sandbox(
+    gw: Gateway, request: openshell_pb2.GetSandboxRequest
+) -> openshell_pb2.SandboxResponse:
+    found = await find_sandbox(gw, request.name, single_workspace(request.workspace_scope))
+    return openshell_pb2.SandboxResponse(sandbox=found)
 
 
 async def _undo_create(gw: Gateway, created: Sandbox) -> None:
@@ -137,28 +148,39 @@ async def delete_sandbox(
     return openshell_pb2.DeleteSandboxResponse(outcome=outcome, sandbox_id=sandbox_id)
 
 
-async def stop_sandbox(gw: Gateway, request: openshell_pb2.StopSandboxRequest) -> Sandbox:
+async def stop_sandbox(
+    gw: Gateway, request: openshell_pb2.StopSandboxRequest
+) -> openshell_pb2.SandboxResponse:
     """Answer once the row is STOPPING (or already STOPPED)."""
-    found = await find_sandbox(gw, request.name, single_workspace(request.workspace_scope))
-    updated = (
-        await gw.repos.sandboxes.update(found.metadata.id, sandbox_rules.begin_stop())
-    ).message
-    if updated.status.phase == openshell_pb2.SANDBOX_PHASE_STOPPING:
-        with contextlib.suppress(DriverNotOwner):  # the owner follows the store
-            await gw.driver.stop_sandbox(updated.metadata.id)
-    return updated
+    return await _begin_transition(
+        gw, request, sandbox_rules.begin_stop(), STOPPING, gw.driver.stop_sandbox
+    )
 
 
-async def start_sandbox(gw: Gateway, request: openshell_pb2.StartSandboxRequest) -> Sandbox:
+async def start_sandbox(
+    gw: Gateway, request: openshell_pb2.StartSandboxRequest
+) -> openshell_pb2.SandboxResponse:
     """Answer once the row is STARTING, never while it still reads STOPPED."""
+    return await _begin_transition(
+        gw, request, sandbox_rules.begin_start(), STARTING, gw.driver.start_sandbox
+    )
+
+
+async def _begin_transition(
+    gw: Gateway,
+    request: openshell_pb2.StopSandboxRequest | openshell_pb2.StartSandboxRequest,
+    mutation: sandbox_rules.Mutation,
+    phase: openshell_pb2.SandboxPhase,
+    tell_driver: Callable[[str], Awaitable[None]],
+) -> openshell_pb2.SandboxResponse:
+    """Write the transition's phase by CAS; tell the driver only when this write entered it
+    (a row already past it, e.g. STOPPED for a stop, needs nothing more)."""
     found = await find_sandbox(gw, request.name, single_workspace(request.workspace_scope))
-    updated = (
-        await gw.repos.sandboxes.update(found.metadata.id, sandbox_rules.begin_start())
-    ).message
-    if updated.status.phase == openshell_pb2.SANDBOX_PHASE_STARTING:
+    updated = (await gw.repos.sandboxes.update(found.metadata.id, mutation)).message
+    if updated.status.phase == phase:
         with contextlib.suppress(DriverNotOwner):  # the owner follows the store
-            await gw.driver.start_sandbox(updated.metadata.id)
-    return updated
+            await tell_driver(updated.metadata.id)
+    return openshell_pb2.SandboxResponse(sandbox=updated)
 
 
 async def attach_sandbox_provider(
