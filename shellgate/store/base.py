@@ -109,6 +109,29 @@ class RowWrite:
     status: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    """The arguments of one ``list``, handed to the backend as one value."""
+
+    object_type: str
+    workspace: str | None
+    selector: str
+    limit: int
+    page_token: str
+    scope: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class VersionQuery:
+    """The arguments of one ``list_versions``, handed to the backend as one value."""
+
+    object_type: str
+    scope: str
+    below: int | None
+    statuses: Sequence[str] | None
+    limit: int
+
+
 class Store(abc.ABC):
     """Persistence for every object shellgate keeps, with compare-and-swap writes."""
 
@@ -184,7 +207,6 @@ class Store(abc.ABC):
         self, object_type: str, name: str, workspace: str = DEFAULT_WORKSPACE
     ) -> ObjectRecord | None: ...
 
-    @abc.abstractmethod
     async def list(
         self,
         object_type: str,
@@ -199,8 +221,14 @@ class Store(abc.ABC):
 
         ``selector`` is a Kubernetes label selector, evaluated in SQL with bound parameters.
         """
+        return await self._list(
+            ListQuery(object_type, workspace, selector, limit, page_token, scope)
+        )
 
     @abc.abstractmethod
+    async def _list(self, query: ListQuery) -> Page:
+        """``list``, with its arguments gathered in one record."""
+
     async def list_versions(
         self,
         object_type: str,
@@ -217,6 +245,11 @@ class Store(abc.ABC):
         rows (0 means the default page size). Served by the ``objects_version_uq`` and
         ``objects_scope_status_idx`` indexes, whatever the workspace.
         """
+        return await self._list_versions(VersionQuery(object_type, scope, below, statuses, limit))
+
+    @abc.abstractmethod
+    async def _list_versions(self, query: VersionQuery) -> Sequence[ObjectRecord]:
+        """``list_versions``, with its arguments gathered in one record."""
 
     @abc.abstractmethod
     async def open(self, *, migrate_to: int | None = None) -> None:
@@ -341,11 +374,8 @@ class Store(abc.ABC):
             return CasOutcome(message, written, attempts)
 
         # Client-driven mode makes one attempt: a stale version, never an exhausted retry.
-        return await retry_on_conflict(
-            self.retry,
-            self._rng,
+        return await self.retry_on_conflict(
             attempt,
-            observer=self.observer,
             object_type=object_type,
             attempts=1 if expected_version else self.retry.attempts,
         )
