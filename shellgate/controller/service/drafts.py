@@ -41,10 +41,8 @@ from shellgate.store.repositories import StoredDraftChunk, StoredPolicyRevision
 
 log = logging.getLogger(__name__)
 
-AppliedAddition = rules.AppliedAddition
 
 Sandbox = openshell_pb2.Sandbox
-DELETING = openshell_pb2.SANDBOX_PHASE_DELETING
 CHUNK_ID_NAMESPACE = uuid.UUID("5b1f6d4e-8a2c-4f1e-9c3d-2e7a9b0c4d51")
 
 
@@ -90,6 +88,13 @@ async def _policy_sandbox(
     """The sandbox of a decision that changes its policy (refused under a global policy)."""
     require_no_global_policy(await gw.repos.settings.load_gateway())
     return await find_live_sandbox(gw, name, single_workspace(workspace_scope))
+
+
+def _policy_reached(revision: StoredPolicyRevision | None) -> tuple[int, str]:
+    """The version and hash of the policy a decision left (0 and "" while none exists)."""
+    if revision is None:
+        return 0, ""
+    return revision.revision.version, revision.revision.policy_hash
 
 
 # --- RPCs -------------------------------------------------------------------------------------
@@ -179,11 +184,8 @@ async def approve_draft_chunk(
     decided = await decide_chunk(
         gw, stored.metadata.id, rules.approve(request.review_token, gw.clock_ms(), base)
     )
-    revision = await apply_effects(gw, sandbox, [decided])
-    return openshell_pb2.ApproveDraftChunkResponse(
-        policy_version=revision.revision.version if revision else 0,
-        policy_hash=revision.revision.policy_hash if revision else "",
-    )
+    version, digest = _policy_reached(await apply_effects(gw, sandbox, [decided]))
+    return openshell_pb2.ApproveDraftChunkResponse(policy_version=version, policy_hash=digest)
 
 
 async def reject_draft_chunk(
@@ -220,10 +222,12 @@ async def approve_all_draft_chunks(
             )
         except (FailedPrecondition, NotFound):
             skipped += 1  # decided (or cleared) by someone else meanwhile
-    revision = await apply_effects(gw, sandbox, decided) if decided else latest
+    version, digest = _policy_reached(
+        await apply_effects(gw, sandbox, decided) if decided else latest
+    )
     return openshell_pb2.ApproveAllDraftChunksResponse(
-        policy_version=revision.revision.version if revision else 0,
-        policy_hash=revision.revision.policy_hash if revision else "",
+        policy_version=version,
+        policy_hash=digest,
         chunks_approved=len(decided),
         chunks_skipped=skipped,
     )
@@ -259,11 +263,8 @@ async def undo_draft_chunk(
     sandbox = await _policy_sandbox(gw, request.sandbox, request.workspace_scope)
     stored = await _chunk(gw, sandbox, request.chunk_id)
     undone = await decide_chunk(gw, stored.metadata.id, rules.undo(gw.clock_ms()))
-    revision = await apply_effects(gw, sandbox, [undone])
-    return openshell_pb2.UndoDraftChunkResponse(
-        policy_version=revision.revision.version if revision else 0,
-        policy_hash=revision.revision.policy_hash if revision else "",
-    )
+    version, digest = _policy_reached(await apply_effects(gw, sandbox, [undone]))
+    return openshell_pb2.UndoDraftChunkResponse(policy_version=version, policy_hash=digest)
 
 
 async def clear_draft_chunks(

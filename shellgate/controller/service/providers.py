@@ -14,13 +14,13 @@ from shellgate.api import datamodel_pb2, openshell_pb2
 from shellgate.controller.gateway import Gateway
 from shellgate.controller.service.errors import not_found
 from shellgate.controller.service.requests import (
+    delete_target,
     find_named,
     find_sandbox,
     generated_name,
+    page_query,
     single_workspace,
-    workspace_of,
 )
-from shellgate.reconcilers.errors import InvalidArgument
 from shellgate.reconcilers.provider import (
     merge_provider_update,
     new_provider_for_create,
@@ -63,12 +63,7 @@ async def create_provider(
 async def list_providers(
     gw: Gateway, request: openshell_pb2.ListProvidersRequest
 ) -> openshell_pb2.ListProvidersResponse:
-    providers, token = await gw.repos.providers.list_page(
-        workspace=workspace_of(request.workspace_scope),
-        selector=request.label_selector,
-        limit=effective_page_size(request.page_size),
-        page_token=request.page_token,
-    )
+    providers, token = await gw.repos.providers.list_page(**page_query(request))
     return openshell_pb2.ListProvidersResponse(
         providers=[redact_credentials(p) for p in providers], next_page_token=token
     )
@@ -94,10 +89,8 @@ async def delete_provider(
     gw: Gateway, request: openshell_pb2.DeleteProviderRequest
 ) -> openshell_pb2.DeleteProviderResponse:
     """Refused (FAILED_PRECONDITION, naming the sandboxes) while any sandbox references it."""
-    workspace = single_workspace(request.workspace_scope)
-    if not request.name:
-        raise InvalidArgument.single("name", "name is required")
-    if await gw.repos.providers.delete_unreferenced(request.name, workspace):
+    name, workspace = delete_target(request)
+    if await gw.repos.providers.delete_unreferenced(name, workspace):
         return openshell_pb2.DeleteProviderResponse(
             outcome=openshell_pb2.DELETION_OUTCOME_COMPLETED
         )
@@ -105,7 +98,7 @@ async def delete_provider(
         return openshell_pb2.DeleteProviderResponse(
             outcome=openshell_pb2.DELETION_OUTCOME_ALREADY_ABSENT
         )
-    raise not_found(PROVIDER_TYPE, request.name)
+    raise not_found(PROVIDER_TYPE, name)
 
 
 async def list_sandbox_providers(

@@ -24,16 +24,16 @@ from shellgate.controller.drivers.base import DriverError, DriverNotOwner
 from shellgate.controller.gateway import Gateway
 from shellgate.controller.service.errors import not_found
 from shellgate.controller.service.requests import (
+    delete_target,
     find_sandbox,
     generated_name,
+    page_query,
     single_workspace,
-    workspace_of,
 )
 from shellgate.reconcilers import sandbox as sandbox_rules
 from shellgate.reconcilers.errors import InvalidArgument
 from shellgate.reconcilers.phase import STARTING, STOPPING
 from shellgate.reconcilers.validation import (
-    effective_page_size,
     require_valid,
     validate_sandbox_for_create,
 )
@@ -105,12 +105,7 @@ async def _undo_create(gw: Gateway, created: Sandbox) -> None:
 async def list_sandboxes(
     gw: Gateway, request: openshell_pb2.ListSandboxesRequest
 ) -> openshell_pb2.ListSandboxesResponse:
-    sandboxes, token = await gw.repos.sandboxes.list_page(
-        workspace=workspace_of(request.workspace_scope),
-        selector=request.label_selector,
-        limit=effective_page_size(request.page_size),
-        page_token=request.page_token,
-    )
+    sandboxes, token = await gw.repos.sandboxes.list_page(**page_query(request))
     return openshell_pb2.ListSandboxesResponse(sandboxes=sandboxes, next_page_token=token)
 
 
@@ -118,13 +113,11 @@ async def delete_sandbox(
     gw: Gateway, request: openshell_pb2.DeleteSandboxRequest
 ) -> openshell_pb2.DeleteSandboxResponse:
     """Move the row to DELETING by CAS, ask the driver; the row goes when the driver confirms."""
-    workspace = single_workspace(request.workspace_scope)
-    if not request.name:
-        raise InvalidArgument.single("name", "name is required")
-    found = await gw.repos.sandboxes.find(request.name, workspace)
+    name, workspace = delete_target(request)
+    found = await gw.repos.sandboxes.find(name, workspace)
     try:
         if found is None:
-            raise NotFound(SANDBOX_TYPE, request.name)
+            raise NotFound(SANDBOX_TYPE, name)
         sandbox_id = found.metadata.id
         deleting = (
             await gw.repos.sandboxes.update(sandbox_id, sandbox_rules.begin_delete())
@@ -134,7 +127,7 @@ async def delete_sandbox(
             return openshell_pb2.DeleteSandboxResponse(
                 outcome=openshell_pb2.DELETION_OUTCOME_ALREADY_ABSENT
             )
-        raise not_found(SANDBOX_TYPE, request.name) from None
+        raise not_found(SANDBOX_TYPE, name) from None
     try:
         existed = await gw.driver.delete_sandbox(sandbox_id)
     except DriverNotOwner:
@@ -144,7 +137,7 @@ async def delete_sandbox(
     else:
         await gw.remove_sandbox_at(sandbox_id, deleting.metadata.resource_version)
         outcome = openshell_pb2.DELETION_OUTCOME_COMPLETED
-    log.info("deleting sandbox %s (%s)", request.name, sandbox_id)
+    log.info("deleting sandbox %s (%s)", name, sandbox_id)
     return openshell_pb2.DeleteSandboxResponse(outcome=outcome, sandbox_id=sandbox_id)
 
 
