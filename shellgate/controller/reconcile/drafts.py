@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 CONTROLLER = "draft"
 PAGE_SIZE = 500
 DEFAULT_SETTLE_AFTER_SECONDS = 5.0
-Sandbox = openshell_pb2.Sandbox
 DELETING = openshell_pb2.SANDBOX_PHASE_DELETING
 
 
