@@ -1,7 +1,7 @@
-"""Draft-policy chunk decisions (openshell-cas.md §2.5, §3.2 Approve/Reject/.../Clear).
+"""Draft-policy chunk decisions: Approve, Reject, ApproveAll, Edit, Undo and Clear.
 
 A chunk is a proposed network rule. Its status (pending, approved, rejected) changes only
-through the mutations below, each checked against the freshly read chunk (§9 item 9), so of
+through the mutations below, each checked against the freshly read chunk, so of
 two racing decisions on one chunk exactly one is written and the other gets
 FAILED_PRECONDITION naming the status it found:
 

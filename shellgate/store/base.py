@@ -429,8 +429,8 @@ def decode(message_type: type[M], record: ObjectRecord) -> M:
     """Decode a row's payload and hydrate ``metadata`` from the columns.
 
     ``resource_version`` and ``created_time`` are not kept in the stored payload; their
-    columns are the truth (the creation time is the database's, decision 12). The workspace
-    is hydrated too, for rows written before workspaces existed.
+    columns are the truth (the creation time is the database's, so replicas with skewed clocks
+    agree). The workspace is hydrated too, for rows written before workspaces existed.
     """
     message = message_type.FromString(record.payload)
     meta: Any = message.metadata  # type: ignore[attr-defined]

@@ -1,6 +1,7 @@
 """Provider RPCs. Responses never carry credential values.
 
-DeleteProvider's guard against a concurrent attach (architecture decision 11) is the provider
+DeleteProvider's guard against a concurrent attach (no sandbox may be left naming a deleted
+provider) is the provider
 repository's ``delete_unreferenced``: read the provider's version, scan the sandboxes for a
 reference, ``delete_if`` at the version read before the scan (docs/api.md explains why that
 order closes the race).

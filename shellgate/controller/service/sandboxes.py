@@ -5,7 +5,7 @@ sandbox repository, and talks to the compute driver. Every write names its condi
 creates are ``MUST_CREATE``, updates go through ``update_message_cas``, deletes are bound to
 a version.
 
-Cross-object guard (architecture decision 11, docs/api.md): a sandbox may only reference
+Cross-object guard (docs/api.md): a sandbox may only reference
 providers that exist. The sandbox repository writes the reference, then fences the provider
 (re-writes it at its version), and takes the reference back out if the fence fails; the
 provider repository's DeleteProvider deletes only at the version it read before scanning for
