@@ -17,7 +17,14 @@ import grpc
 
 from shellgate.api import openshell_pb2, openshell_pb2_grpc
 from shellgate.controller.gateway import Gateway
-from shellgate.controller.service import config, drafts, policies, providers, sandboxes, watch
+from shellgate.controller.service import (
+    config,
+    drafts,
+    policies,
+    providers,
+    sandboxes,
+    watch_sandbox,
+)
 from shellgate.controller.service.errors import status_for
 from shellgate.controller.service.requests import find_live_sandbox, single_workspace
 from shellgate.reconcilers.settings import UpdateKind, classify_update, is_global
@@ -106,7 +113,7 @@ class OpenShellService(openshell_pb2_grpc.OpenShellServicer):
     async def WatchSandbox(
         self, request: openshell_pb2.WatchSandboxRequest, context: grpc.aio.ServicerContext
     ) -> Any:
-        async for event in watch.watch_sandbox(self.gateway, request, context):
+        async for event in watch_sandbox.watch_sandbox(self.gateway, request, context):
             yield event
 
     # ----- providers ----------------------------------------------------------------------
