@@ -35,7 +35,9 @@ Sandbox = openshell_pb2.Sandbox
 DELETING = openshell_pb2.SANDBOX_PHASE_DELETING
 
 
-async def decide(gw: Gateway, chunk_id: str, mutation: rules.ChunkMutation) -> StoredDraftChunk:
+async def decide_chunk(
+    gw: Gateway, chunk_id: str, mutation: rules.ChunkMutation
+) -> StoredDraftChunk:
     """A CAS on one chunk with a state-checking mutation (and its status column kept): step
     one of a decision, and also its settling, withdrawal and hit-count folds."""
     return await gw.repos.chunks.decide(chunk_id, mutation, rules.chunk_status)
@@ -148,7 +150,7 @@ async def _earlier_addition(
         below = page[-1].revision.version
 
 
-async def settle(
+async def clear_effects(
     gw: Gateway, settlements: Sequence[Settlement], revision: StoredPolicyRevision | None
 ) -> None:
     """Step three: clear each chunk's effect (a no-op if someone else already did, or the
@@ -163,7 +165,7 @@ async def settle(
             addition=addition,
         )
         try:
-            await decide(gw, stored.metadata.id, mutation)
+            await decide_chunk(gw, stored.metadata.id, mutation)
         except NotFound:
             continue
 
@@ -180,7 +182,7 @@ async def apply_effects(
     except DomainError:
         await _withdraw(gw, sandbox, pending)
         raise
-    await settle(gw, settlements, revision)
+    await clear_effects(gw, settlements, revision)
     return revision
 
 
@@ -194,11 +196,11 @@ async def _withdraw(gw: Gateway, sandbox: Sandbox, chunks: Sequence[StoredDraftC
         covered = _covered_addition(policy_base(sandbox, latest), stored)
         if covered is not None:
             addition = await _earlier_addition(gw, sandbox.metadata.id, stored, covered)
-            await settle(gw, [(stored, addition)], latest)
+            await clear_effects(gw, [(stored, addition)], latest)
             continue
         reason = "the rule no longer merges into the current policy"
         mutation = rules.abandon_approval(reason, gw.clock_ms(), stored.review_seq)
-        await decide(gw, stored.metadata.id, mutation)
+        await decide_chunk(gw, stored.metadata.id, mutation)
 
 
 def _covered_addition(base: sandbox_pb2.SandboxPolicy, stored: StoredDraftChunk) -> Addition | None:

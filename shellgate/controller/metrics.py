@@ -8,6 +8,8 @@ the store by the serve loop (``SandboxCounter``), cached for a few seconds.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -162,6 +164,18 @@ class Metrics:
         self.build_info.labels(version=__version__).set(1)
 
     # ----- QueueMetrics -------------------------------------------------------------------
+
+    async def reconciled(self, controller: str, reconcile: Awaitable[str]) -> str:
+        """Await one reconcile, observe how long it took, count its result, and return it."""
+        started = time.perf_counter()
+        try:
+            result = await reconcile
+        finally:
+            self.reconcile_duration.labels(controller=controller).observe(
+                time.perf_counter() - started
+            )
+        self.reconcile.labels(controller=controller, result=result).inc()
+        return result
 
     def queue_depth(self, queue: str, depth: int) -> None:
         self.workqueue_depth.labels(queue=queue).set(depth)

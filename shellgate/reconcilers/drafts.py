@@ -1,7 +1,7 @@
-"""Draft-policy chunk decisions (openshell-cas.md §2.5, §3.2 Approve/Reject/.../Clear).
+"""Draft-policy chunk decisions: Approve, Reject, ApproveAll, Edit, Undo and Clear.
 
 A chunk is a proposed network rule. Its status (pending, approved, rejected) changes only
-through the mutations below, each checked against the freshly read chunk (§9 item 9), so of
+through the mutations below, each checked against the freshly read chunk, so of
 two racing decisions on one chunk exactly one is written and the other gets
 FAILED_PRECONDITION naming the status it found:
 
@@ -209,6 +209,14 @@ def _require_settled(stored: StoredDraftChunk, action: str) -> None:
         )
 
 
+def _decidable(stored: StoredDraftChunk, action: str, status: str) -> PolicyChunk:
+    """The chunk, when it is in ``status`` and its previous decision is settled."""
+    if stored.chunk.status != status:
+        raise _refuse(stored, action, f"{status!r}")
+    _require_settled(stored, action)
+    return stored.chunk
+
+
 def _touch(stored: StoredDraftChunk, now_ms: int, event: str, description: str) -> None:
     stored.review_seq += 1
     _log(stored, now_ms, event, description)
@@ -244,10 +252,7 @@ def reject(reason: str, now_ms: int) -> ChunkMutation:
         raise InvalidArgument.single("reason", f"reason exceeds maximum length of {MAX_TEXT_LEN}")
 
     def mutate(stored: StoredDraftChunk) -> StoredDraftChunk:
-        chunk = stored.chunk
-        if chunk.status != PENDING:
-            raise _refuse(stored, "reject", "'pending'")
-        _require_settled(stored, "reject")
+        chunk = _decidable(stored, "reject", PENDING)
         chunk.status = REJECTED
         chunk.rejection_reason = reason
         chunk.decided_time.FromMilliseconds(now_ms)
@@ -259,10 +264,7 @@ def reject(reason: str, now_ms: int) -> ChunkMutation:
 
 def undo(now_ms: int) -> ChunkMutation:
     def mutate(stored: StoredDraftChunk) -> StoredDraftChunk:
-        chunk = stored.chunk
-        if chunk.status != APPROVED:
-            raise _refuse(stored, "undo", "'approved'")
-        _require_settled(stored, "undo")
+        chunk = _decidable(stored, "undo", APPROVED)
         chunk.status = PENDING
         chunk.ClearField("decided_time")
         stored.effect = EFFECT_REMOVING
@@ -278,10 +280,7 @@ def edit(rule: sandbox_pb2.NetworkPolicyRule, now_ms: int) -> ChunkMutation:
         raise InvalidArgument(violations)
 
     def mutate(stored: StoredDraftChunk) -> StoredDraftChunk:
-        chunk = stored.chunk
-        if chunk.status != PENDING:
-            raise _refuse(stored, "edit", "'pending'")
-        _require_settled(stored, "edit")
+        chunk = _decidable(stored, "edit", PENDING)
         if chunk.proposed_rule == rule:
             return stored
         chunk.proposed_rule.CopyFrom(rule)

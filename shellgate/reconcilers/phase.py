@@ -1,10 +1,10 @@
 """Sandbox phase: what the driver says (derivation) and what we store (composition).
 
-``derive_backend_phase`` reads one driver snapshot the way the reference gateway does
-(openshell-cas.md §4.4). ``compose_phase`` then combines it with the stored phase, applying
-HEAD's lifecycle stickiness: a sandbox the user is stopping or has stopped must not bounce
-back to READY or PROVISIONING because the backend has not caught up yet, and an ERROR stays
-an ERROR until someone acts on it.
+``derive_backend_phase`` reads one driver snapshot the way the reference gateway does, so
+clients see the same phases from either. ``compose_phase`` then combines it with the stored
+phase, applying HEAD's lifecycle stickiness: a sandbox the user is stopping or has stopped
+must not bounce back to READY or PROVISIONING because the backend has not caught up yet, and
+an ERROR stays an ERROR until someone acts on it.
 
 shellgate has no supervisor sessions, so a backend READY means READY (as in the reference's
 merged CAS PR); there is no "waiting for supervisor session" step.
@@ -84,7 +84,7 @@ def _is(value: str, expected: str) -> bool:
 
 
 def derive_backend_phase(snapshot: DriverSnapshot) -> Phase:
-    """The phase the driver alone implies, as in §4.4 (HEAD, with Suspended).
+    """The phase the driver alone implies, as the reference derives it (HEAD, with Suspended).
 
     The order matters and follows the reference: no status, deletion, suspension, then the
     first Ready condition. A snapshot without status is UNKNOWN even when it is being deleted,
@@ -141,7 +141,7 @@ def _compose_stopping(backend: Phase, snapshot: DriverSnapshot) -> Phase:
 
 
 def compose_phase(current: Phase, backend: Phase, snapshot: DriverSnapshot) -> Phase:
-    """The phase to store, given the stored phase and the backend's (HEAD stickiness, §4.4).
+    """The phase to store, given the stored phase and the backend's (HEAD's stickiness).
 
     - ERROR is sticky: only a user action (start, delete) leaves it.
     - STOPPING becomes STOPPED when the backend is stopped or its Ready condition is False

@@ -1,4 +1,4 @@
-"""Policy decisions (openshell-cas.md §2.5, §3.2): validation, hashing, revision states.
+"""Policy decisions: validation, hashing, revision states.
 
 Every policy that could become a revision, a full policy from a client, the result of merge
 operations or of an approved draft chunk, passes ``validate_policy`` *before* anything is
@@ -6,7 +6,8 @@ written: the 262 144-byte size limit, the reference's safety checks (no root ide
 absolute filesystem paths without ``..``, no read-write ``/``, at most 256 paths of at most
 4096 bytes, no TLD-wide host wildcards) and the shape of every network rule.
 
-Revision status changes are mutations checked against the freshly read state (§9 item 9):
+Revision status changes are mutations checked against the freshly read state, so a status
+read before a racing write can never be written back over it:
 pending becomes loaded or failed once; a repeated report is a no-op; a report about a
 revision already superseded by a newer one is a no-op; loaded and failed never flip into each
 other. ``supersede`` retires pending and loaded revisions only.

@@ -1,4 +1,5 @@
-"""Provider create and update decisions (openshell-cas.md §3.2 CreateProvider, UpdateProvider).
+"""Provider create and update decisions: CreateProvider and UpdateProvider as the reference
+gateway answers them.
 
 Everything here runs before any I/O, and the update merge runs again inside every CAS
 attempt against the freshly read row: the merged *candidate* is validated, then written, so
@@ -16,7 +17,8 @@ from shellgate.reconcilers.validation import require_valid, validate_provider
 Provider = datamodel_pb2.Provider
 
 DEFAULT_WORKSPACE = "default"
-"""Workspace of objects created without one (§2.1: empty is normalized to "default")."""
+"""Workspace of objects created without one (an empty workspace means "default", as in the
+reference)."""
 
 REDACTED = "REDACTED"
 """What a response shows instead of a credential value."""

@@ -135,7 +135,8 @@ def _status_target(
 
 
 def apply_snapshot(snapshot: DriverSnapshot, now_ms: int) -> Mutation:
-    """Turn a driver snapshot into sandbox status (§4.4), monotonically by driver revision.
+    """Turn a driver snapshot into sandbox status (``phase`` rules), monotonically by driver
+    revision.
 
     The row is returned unchanged when it is DELETING (the deletion is finished by a
     version-bound delete elsewhere; a snapshot never resurrects it) or when the snapshot is

@@ -1,9 +1,10 @@
-"""Settings decisions (openshell-cas.md §2.6, §3.2 UpdateConfig): keys, values, scopes.
+"""Settings decisions for UpdateConfig: keys, values, scopes.
 
 A setting update is one semantic change, set or delete one key, applied by a mutation to a
 fresh copy of the stored settings on every CAS attempt. The revision goes up by exactly one
 when the key really changed and not at all otherwise, so "revision == number of changes"
-holds however many replicas race (no in-process mutex; §9 item 3). The effective config of a
+holds however many replicas race (no in-process mutex: a lock in one process would not
+stop another replica). The effective config of a
 sandbox layers the gateway-wide settings over the sandbox's own: a key set globally wins, and
 a sandbox may not set or delete a key that is managed globally.
 """
@@ -35,7 +36,8 @@ REGISTERED_SETTINGS: dict[str, str] = {
     "dummy_int": "int_value",
     "dummy_bool": "bool_value",
 }
-"""Every key a client may set, with the ``SettingValue`` field its value must use (§2.6)."""
+"""Every key a client may set, with the ``SettingValue`` field its value must use (the reference's
+registry; an unknown key is refused so a typo never becomes a silent no-op)."""
 
 SCOPE_SANDBOX = sandbox_pb2.SETTING_SCOPE_SANDBOX
 SCOPE_GLOBAL = sandbox_pb2.SETTING_SCOPE_GLOBAL

@@ -195,7 +195,7 @@ def label_key_problem(key: str) -> str | None:
 
     A key is an optional prefix and '/' and a name. The prefix is a DNS-1123 subdomain of at
     most 253 bytes; the name is 1-63 bytes of alphanumerics, '-', '_' and '.', starting and
-    ending with an alphanumeric; the whole key is at most 253 bytes (openshell-cas.md §1.8).
+    ending with an alphanumeric; the whole key is at most 253 bytes (Kubernetes' label-key rule).
     Only ASCII letters count as alphanumerics, as in Kubernetes itself.
     """
     if not key:
@@ -240,7 +240,7 @@ def label_value_problem(value: str) -> str | None:
 
 
 def validate_labels(labels: Mapping[str, str], field: str) -> list[FieldViolation]:
-    """Every key and value of a label map against the Kubernetes rules (§1.8).
+    """Every key and value of a label map against the Kubernetes rules.
 
     Labels are matched by selectors in SQL and copied onto Kubernetes objects, so they must
     be valid there too.
@@ -423,7 +423,8 @@ def _validate_template(template: openshell_pb2.SandboxTemplate) -> list[FieldVio
 
 
 def validate_sandbox_spec(spec: openshell_pb2.SandboxSpec) -> list[FieldViolation]:
-    """Every §3.3 limit of a sandbox spec.
+    """Every size and count limit of a sandbox spec (the reference's, so a spec one accepts
+    the other accepts too).
 
     Runs on create and again on every attach/detach candidate (HEAD behaviour), so a spec
     can never be stored beyond the limits, whichever path wrote it. ``driver_config``, which

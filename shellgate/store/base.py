@@ -118,6 +118,29 @@ class RowWrite:
     status: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    """The arguments of one ``list``, handed to the backend as one value."""
+
+    object_type: str
+    workspace: str | None
+    selector: str
+    limit: int
+    page_token: str
+    scope: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class VersionQuery:
+    """The arguments of one ``list_versions``, handed to the backend as one value."""
+
+    object_type: str
+    scope: str
+    below: int | None
+    statuses: Sequence[str] | None
+    limit: int
+
+
 class Store(abc.ABC):
     """Persistence for every object shellgate keeps, with compare-and-swap writes."""
 
@@ -193,7 +216,6 @@ class Store(abc.ABC):
         self, object_type: str, name: str, workspace: str = DEFAULT_WORKSPACE
     ) -> ObjectRecord | None: ...
 
-    @abc.abstractmethod
     async def list(
         self,
         object_type: str,
@@ -208,8 +230,14 @@ class Store(abc.ABC):
 
         ``selector`` is a Kubernetes label selector, evaluated in SQL with bound parameters.
         """
+        return await self._list(
+            ListQuery(object_type, workspace, selector, limit, page_token, scope)
+        )
 
     @abc.abstractmethod
+    async def _list(self, query: ListQuery) -> Page:
+        """``list``, with its arguments gathered in one record."""
+
     async def list_versions(
         self,
         object_type: str,
@@ -226,6 +254,11 @@ class Store(abc.ABC):
         rows (0 means the default page size). Served by the ``objects_version_uq`` and
         ``objects_scope_status_idx`` indexes, whatever the workspace.
         """
+        return await self._list_versions(VersionQuery(object_type, scope, below, statuses, limit))
+
+    @abc.abstractmethod
+    async def _list_versions(self, query: VersionQuery) -> Sequence[ObjectRecord]:
+        """``list_versions``, with its arguments gathered in one record."""
 
     @abc.abstractmethod
     async def count_by_status(self, object_type: str) -> dict[str | None, int]:
@@ -360,11 +393,8 @@ class Store(abc.ABC):
             return CasOutcome(message, written, attempts)
 
         # Client-driven mode makes one attempt: a stale version, never an exhausted retry.
-        return await retry_on_conflict(
-            self.retry,
-            self._rng,
+        return await self.retry_on_conflict(
             attempt,
-            observer=self.observer,
             object_type=object_type,
             attempts=1 if expected_version else self.retry.attempts,
         )
@@ -418,8 +448,8 @@ def decode(message_type: type[M], record: ObjectRecord) -> M:
     """Decode a row's payload and hydrate ``metadata`` from the columns.
 
     ``resource_version`` and ``created_time`` are not kept in the stored payload; their
-    columns are the truth (the creation time is the database's, decision 12). The workspace
-    is hydrated too, for rows written before workspaces existed.
+    columns are the truth (the creation time is the database's, so replicas with skewed clocks
+    agree). The workspace is hydrated too, for rows written before workspaces existed.
     """
     message = message_type.FromString(record.payload)
     meta: Any = message.metadata  # type: ignore[attr-defined]

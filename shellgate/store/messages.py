@@ -7,14 +7,9 @@ The store keys the mapping by the message's full protobuf name. Each typed repos
 
 from __future__ import annotations
 
-from typing import TypeVar
-
 from google.protobuf.message import Message
 
 OBJECT_TYPES: dict[str, str] = {}
-
-
-M = TypeVar("M", bound=Message)
 
 
 def register_object_type(full_name: str, object_type: str) -> None:

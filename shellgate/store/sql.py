@@ -24,7 +24,7 @@ from operator import itemgetter
 from typing import Any, ClassVar
 
 from shellgate.store import migrations
-from shellgate.store.base import RowWrite, Store, timed
+from shellgate.store.base import ListQuery, RowWrite, Store, VersionQuery, timed
 from shellgate.store.errors import (
     Conflict,
     MigrationError,
@@ -325,26 +325,17 @@ class SqlStore(Store):
         return None if row is None else self._record(row)
 
     @timed("list")
-    async def list(
-        self,
-        object_type: str,
-        *,
-        workspace: str | None = DEFAULT_WORKSPACE,
-        selector: str = "",
-        limit: int = 0,
-        page_token: str = "",
-        scope: str | None = None,
-    ) -> Page:
-        size = clamp_page_size(limit)
+    async def _list(self, query: ListQuery) -> Page:
+        size = clamp_page_size(query.limit)
         params = Params(self.dialect)
-        where = [f"object_type = {params.bind(object_type)}"]
-        if workspace is not None:
-            where.append(f"workspace = {params.bind(workspace)}")
-        if scope is not None:
-            where.append(f"scope = {params.bind(scope)}")
-        where += [self._selector_clause(r, params) for r in parse_selector(selector)]
-        if page_token:
-            created, last_id = decode_page_token(page_token)
+        where = [f"object_type = {params.bind(query.object_type)}"]
+        if query.workspace is not None:
+            where.append(f"workspace = {params.bind(query.workspace)}")
+        if query.scope is not None:
+            where.append(f"scope = {params.bind(query.scope)}")
+        where += [self._selector_clause(r, params) for r in parse_selector(query.selector)]
+        if query.page_token:
+            created, last_id = decode_page_token(query.page_token)
             where.append(f"(created_at_ms, id) > ({params.bind(created)}, {params.bind(last_id)})")
         rows = await self._rows(
             f"SELECT {COLUMNS} FROM objects WHERE {' AND '.join(where)} "
@@ -355,28 +346,20 @@ class SqlStore(Store):
         return page_of([self._record(row) for row in rows], size)
 
     @timed("list_versions")
-    async def list_versions(
-        self,
-        object_type: str,
-        scope: str,
-        *,
-        below: int | None = None,
-        statuses: Sequence[str] | None = None,
-        limit: int = 0,
-    ) -> Sequence[ObjectRecord]:
+    async def _list_versions(self, query: VersionQuery) -> Sequence[ObjectRecord]:
         params = Params(self.dialect)
         where = [
-            f"object_type = {params.bind(object_type)}",
-            f"scope = {params.bind(scope)}",
+            f"object_type = {params.bind(query.object_type)}",
+            f"scope = {params.bind(query.scope)}",
             "version IS NOT NULL",
         ]
-        if below is not None:
-            where.append(f"version < {params.bind(below)}")
-        if statuses is not None:
-            where.append(self.dialect.one_of("status", statuses, params))
+        if query.below is not None:
+            where.append(f"version < {params.bind(query.below)}")
+        if query.statuses is not None:
+            where.append(self.dialect.one_of("status", query.statuses, params))
         rows = await self._rows(
             f"SELECT {COLUMNS} FROM objects WHERE {' AND '.join(where)} "
-            f"ORDER BY version DESC LIMIT {params.bind(clamp_page_size(limit))}",
+            f"ORDER BY version DESC LIMIT {params.bind(clamp_page_size(query.limit))}",
             params.values,
             read=True,
         )

@@ -287,7 +287,7 @@ async def test_crash_after_the_decision_is_completed_by_another_replica(
     ).accepted_chunk_ids
     sandbox = await _sandbox(seeded)
     # Replica A writes step one, then "crashes": no revision, no settle.
-    await drafts.decide(seeded.gateway, chunk_id, rules.approve("", 1))
+    await drafts.decide_chunk(seeded.gateway, chunk_id, rules.approve("", 1))
     half = await stored_chunk(seeded, chunk_id)
     assert (half.chunk.status, half.effect) == ("approved", rules.EFFECT_ADDING)
     assert await revision_count(seeded, sandbox.metadata.id) == 0
@@ -309,7 +309,7 @@ async def test_crash_after_the_revision_is_settled_without_a_second_revision(
         await seeded.stub.SubmitPolicyAnalysis(submit("alpha", proposal("github.com")))
     ).accepted_chunk_ids
     sandbox = await _sandbox(seeded)
-    decided = await drafts.decide(seeded.gateway, chunk_id, rules.approve("", 1))
+    decided = await drafts.decide_chunk(seeded.gateway, chunk_id, rules.approve("", 1))
     revision, _ = await drafts.commit_effects(seeded.gateway, sandbox, [decided])
     assert revision is not None and revision.revision.version == 1
     # "Crash" before settle: the chunk still owes the policy a change it already holds.
@@ -327,7 +327,7 @@ async def test_crash_during_undo_is_completed(seeded: Running, replica_b: Runnin
         await seeded.stub.SubmitPolicyAnalysis(submit("alpha", proposal("github.com")))
     ).accepted_chunk_ids
     await seeded.stub.ApproveDraftChunk(approve(chunk_id))
-    await drafts.decide(seeded.gateway, chunk_id, rules.undo(2))  # then crash
+    await drafts.decide_chunk(seeded.gateway, chunk_id, rules.undo(2))  # then crash
     assert "allow_github_com_443" in await rules_in_policy(seeded)
     await settled_by_the_loop(replica_b, chunk_id)
     [seen] = await chunks(replica_b)
@@ -345,7 +345,7 @@ async def test_an_approval_that_no_longer_fits_is_withdrawn(
         await seeded.stub.SubmitPolicyAnalysis(submit("alpha", proposal("github.com")))
     ).accepted_chunk_ids
     sandbox = await _sandbox(seeded)
-    await drafts.decide(seeded.gateway, chunk_id, rules.approve("", 1))
+    await drafts.decide_chunk(seeded.gateway, chunk_id, rules.approve("", 1))
 
     def refuse(_policy: object, field: str = "policy") -> None:
         raise InvalidArgument.single(field, "policy too large now")
@@ -406,7 +406,7 @@ async def test_a_stale_recovery_does_not_re_add_an_undone_rule(seeded: Running) 
         await seeded.stub.SubmitPolicyAnalysis(submit("alpha", proposal("github.com")))
     ).accepted_chunk_ids
     sandbox = await _sandbox(seeded)
-    stale_copy = await drafts.decide(seeded.gateway, chunk_id, rules.approve("", 1))
+    stale_copy = await drafts.decide_chunk(seeded.gateway, chunk_id, rules.approve("", 1))
     await drafts.apply_effects(seeded.gateway, sandbox, [stale_copy])  # the handler finishes
     await seeded.stub.UndoDraftChunk(P.UndoDraftChunkRequest(sandbox="alpha", chunk_id=chunk_id))
     assert await rules_in_policy(seeded) == set()
@@ -419,8 +419,8 @@ async def test_a_stale_recovery_does_not_re_add_an_undone_rule(seeded: Running) 
     # Re-approved since: the stale copy neither applies nor settles the new decision.
     await seeded.stub.ApproveDraftChunk(approve(chunk_id))
     await seeded.stub.UndoDraftChunk(P.UndoDraftChunkRequest(sandbox="alpha", chunk_id=chunk_id))
-    redecided = await drafts.decide(seeded.gateway, chunk_id, rules.approve("", 4))
-    await drafts.settle(seeded.gateway, [(stale_copy, None)], None)
+    redecided = await drafts.decide_chunk(seeded.gateway, chunk_id, rules.approve("", 4))
+    await drafts.clear_effects(seeded.gateway, [(stale_copy, None)], None)
     assert (await stored_chunk(seeded, chunk_id)).effect == rules.EFFECT_ADDING
     await drafts.apply_effects(seeded.gateway, sandbox, [redecided])
     assert "allow_github_com_443" in await rules_in_policy(seeded)
@@ -471,7 +471,7 @@ async def test_undo_after_a_crash_between_revision_and_settle_removes_the_rule(
         await seeded.stub.SubmitPolicyAnalysis(submit("alpha", proposal("github.com")))
     ).accepted_chunk_ids
     sandbox = await _sandbox(seeded)
-    decided = await drafts.decide(seeded.gateway, chunk_id, rules.approve("", 1))
+    decided = await drafts.decide_chunk(seeded.gateway, chunk_id, rules.approve("", 1))
     await drafts.commit_effects(seeded.gateway, sandbox, [decided])  # then crash
     await settled_by_the_loop(replica_b, chunk_id)
     settled = await stored_chunk(seeded, chunk_id)
@@ -513,7 +513,7 @@ async def test_draft_reads_never_write_even_with_a_decision_half_done(seeded: Ru
     )
     done_id, half_id = submitted.accepted_chunk_ids
     await seeded.stub.ApproveDraftChunk(approve(done_id))
-    await drafts.decide(seeded.gateway, half_id, rules.approve("", 1))  # then "crash"
+    await drafts.decide_chunk(seeded.gateway, half_id, rules.approve("", 1))  # then "crash"
     before = await all_versions(seeded)
     assert (repositories.CHUNK_TYPE, half_id) in before
     for _ in range(3):

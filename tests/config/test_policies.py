@@ -52,7 +52,7 @@ async def sandbox_row(gw: Running, name: str) -> P.Sandbox:
     return found
 
 
-# --- backfill (reference §5) ------------------------------------------------------------------
+# --- backfill (as the reference's tests do) -------------------------------------------------
 
 
 async def test_backfill_with_the_correct_version(gw: Running) -> None:

@@ -1,8 +1,8 @@
 """Settings through UpdateConfig and GetSandboxConfig, on SQLite and Postgres.
 
-Mirrors the reference's settings tests (openshell-cas.md §5: a stale save is detected and
+Mirrors the reference gateway's settings tests (a stale save is detected and
 never overwrites; concurrent updates of distinct keys end with revision == successes == keys)
-and its rules (§2.6, §3.2): registered keys only, ``policy`` reserved, a global key cannot be
+and its rules: registered keys only, ``policy`` reserved, a global key cannot be
 overridden per sandbox.
 """
 
@@ -153,7 +153,8 @@ async def test_a_stale_save_is_never_sent_again(gw: Running, store_url: str) -> 
 async def test_concurrent_updates_of_distinct_keys_count_exactly(
     gw: Running, second_store: object
 ) -> None:
-    """Unlocked concurrent settings (reference §5): all keys present, revision == changes."""
+    """Unlocked concurrent settings (as the reference tests them): all keys present, revision ==
+    changes."""
     await create_sandbox(gw, "alpha")
     keys = [
         "providers_v2_enabled",

@@ -13,7 +13,7 @@ import pytest
 
 from shellgate.api import openshell_pb2
 from shellgate.controller.drivers.base import SnapshotEvent
-from shellgate.controller.service import watch as watch_stream
+from shellgate.controller.service import watch_sandbox
 from shellgate.store import Store
 from tests.support.fake_driver import FakeDriver, ready
 from tests.support.gateway import running_gateway
@@ -24,7 +24,7 @@ P = openshell_pb2
 async def test_watch_on_b_sees_a_change_applied_on_a(
     store: Store, second_store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(watch_stream, "RESYNC_SECONDS", 3600.0)
+    monkeypatch.setattr(watch_sandbox, "RESYNC_SECONDS", 3600.0)
     async with (
         running_gateway(store, FakeDriver(auto_ready=False)) as a,
         running_gateway(second_store, FakeDriver(auto_ready=False)) as b,

@@ -1,4 +1,4 @@
-"""derive_backend_phase and compose_phase: one row per rule of openshell-cas.md §4.4."""
+"""derive_backend_phase and compose_phase: one row per rule the reference gateway applies."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""merge_provider_update, redact_credentials and new_provider_for_create (§3.2)."""
+"""merge_provider_update, redact_credentials and new_provider_for_create."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Every §3.3 limit (exactly at the limit passes, one over fails with the right field path),
-the Kubernetes label and name rules (§1.8), page sizes and the error types."""
+"""Every size and count limit (exactly at the limit passes, one over fails with the right field
+path), the Kubernetes label and name rules, page sizes and the error types."""
 
 from __future__ import annotations
 

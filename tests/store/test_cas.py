@@ -1,6 +1,6 @@
 """Compare-and-swap conformance: every case runs on a real SQLite file and on real Postgres.
 
-Mirrors the reference's persistence tests (reference §5) and adds what it lacked: typed
+Mirrors the reference gateway's persistence tests and adds what it lacked: typed
 NotFound, bounded server-driven retries, aborting and no-op mutations.
 """
 

@@ -1,4 +1,4 @@
-"""kmock as the Kubernetes API for shellgate's tests (testing.md §2).
+"""kmock as the Kubernetes API for shellgate's tests (no real kube-apiserver runs here).
 
 ``SandboxEmulator`` is kmock's ``KubernetesEmulator`` with the core-group discovery fixed
 (``/api/v1`` reported ``groupVersion: "/v1"``) and ``kind``/``apiVersion`` on list responses,

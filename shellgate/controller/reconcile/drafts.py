@@ -16,7 +16,6 @@ handler that do meet still make one change. A failed attempt is retried with bac
 from __future__ import annotations
 
 import logging
-import time
 
 from shellgate.api import openshell_pb2
 from shellgate.controller.draft_effects import apply_effects
@@ -33,7 +32,6 @@ log = logging.getLogger(__name__)
 CONTROLLER = "draft"
 PAGE_SIZE = 500
 DEFAULT_SETTLE_AFTER_SECONDS = 5.0
-Sandbox = openshell_pb2.Sandbox
 DELETING = openshell_pb2.SANDBOX_PHASE_DELETING
 
 
@@ -76,14 +74,7 @@ class DraftReconciler:
                 return owing
 
     async def handle(self, chunk_id: str) -> None:
-        started = time.perf_counter()
-        try:
-            result = await self.reconcile(chunk_id)
-        finally:
-            self.gw.metrics.reconcile_duration.labels(controller=CONTROLLER).observe(
-                time.perf_counter() - started
-            )
-        self.gw.metrics.reconcile.labels(controller=CONTROLLER, result=result).inc()
+        result = await self.gw.metrics.reconciled(CONTROLLER, self.reconcile(chunk_id))
         if result == "error":
             raise RuntimeError(f"draft chunk {chunk_id} not settled")
 

@@ -32,7 +32,6 @@ import asyncio
 import logging
 import os
 import random
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -214,14 +213,7 @@ class SandboxReconciler:
 
     async def handle(self, sandbox_id: str) -> None:
         """The queue's handler: reconcile, count, and ask for a retry when needed."""
-        started = time.perf_counter()
-        try:
-            result = await self.reconcile(sandbox_id)
-        finally:
-            self.gw.metrics.reconcile_duration.labels(controller=CONTROLLER).observe(
-                time.perf_counter() - started
-            )
-        self.gw.metrics.reconcile.labels(controller=CONTROLLER, result=result).inc()
+        result = await self.gw.metrics.reconciled(CONTROLLER, self.reconcile(sandbox_id))
         if result == "error" or (result == "conflict" and sandbox_id in self._pending):
             raise Retry(sandbox_id)
 

@@ -16,7 +16,7 @@ import logging
 import uuid
 
 from shellgate.api import datamodel_pb2, openshell_pb2
-from shellgate.controller.draft_effects import apply_effects, decide, settle_effects
+from shellgate.controller.draft_effects import apply_effects, decide_chunk, settle_effects
 from shellgate.controller.gateway import Gateway
 from shellgate.controller.service.errors import not_found
 from shellgate.controller.service.requests import (
@@ -41,10 +41,8 @@ from shellgate.store.repositories import StoredDraftChunk, StoredPolicyRevision
 
 log = logging.getLogger(__name__)
 
-AppliedAddition = rules.AppliedAddition
 
 Sandbox = openshell_pb2.Sandbox
-DELETING = openshell_pb2.SANDBOX_PHASE_DELETING
 CHUNK_ID_NAMESPACE = uuid.UUID("5b1f6d4e-8a2c-4f1e-9c3d-2e7a9b0c4d51")
 
 
@@ -90,6 +88,13 @@ async def _policy_sandbox(
     """The sandbox of a decision that changes its policy (refused under a global policy)."""
     require_no_global_policy(await gw.repos.settings.load_gateway())
     return await find_live_sandbox(gw, name, single_workspace(workspace_scope))
+
+
+def _policy_reached(revision: StoredPolicyRevision | None) -> tuple[int, str]:
+    """The version and hash of the policy a decision left (0 and "" while none exists)."""
+    if revision is None:
+        return 0, ""
+    return revision.revision.version, revision.revision.policy_hash
 
 
 # --- RPCs -------------------------------------------------------------------------------------
@@ -176,14 +181,11 @@ async def approve_draft_chunk(
     addition = add_rule_operation(stored.chunk.rule_name, stored.chunk.proposed_rule)
     _check_candidate(sandbox, latest, [addition])
     base = latest.revision.version if latest is not None else 0
-    decided = await decide(
+    decided = await decide_chunk(
         gw, stored.metadata.id, rules.approve(request.review_token, gw.clock_ms(), base)
     )
-    revision = await apply_effects(gw, sandbox, [decided])
-    return openshell_pb2.ApproveDraftChunkResponse(
-        policy_version=revision.revision.version if revision else 0,
-        policy_hash=revision.revision.policy_hash if revision else "",
-    )
+    version, digest = _policy_reached(await apply_effects(gw, sandbox, [decided]))
+    return openshell_pb2.ApproveDraftChunkResponse(policy_version=version, policy_hash=digest)
 
 
 async def reject_draft_chunk(
@@ -214,14 +216,18 @@ async def approve_all_draft_chunks(
     for stored, token in chosen:
         try:
             decided.append(
-                await decide(gw, stored.metadata.id, rules.approve(token, gw.clock_ms(), base))
+                await decide_chunk(
+                    gw, stored.metadata.id, rules.approve(token, gw.clock_ms(), base)
+                )
             )
         except (FailedPrecondition, NotFound):
             skipped += 1  # decided (or cleared) by someone else meanwhile
-    revision = await apply_effects(gw, sandbox, decided) if decided else latest
+    version, digest = _policy_reached(
+        await apply_effects(gw, sandbox, decided) if decided else latest
+    )
     return openshell_pb2.ApproveAllDraftChunksResponse(
-        policy_version=revision.revision.version if revision else 0,
-        policy_hash=revision.revision.policy_hash if revision else "",
+        policy_version=version,
+        policy_hash=digest,
         chunks_approved=len(decided),
         chunks_skipped=skipped,
     )
@@ -247,7 +253,7 @@ async def _decide_named_chunk(
         gw, request.sandbox, single_workspace(request.workspace_scope)
     )
     stored = await _chunk(gw, sandbox, request.chunk_id)
-    await decide(gw, stored.metadata.id, mutation)
+    await decide_chunk(gw, stored.metadata.id, mutation)
 
 
 async def undo_draft_chunk(
@@ -256,12 +262,9 @@ async def undo_draft_chunk(
     """Approved → pending, then the rule leaves the policy (same two-step protocol)."""
     sandbox = await _policy_sandbox(gw, request.sandbox, request.workspace_scope)
     stored = await _chunk(gw, sandbox, request.chunk_id)
-    undone = await decide(gw, stored.metadata.id, rules.undo(gw.clock_ms()))
-    revision = await apply_effects(gw, sandbox, [undone])
-    return openshell_pb2.UndoDraftChunkResponse(
-        policy_version=revision.revision.version if revision else 0,
-        policy_hash=revision.revision.policy_hash if revision else "",
-    )
+    undone = await decide_chunk(gw, stored.metadata.id, rules.undo(gw.clock_ms()))
+    version, digest = _policy_reached(await apply_effects(gw, sandbox, [undone]))
+    return openshell_pb2.UndoDraftChunkResponse(policy_version=version, policy_hash=digest)
 
 
 async def clear_draft_chunks(

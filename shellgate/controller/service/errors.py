@@ -88,25 +88,22 @@ def _rich_status(error: BaseException, operation: str) -> status_pb2.Status:
         case UniqueViolation():
             return _status(code_pb2.ALREADY_EXISTS, f"{operation} failed: the name is taken")
         case StoreUnavailable():
-            return _status(
-                code_pb2.UNAVAILABLE,
-                f"{operation} failed: the database is unavailable",
-                _retry(UNAVAILABLE_RETRY_DELAY),
-            )
+            return _unavailable(f"{operation} failed: the database is unavailable")
         case DriverConflict():
             return _status(code_pb2.ALREADY_EXISTS, f"{operation} failed: {error}")
         case DriverError():
-            return _status(
-                code_pb2.UNAVAILABLE,
-                f"{operation} failed: compute driver: {error}",
-                _retry(UNAVAILABLE_RETRY_DELAY),
-            )
+            return _unavailable(f"{operation} failed: compute driver: {error}")
     log.exception("%s failed unexpectedly", operation, exc_info=error)
     return _status(code_pb2.INTERNAL, f"{operation} failed: internal error")
 
 
 def _status(code: int, message: str, *details: any_pb2.Any) -> status_pb2.Status:
     return status_pb2.Status(code=code, message=_cut(message, MAX_MESSAGE), details=list(details))
+
+
+def _unavailable(message: str) -> status_pb2.Status:
+    """UNAVAILABLE with a retry hint: the client may call again unchanged."""
+    return _status(code_pb2.UNAVAILABLE, message, _retry(UNAVAILABLE_RETRY_DELAY))
 
 
 def _cut(text: str, limit: int) -> str:

@@ -51,7 +51,6 @@ from shellgate.store.paging import decode_version_token, encode_version_token
 Sandbox = openshell_pb2.Sandbox
 SandboxPolicy = sandbox_pb2.SandboxPolicy
 UpdateConfigResponse = openshell_pb2.UpdateConfigResponse
-DELETING = openshell_pb2.SANDBOX_PHASE_DELETING
 
 
 Build = Callable[[StoredPolicyRevision | None], SandboxPolicy]

@@ -1,6 +1,7 @@
 """Provider RPCs. Responses never carry credential values.
 
-DeleteProvider's guard against a concurrent attach (architecture decision 11) is the provider
+DeleteProvider's guard against a concurrent attach (no sandbox may be left naming a deleted
+provider) is the provider
 repository's ``delete_unreferenced``: read the provider's version, scan the sandboxes for a
 reference, ``delete_if`` at the version read before the scan (docs/api.md explains why that
 order closes the race).
@@ -14,13 +15,13 @@ from shellgate.api import datamodel_pb2, openshell_pb2
 from shellgate.controller.gateway import Gateway
 from shellgate.controller.service.errors import not_found
 from shellgate.controller.service.requests import (
+    delete_target,
     find_named,
     find_sandbox,
     generated_name,
+    page_query,
     single_workspace,
-    workspace_of,
 )
-from shellgate.reconcilers.errors import InvalidArgument
 from shellgate.reconcilers.provider import (
     merge_provider_update,
     new_provider_for_create,
@@ -41,31 +42,37 @@ async def find_provider(gw: Gateway, name: str, workspace: str) -> Provider:
     return await find_named(gw, Provider, name, workspace)
 
 
-async def create_provider(gw: Gateway, request: openshell_pb2.CreateProviderRequest) -> Provider:
+async def get_provider(
+    gw: Gateway, request: openshell_pb2.GetProviderRequest
+) -> openshell_pb2.ProviderResponse:
+    found = await find_provider(gw, request.name, single_workspace(request.workspace_scope))
+    return response(found)
+
+
+async def create_provider(
+    gw: Gateway, request: openshell_pb2.CreateProviderRequest
+) -> openshell_pb2.ProviderResponse:
     incoming = Provider()
     incoming.CopyFrom(request.provider)
     incoming.metadata.workspace = single_workspace(request.workspace_scope)
     candidate = new_provider_for_create(
         incoming, new_id=str(uuid.uuid4()), random_name=generated_name("provider")
     )
-    return await gw.repos.providers.create(candidate)
+    return response(await gw.repos.providers.create(candidate))
 
 
 async def list_providers(
     gw: Gateway, request: openshell_pb2.ListProvidersRequest
 ) -> openshell_pb2.ListProvidersResponse:
-    providers, token = await gw.repos.providers.list_page(
-        workspace=workspace_of(request.workspace_scope),
-        selector=request.label_selector,
-        limit=effective_page_size(request.page_size),
-        page_token=request.page_token,
-    )
+    providers, token = await gw.repos.providers.list_page(**page_query(request))
     return openshell_pb2.ListProvidersResponse(
         providers=[redact_credentials(p) for p in providers], next_page_token=token
     )
 
 
-async def update_provider(gw: Gateway, request: openshell_pb2.UpdateProviderRequest) -> Provider:
+async def update_provider(
+    gw: Gateway, request: openshell_pb2.UpdateProviderRequest
+) -> openshell_pb2.ProviderResponse:
     """Merge into a candidate, validate it, then CAS-write; the client's version if it sent one."""
     incoming = request.provider
     existing = await find_provider(
@@ -76,17 +83,15 @@ async def update_provider(gw: Gateway, request: openshell_pb2.UpdateProviderRequ
         lambda stored: merge_provider_update(stored, incoming),
         incoming.metadata.resource_version,
     )
-    return outcome.message
+    return response(outcome.message)
 
 
 async def delete_provider(
     gw: Gateway, request: openshell_pb2.DeleteProviderRequest
 ) -> openshell_pb2.DeleteProviderResponse:
     """Refused (FAILED_PRECONDITION, naming the sandboxes) while any sandbox references it."""
-    workspace = single_workspace(request.workspace_scope)
-    if not request.name:
-        raise InvalidArgument.single("name", "name is required")
-    if await gw.repos.providers.delete_unreferenced(request.name, workspace):
+    name, workspace = delete_target(request)
+    if await gw.repos.providers.delete_unreferenced(name, workspace):
         return openshell_pb2.DeleteProviderResponse(
             outcome=openshell_pb2.DELETION_OUTCOME_COMPLETED
         )
@@ -94,7 +99,7 @@ async def delete_provider(
         return openshell_pb2.DeleteProviderResponse(
             outcome=openshell_pb2.DELETION_OUTCOME_ALREADY_ABSENT
         )
-    raise not_found(PROVIDER_TYPE, request.name)
+    raise not_found(PROVIDER_TYPE, name)
 
 
 async def list_sandbox_providers(

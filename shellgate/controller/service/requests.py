@@ -8,16 +8,17 @@ from __future__ import annotations
 import secrets
 import string
 import uuid
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
 from shellgate.api import datamodel_pb2, openshell_pb2
 from shellgate.controller.gateway import Gateway
 from shellgate.controller.service.errors import not_found
-from shellgate.reconcilers.errors import FailedPrecondition
+from shellgate.reconcilers.errors import FailedPrecondition, InvalidArgument
 from shellgate.reconcilers.policy import LOADED, new_revision, policy_hash, revision_status
 from shellgate.reconcilers.validation import (
+    effective_page_size,
     require_valid,
     validate_object_name,
     validate_workspace,
@@ -44,6 +45,29 @@ def workspace_of(selector: datamodel_pb2.WorkspaceSelector) -> str | None:
 def single_workspace(selector: datamodel_pb2.WorkspaceSelector) -> str:
     """For requests about one object: ``all_workspaces`` falls back to "default"."""
     return workspace_of(selector) or DEFAULT_WORKSPACE
+
+
+def delete_target(
+    request: openshell_pb2.DeleteSandboxRequest | openshell_pb2.DeleteProviderRequest,
+) -> tuple[str, str]:
+    """The name and workspace a delete names; the name is required (no name, no target)."""
+    workspace = single_workspace(request.workspace_scope)
+    if not request.name:
+        raise InvalidArgument.single("name", "name is required")
+    return request.name, workspace
+
+
+def page_query(
+    request: openshell_pb2.ListSandboxesRequest | openshell_pb2.ListProvidersRequest,
+) -> dict[str, Any]:
+    """A list request's workspace, selector and page, as a repository's ``list_page`` takes
+    them (the page size clamped the one way every list uses)."""
+    return {
+        "workspace": workspace_of(request.workspace_scope),
+        "selector": request.label_selector,
+        "limit": effective_page_size(request.page_size),
+        "page_token": request.page_token,
+    }
 
 
 def generated_name(prefix: str) -> str:

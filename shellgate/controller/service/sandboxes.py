@@ -5,7 +5,7 @@ sandbox repository, and talks to the compute driver. Every write names its condi
 creates are ``MUST_CREATE``, updates go through ``update_message_cas``, deletes are bound to
 a version.
 
-Cross-object guard (architecture decision 11, docs/api.md): a sandbox may only reference
+Cross-object guard (docs/api.md): a sandbox may only reference
 providers that exist. The sandbox repository writes the reference, then fences the provider
 (re-writes it at its version), and takes the reference back out if the fence fails; the
 provider repository's DeleteProvider deletes only at the version it read before scanning for
@@ -17,22 +17,24 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 
 from shellgate.api import openshell_pb2
 from shellgate.controller.drivers.base import DriverError, DriverNotOwner
 from shellgate.controller.gateway import Gateway
 from shellgate.controller.service.errors import not_found
 from shellgate.controller.service.requests import (
+    delete_target,
     find_sandbox,
     generated_name,
+    page_query,
     single_workspace,
-    workspace_of,
 )
 from shellgate.reconcilers import sandbox as sandbox_rules
 from shellgate.reconcilers.errors import InvalidArgument
 from shellgate.reconcilers.ownership import record_owner
+from shellgate.reconcilers.phase import STARTING, STOPPING
 from shellgate.reconcilers.validation import (
-    effective_page_size,
     require_valid,
     validate_sandbox_for_create,
 )
@@ -61,7 +63,9 @@ def build_sandbox(request: openshell_pb2.CreateSandboxRequest) -> Sandbox:
     return sandbox
 
 
-async def create_sandbox(gw: Gateway, request: openshell_pb2.CreateSandboxRequest) -> Sandbox:
+async def create_sandbox(
+    gw: Gateway, request: openshell_pb2.CreateSandboxRequest
+) -> openshell_pb2.SandboxResponse:
     """Validate → MUST_CREATE → fence providers → driver create; undo the row on failure."""
     candidate = build_sandbox(request)
     if gw.driver.routes_by_owner:
@@ -77,7 +81,14 @@ async def create_sandbox(gw: Gateway, request: openshell_pb2.CreateSandboxReques
         await _undo_create(gw, created)
         raise
     log.info("created sandbox %s (%s) in %s", created.metadata.name, created.metadata.id, workspace)
-    return created
+    return openshell_pb2.SandboxResponse(sandbox=created)
+
+
+async def get_sandbox(
+    gw: Gateway, request: openshell_pb2.GetSandboxRequest
+) -> openshell_pb2.SandboxResponse:
+    found = await find_sandbox(gw, request.name, single_workspace(request.workspace_scope))
+    return openshell_pb2.SandboxResponse(sandbox=found)
 
 
 async def _undo_create(gw: Gateway, created: Sandbox) -> None:
@@ -97,12 +108,7 @@ async def _undo_create(gw: Gateway, created: Sandbox) -> None:
 async def list_sandboxes(
     gw: Gateway, request: openshell_pb2.ListSandboxesRequest
 ) -> openshell_pb2.ListSandboxesResponse:
-    sandboxes, token = await gw.repos.sandboxes.list_page(
-        workspace=workspace_of(request.workspace_scope),
-        selector=request.label_selector,
-        limit=effective_page_size(request.page_size),
-        page_token=request.page_token,
-    )
+    sandboxes, token = await gw.repos.sandboxes.list_page(**page_query(request))
     return openshell_pb2.ListSandboxesResponse(sandboxes=sandboxes, next_page_token=token)
 
 
@@ -110,13 +116,11 @@ async def delete_sandbox(
     gw: Gateway, request: openshell_pb2.DeleteSandboxRequest
 ) -> openshell_pb2.DeleteSandboxResponse:
     """Move the row to DELETING by CAS, ask the driver; the row goes when the driver confirms."""
-    workspace = single_workspace(request.workspace_scope)
-    if not request.name:
-        raise InvalidArgument.single("name", "name is required")
-    found = await gw.repos.sandboxes.find(request.name, workspace)
+    name, workspace = delete_target(request)
+    found = await gw.repos.sandboxes.find(name, workspace)
     try:
         if found is None:
-            raise NotFound(SANDBOX_TYPE, request.name)
+            raise NotFound(SANDBOX_TYPE, name)
         sandbox_id = found.metadata.id
         deleting = (
             await gw.repos.sandboxes.update(sandbox_id, sandbox_rules.begin_delete())
@@ -126,14 +130,14 @@ async def delete_sandbox(
             return openshell_pb2.DeleteSandboxResponse(
                 outcome=openshell_pb2.DELETION_OUTCOME_ALREADY_ABSENT
             )
-        raise not_found(SANDBOX_TYPE, request.name) from None
+        raise not_found(SANDBOX_TYPE, name) from None
     existed = await _ask_driver_to_delete(gw, deleting)
     if existed:
         outcome = openshell_pb2.DELETION_OUTCOME_ACCEPTED
     else:
         await gw.remove_sandbox_at(sandbox_id, deleting.metadata.resource_version)
         outcome = openshell_pb2.DELETION_OUTCOME_COMPLETED
-    log.info("deleting sandbox %s (%s)", request.name, sandbox_id)
+    log.info("deleting sandbox %s (%s)", name, sandbox_id)
     return openshell_pb2.DeleteSandboxResponse(outcome=outcome, sandbox_id=sandbox_id)
 
 
@@ -149,35 +153,42 @@ async def _ask_driver_to_delete(gw: Gateway, deleting: Sandbox) -> bool:
         return True  # the owning replica sees DELETING in the store and deletes it
 
 
-async def stop_sandbox(gw: Gateway, request: openshell_pb2.StopSandboxRequest) -> Sandbox:
+async def stop_sandbox(
+    gw: Gateway, request: openshell_pb2.StopSandboxRequest
+) -> openshell_pb2.SandboxResponse:
     """Answer once the row is STOPPING (or already STOPPED)."""
-    found = await find_sandbox(gw, request.name, single_workspace(request.workspace_scope))
-    updated = (
-        await gw.repos.sandboxes.update(found.metadata.id, sandbox_rules.begin_stop())
-    ).message
-    if updated.status.phase == openshell_pb2.SANDBOX_PHASE_STOPPING and not gw.owned_elsewhere(
-        updated
-    ):
-        with contextlib.suppress(DriverNotOwner):  # the owner follows the store
-            await gw.driver.stop_sandbox(updated.metadata.id)
-    return updated
+    return await _begin_transition(
+        gw, request, sandbox_rules.begin_stop(), STOPPING, gw.driver.stop_sandbox
+    )
 
 
-async def start_sandbox(gw: Gateway, request: openshell_pb2.StartSandboxRequest) -> Sandbox:
+async def start_sandbox(
+    gw: Gateway, request: openshell_pb2.StartSandboxRequest
+) -> openshell_pb2.SandboxResponse:
     """Answer once the row is STARTING, never while it still reads STOPPED."""
+    return await _begin_transition(
+        gw, request, sandbox_rules.begin_start(), STARTING, gw.driver.start_sandbox
+    )
+
+
+async def _begin_transition(
+    gw: Gateway,
+    request: openshell_pb2.StopSandboxRequest | openshell_pb2.StartSandboxRequest,
+    mutation: sandbox_rules.Mutation,
+    phase: openshell_pb2.SandboxPhase,
+    tell_driver: Callable[[str], Awaitable[None]],
+) -> openshell_pb2.SandboxResponse:
+    """Write the transition's phase by CAS; tell the driver only when this write entered it
+    (a row already past it, e.g. STOPPED for a stop, needs nothing more)."""
     found = await find_sandbox(gw, request.name, single_workspace(request.workspace_scope))
-    updated = (
-        await gw.repos.sandboxes.update(found.metadata.id, sandbox_rules.begin_start())
-    ).message
-    if updated.status.phase == openshell_pb2.SANDBOX_PHASE_STARTING and not gw.owned_elsewhere(
-        updated
-    ):
+    updated = (await gw.repos.sandboxes.update(found.metadata.id, mutation)).message
+    if updated.status.phase == phase and not gw.owned_elsewhere(updated):
         with contextlib.suppress(DriverNotOwner):  # the owner follows the store
-            await gw.driver.start_sandbox(updated.metadata.id)
-    return updated
+            await tell_driver(updated.metadata.id)
+    return openshell_pb2.SandboxResponse(sandbox=updated)
 
 
-async def attach_provider(
+async def attach_sandbox_provider(
     gw: Gateway, request: openshell_pb2.AttachSandboxProviderRequest
 ) -> openshell_pb2.AttachSandboxProviderResponse:
     """Check the provider exists, then the repository's attach protocol: the sandbox write,
@@ -199,7 +210,7 @@ async def attach_provider(
     )
 
 
-async def detach_provider(
+async def detach_sandbox_provider(
     gw: Gateway, request: openshell_pb2.DetachSandboxProviderRequest
 ) -> openshell_pb2.DetachSandboxProviderResponse:
     mutation = sandbox_rules.detach_provider(request.provider)

@@ -54,7 +54,8 @@ GPU_RESOURCE = "nvidia.com/gpu"
 
 RUNNING, SUSPENDED = "Running", "Suspended"
 REPORTED_CONDITIONS = ("Ready", "Suspended", "PodScheduled", "Finished")
-"""The agent-sandbox conditions a snapshot carries (style.md §3); others are ignored."""
+"""The agent-sandbox conditions a snapshot carries (docs/kubernetes.md lists them); others
+are ignored, so a condition type added upstream changes nothing until we choose to read it."""
 
 
 class ManifestError(ValueError):
