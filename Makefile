@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test lint unit format bench proto clean help
+.PHONY: run test lint unit format bench proto clean help fuzz
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -50,3 +50,9 @@ bench: $(STAMP) ## Run the store benchmark; writes docs/benchmarks.md
 
 clean: ## Remove the virtualenv and local state
 	rm -rf $(VENV) .shellgate
+
+fuzz: $(STAMP) ## The long fuzz run (nightly): SHELLGATE_FUZZ_EXAMPLES examples per backend, a printed seed
+	@tmp="$$(mktemp -d /tmp/shellgate-pytest.XXXXXX)"; \
+	SHELLGATE_FUZZ_EXAMPLES=$${SHELLGATE_FUZZ_EXAMPLES:-5000} SHELLGATE_FUZZ_SEED=$${SHELLGATE_FUZZ_SEED:-20251107} \
+	$(BIN)/pytest --basetemp="$$tmp" -s -p no:logging -o log_cli=false --timeout=0 tests/fuzz $(PYTEST_ARGS); status=$$?; \
+	rm -rf "$$tmp"; exit $$status

@@ -15,6 +15,7 @@ from grpc_status import rpc_status
 from shellgate.api import openshell_pb2
 from shellgate.controller.service.errors import MAX_MESSAGE, MAX_VIOLATIONS
 from tests.gateway.conftest import Running
+from tests.support.status_size import wire_bytes
 
 P = openshell_pb2
 CLIENT_METADATA_LIMIT = 8 * 1024
@@ -55,3 +56,18 @@ async def test_a_huge_selector_key_is_quoted_short(gw: Running) -> None:
         gw.stub.ListSandboxes(P.ListSandboxesRequest(label_selector="k" * 4000 + "=v"))
     )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_non_ascii_input_keeps_the_status_within_the_limit_in_bytes(gw: Running) -> None:
+    """Found by the fuzz suite: messages were cut to 1,024 characters, and descriptions to
+    256, but an emoji is four bytes, sent percent-encoded (three characters a byte) in the
+    message and base64 in the details: the same answer took over 1 KiB of details and more
+    than the client's 8 KiB of trailers."""
+    labels = {f"{n}" + "\U0001f600" * 300: "v" for n in range(MAX_VIOLATIONS + 2)}
+    request = P.CreateSandboxRequest(name="ok", spec=P.SandboxSpec(), labels=labels)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await gw.stub.CreateSandbox(request)
+    error = caught.value
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert len((error.details() or "").encode()) <= MAX_MESSAGE
+    assert wire_bytes(error) < CLIENT_METADATA_LIMIT

@@ -8,8 +8,10 @@ a ``RetryInfo``. Nothing here inspects message text.
 
 Statuses travel in trailers, which clients bound to 8-16 KiB: a message or a violation list
 that quotes a caller's input whole would turn the real answer into RESOURCE_EXHAUSTED on the
-client. So every message is cut to ``MAX_MESSAGE``, every description to ``MAX_DESCRIPTION``
-and a BadRequest lists at most ``MAX_VIOLATIONS``, whatever the handler raised.
+client. So every message is cut to ``MAX_MESSAGE`` bytes, every description to
+``MAX_DESCRIPTION`` bytes and a BadRequest lists at most ``MAX_VIOLATIONS``, whatever the
+handler raised. Counted in bytes, the worst answer (a message of non-ASCII characters sent
+percent-encoded, three characters a byte, plus the details in base64) stays under 8 KiB.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ CONFLICT_REASON = "RESOURCE_VERSION_CONFLICT"
 CONFLICT_RETRY_DELAY = duration_pb2.Duration(nanos=50_000_000)
 UNAVAILABLE_RETRY_DELAY = duration_pb2.Duration(seconds=1)
 MAX_MESSAGE = 1024
-MAX_DESCRIPTION = 256
+MAX_DESCRIPTION = 128
 MAX_VIOLATIONS = 8
 
 
@@ -107,7 +109,13 @@ def _unavailable(message: str) -> status_pb2.Status:
 
 
 def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else f"{text[: limit - 20]}... ({len(text)} chars)"
+    """At most ``limit`` bytes of UTF-8: a limit in characters lets four-byte characters
+    through four times over, and the message travels percent-encoded, three bytes a byte."""
+    encoded = text.encode()
+    if len(encoded) <= limit:
+        return text
+    kept = encoded[: limit - 24].decode(errors="ignore")  # never half a character
+    return f"{kept}... ({len(text)} chars)"
 
 
 def _pack(message: object) -> any_pb2.Any:
