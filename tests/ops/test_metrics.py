@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -261,3 +262,98 @@ async def test_rows_without_their_phase_column_are_filled_once(store: Store) -> 
     assert await repos.sandboxes.fill_phase_column() == 0
     record = await store.get("sandbox", "old")
     assert record is not None and record.resource_version == 2
+
+
+async def test_filling_the_phase_column_racing_phase_changes_ends_consistent(
+    store: Store,
+) -> None:
+    """The fill writes at the version it read; a phase change in between wins and brings its
+    own status column, so the column ends equal to every row's phase."""
+    import asyncio
+
+    from shellgate.store import Repositories, WriteCondition
+    from tests.support.sealing import test_sealer
+
+    repos = Repositories(store, test_sealer())
+    ids = [f"s{n}" for n in range(30)]
+    for sandbox_id in ids:
+        legacy = P.Sandbox()
+        legacy.metadata.id = legacy.metadata.name = sandbox_id
+        legacy.status.phase = P.SANDBOX_PHASE_PROVISIONING
+        await store.put_if(
+            "sandbox",
+            sandbox_id,
+            sandbox_id,
+            legacy.SerializeToString(),
+            {},
+            WriteCondition.MUST_CREATE,
+        )
+
+    def to_ready(sandbox: P.Sandbox) -> P.Sandbox:
+        sandbox.status.phase = P.SANDBOX_PHASE_READY
+        return sandbox
+
+    async def change_phases() -> None:
+        for sandbox_id in ids[::2]:
+            await repos.sandboxes.update(sandbox_id, to_ready)
+            await asyncio.sleep(0)
+
+    await asyncio.gather(repos.sandboxes.fill_phase_column(), change_phases())
+    # A fill that lost its race lost it to an update, which wrote the column itself.
+    assert await repos.sandboxes.phase_counts() == {"ready": 15, "provisioning": 15}
+
+
+@pytest.mark.parametrize("guarded", [True, False], ids=["guarded", "guard-removed"])
+async def test_a_fill_forced_behind_phase_changes_never_undoes_them(
+    store: Store, monkeypatch: pytest.MonkeyPatch, guarded: bool
+) -> None:
+    """Forced: every phase change lands between the fill's read and its writes. With the
+    guard (the fill writes at the version it read) the changes stand; with it removed (the
+    fill writes its stale copy at whatever version is current) they are undone, which is
+    what this test must then see."""
+    from shellgate.store import Repositories, WriteCondition
+    from shellgate.store.repositories.sandboxes import SandboxRepository
+    from tests.support.sealing import test_sealer
+
+    repos = Repositories(store, test_sealer())
+    ids = [f"s{n}" for n in range(6)]
+    for sandbox_id in ids:
+        legacy = P.Sandbox()
+        legacy.metadata.id = legacy.metadata.name = sandbox_id
+        legacy.status.phase = P.SANDBOX_PHASE_PROVISIONING
+        await store.put_if(
+            "sandbox",
+            sandbox_id,
+            sandbox_id,
+            legacy.SerializeToString(),
+            {},
+            WriteCondition.MUST_CREATE,
+        )
+
+    def to_ready(sandbox: P.Sandbox) -> P.Sandbox:
+        sandbox.status.phase = P.SANDBOX_PHASE_READY
+        return sandbox
+
+    read_page = SandboxRepository.list_records
+
+    async def page_then_changes(self: SandboxRepository, **kwargs: object):  # type: ignore[no-untyped-def]
+        page = await read_page(self, **kwargs)
+        for sandbox_id in ids:
+            await repos.sandboxes.update(sandbox_id, to_ready)
+        return page
+
+    monkeypatch.setattr(SandboxRepository, "list_records", page_then_changes)
+    if not guarded:
+        fill_at_read_version = SandboxRepository._fill_phase
+
+        async def fill_at_current_version(self: SandboxRepository, record):  # type: ignore[no-untyped-def]
+            current = await store.get("sandbox", record.id)
+            assert current is not None
+            stale = dataclasses.replace(record, resource_version=current.resource_version)
+            return await fill_at_read_version(self, stale)
+
+        monkeypatch.setattr(SandboxRepository, "_fill_phase", fill_at_current_version)
+    await repos.sandboxes.fill_phase_column()
+    phases = [(await repos.sandboxes.get(i)).status.phase for i in ids]  # type: ignore[union-attr]
+    changes_stand = phases == [P.SANDBOX_PHASE_READY] * len(ids)
+    assert changes_stand is guarded

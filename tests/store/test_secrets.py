@@ -138,3 +138,43 @@ async def test_the_rotate_key_command(tmp_path: Path, capsys: pytest.CaptureFixt
         await store.close()
     assert found is not None
     assert SecretSealer(new).open(found.credentials["TOKEN"], "id-gh", "TOKEN") == PLANTED
+
+
+async def test_rotation_racing_updates_loses_no_acknowledged_credential(store: Store) -> None:
+    """rotate-key runs while a replica updates credentials: each re-seal and each update is a
+    CAS on the same row (the guard the store race tests remove), so the last acknowledged
+    value survives, sealed under the new key."""
+    old, new = random_bytes.token_bytes(KEY_BYTES), random_bytes.token_bytes(KEY_BYTES)
+    writer = Repositories(store, SecretSealer(Keyring([old, new])))  # seals with old
+    names = [f"p{n}" for n in range(6)]
+    for name in names:
+        await writer.providers.create(provider(name))
+    rotating = Repositories(store, SecretSealer(Keyring([old]).with_active(new)))
+    last: dict[str, str] = {}
+
+    async def update_all(round_: int) -> None:
+        for name in names:
+            value = f"sk-{name}-{round_}"
+            change = provider(name, TOKEN=value)
+            found = await writer.providers.find(name, "default")
+            assert found is not None
+            await writer.providers.update(
+                found.metadata.id, lambda stored, c=change: merge_provider_update(stored, c)
+            )
+            last[name] = value
+
+    async def rotate_repeatedly() -> None:
+        for _ in range(3):
+            await reseal_all(rotating)
+
+    async def update_rounds() -> None:
+        for round_ in range(1, 4):  # one writer: its acknowledgements are ordered
+            await update_all(round_)
+
+    await asyncio.gather(update_rounds(), rotate_repeatedly())
+    await reseal_all(rotating)  # the operator runs it once more after the writers moved on
+    only_new = SecretSealer(Keyring([new]))
+    for name in names:
+        found = await rotating.providers.find(name, "default")
+        assert found is not None
+        assert only_new.open(found.credentials["TOKEN"], f"id-{name}", "TOKEN") == last[name]
