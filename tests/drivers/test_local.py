@@ -518,3 +518,17 @@ async def test_a_sandbox_no_replica_claimed_is_nobodys(state_dir: Path) -> None:
     finally:
         await mine.close()
         await other.close()
+
+
+async def test_refusals_name_no_host_path(driver: LocalDriver, state_dir: Path) -> None:
+    """What the driver answers reaches the client; the state directory stays in the log."""
+    blocked = make_sandbox()
+    (state_dir / "sandboxes" / blocked.metadata.id).write_text("a file where a directory goes")
+    with pytest.raises(DriverError) as refused:
+        await driver.create_sandbox(blocked)
+    assert str(state_dir) not in str(refused.value)
+    missing = make_sandbox(["/no/such/program"])
+    with pytest.raises(DriverError) as refused:
+        await driver.create_sandbox(missing)
+    assert str(state_dir) not in str(refused.value)
+    assert "No such file or directory" in str(refused.value)

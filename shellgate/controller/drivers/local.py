@@ -78,6 +78,7 @@ from shellgate.controller.drivers.base import (
 )
 from shellgate.controller.drivers.fanout import EventFanout, EventSink
 from shellgate.reconcilers.snapshot import DriverCondition, DriverSnapshot, InstanceFacts
+from shellgate.store.errors import quoted
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +198,10 @@ class LocalDriver:
             try:
                 claimed = self._claim(workdir)
             except OSError as exc:
-                raise DriverError(f"sandbox {sandbox_id}: cannot make {workdir}: {exc}") from exc
+                log.warning("sandbox %s: cannot make %s: %s", sandbox_id, workdir, exc)
+                raise DriverError(
+                    f"sandbox {sandbox_id}: cannot make its working directory: {_reason(exc)}"
+                ) from exc
             if not claimed:
                 log.info("sandbox %s belongs to another replica; not creating it", sandbox_id)
                 return
@@ -209,7 +213,8 @@ class LocalDriver:
                 run = await self._spawn(entry)
             except (DriverError, OSError) as exc:
                 await _remove_tree(workdir)  # leave nothing half-made behind
-                raise DriverError(f"sandbox {sandbox_id}: {exc}") from exc
+                log.warning("sandbox %s could not start: %s", sandbox_id, exc)
+                raise DriverError(f"sandbox {sandbox_id}: {_reason(exc)}") from exc
             self._sandboxes[sandbox_id] = entry
             self._publish(entry, self._running_snapshot(entry, run.process.pid))
 
@@ -290,7 +295,7 @@ class LocalDriver:
                 entry.workdir / "sandbox.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
             )
         except OSError as exc:
-            raise DriverError(f"cannot open the log: {exc}") from exc
+            raise DriverError(f"cannot open the log: {_reason(exc)}") from exc
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv,
@@ -302,7 +307,7 @@ class LocalDriver:
                 start_new_session=True,
             )
         except (OSError, ValueError) as exc:
-            raise DriverError(f"cannot start {argv[0]!r}: {exc}") from exc
+            raise DriverError(f"cannot start {quoted(argv[0])}: {_reason(exc)}") from exc
         finally:
             os.close(log_fd)
         # From here nothing may raise: the process runs and only its waiter will reap it.
@@ -588,3 +593,12 @@ async def _rm_rf(path: Path) -> None:
         await rm.wait()
     except OSError:  # no rm on this system
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _reason(exc: BaseException) -> str:
+    """What went wrong, for the client: an OSError's text names host paths (the state
+    directory), which stay in the gateway's log; a DriverError's text is already meant for
+    the client."""
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    return str(exc)
