@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, ClassVar, ParamSpec, TypeVar
+from typing import Any, ClassVar, ParamSpec, TypedDict, TypeVar, Unpack
 
 from google.protobuf.message import Message
 
@@ -141,18 +141,21 @@ class VersionQuery:
     limit: int
 
 
+class StoreOptions(TypedDict, total=False):
+    """What every backend's constructor takes besides its own connection settings."""
+
+    observer: StoreObserver | None
+    retry: RetryPolicy | None
+    rng: random.Random | None
+
+
 class Store(abc.ABC):
     """Persistence for every object shellgate keeps, with compare-and-swap writes."""
 
     backend: ClassVar[str]
 
-    def __init__(
-        self,
-        *,
-        observer: StoreObserver | None = None,
-        retry: RetryPolicy | None = None,
-        rng: random.Random | None = None,
-    ) -> None:
+    def __init__(self, **options: Unpack[StoreOptions]) -> None:
+        observer, retry, rng = options.get("observer"), options.get("retry"), options.get("rng")
         self.observer: StoreObserver = observer or NullObserver()
         self.retry = retry or RetryPolicy()
         self._rng = rng or random.Random()

@@ -19,18 +19,17 @@ import contextvars
 import json
 import logging
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Unpack
 
 import asyncpg
 
-from shellgate.store.base import RetryPolicy
+from shellgate.store.base import StoreOptions
 from shellgate.store.errors import (
     InvalidValue,
     StoreError,
     StoreUnavailable,
     UniqueViolation,
 )
-from shellgate.store.observer import StoreObserver
 from shellgate.store.records import ChangeEvent, StoreTimeouts
 from shellgate.store.sql import Dialect, Params, SqlStore
 
@@ -127,7 +126,6 @@ class PostgresDialect(Dialect):
 
 
 class PostgresStore(SqlStore):
-    backend: ClassVar[str] = "postgres"
     dialect: ClassVar[Dialect] = PostgresDialect()
     # The NOTIFY trigger reports every write, this process's own included.
     publishes_own_writes: ClassVar[bool] = False
@@ -140,10 +138,9 @@ class PostgresStore(SqlStore):
         max_size: int = 10,
         statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT,
         acquire_timeout: float = DEFAULT_ACQUIRE_TIMEOUT,
-        observer: StoreObserver | None = None,
-        retry: RetryPolicy | None = None,
+        **options: Unpack[StoreOptions],
     ) -> None:
-        super().__init__(observer=observer, retry=retry)
+        super().__init__(**options)
         self.dsn = dsn
         self._min_size = min_size
         self._max_size = max_size

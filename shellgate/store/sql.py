@@ -21,10 +21,17 @@ import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from operator import itemgetter
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Unpack
 
 from shellgate.store import migrations
-from shellgate.store.base import ListQuery, RowWrite, Store, VersionQuery, timed
+from shellgate.store.base import (
+    ListQuery,
+    RowWrite,
+    Store,
+    StoreOptions,
+    VersionQuery,
+    timed,
+)
 from shellgate.store.errors import (
     Conflict,
     MigrationError,
@@ -225,8 +232,13 @@ class SqlStore(Store):
     """True when this process must publish its own writes to the change feed (no database
     notification reaches it)."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "dialect" in cls.__dict__:
+            cls.backend = cls.dialect.name  # one name for the backend and its dialect
+
+    def __init__(self, **options: Unpack[StoreOptions]) -> None:
+        super().__init__(**options)
         self._sql = Statements(self.dialect)
         self._feed_task: asyncio.Task[None] | None = None
 

@@ -21,12 +21,12 @@ import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Unpack
 
 import aiosqlite
 
 from shellgate.store import migrations
-from shellgate.store.base import RetryPolicy
+from shellgate.store.base import StoreOptions
 from shellgate.store.deadline import remaining_seconds
 from shellgate.store.errors import (
     ConfigurationError,
@@ -34,7 +34,6 @@ from shellgate.store.errors import (
     StoreUnavailable,
     UniqueViolation,
 )
-from shellgate.store.observer import StoreObserver
 from shellgate.store.records import ChangeEvent
 from shellgate.store.sql import Dialect, Params, SqlStore
 
@@ -100,7 +99,6 @@ class SqliteDialect(Dialect):
 
 
 class SqliteStore(SqlStore):
-    backend: ClassVar[str] = "sqlite"
     dialect: ClassVar[Dialect] = SqliteDialect()
     # No database notification exists: local writes are published by the writer itself.
     publishes_own_writes: ClassVar[bool] = True
@@ -112,10 +110,9 @@ class SqliteStore(SqlStore):
         synchronous: str = "FULL",
         busy_timeout_ms: int = 5000,
         lock_wait_ms: int = DEFAULT_LOCK_WAIT_MS,
-        observer: StoreObserver | None = None,
-        retry: RetryPolicy | None = None,
+        **options: Unpack[StoreOptions],
     ) -> None:
-        super().__init__(observer=observer, retry=retry)
+        super().__init__(**options)
         if synchronous.upper() not in SYNCHRONOUS_MODES:
             raise ConfigurationError(
                 f"synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}, got {synchronous!r}"
