@@ -116,6 +116,13 @@ class Keyring:
             ) from None
         with os.fdopen(fd, "w", encoding="ascii") as handle:
             handle.write(base64.b64encode(key).decode() + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())  # rows sealed under it are fsynced: so is the key
+        directory = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
         return cls([key])
 
 

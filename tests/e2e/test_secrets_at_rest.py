@@ -38,14 +38,14 @@ def files_holding(directory: Path, needle: bytes) -> list[str]:
 
 async def test_sqlite_files_logs_and_metrics_hold_no_credential(tmp_path: Path) -> None:
     database = tmp_path / "db" / "shellgate.db"
-    none_given = ["--encryption-key-file", ""]  # SQLite then generates one in --state-dir
+    none_given = ["--encryption-key-file", ""]  # SQLite then generates one by its file
     gateway = GatewayProcess(f"sqlite:///{database}", tmp_path / "state", extra_args=none_given)
     async with gateways([gateway]):
         await plant_and_read_back(gateway)
         _, metrics = await asyncio.to_thread(http_get, f"{gateway.http}/metrics")
         assert PLANTED not in metrics
         assert files_holding(tmp_path / "db", PLANTED.encode()) == []  # file and WAL, live
-    assert (tmp_path / "state" / "encryption.key").exists()
+    assert (tmp_path / "db" / "encryption.key").exists()  # beside the database file
     assert "generated" in gateway.log_text()
     assert PLANTED not in gateway.log_text()
     assert files_holding(tmp_path, PLANTED.encode()) == []

@@ -275,3 +275,22 @@ async def test_many_attaches_and_deletes_racing_never_leave_a_dangling_reference
             assert sandbox is not None
             if provider_name in sandbox.spec.providers:
                 assert provider_row is not None, f"round {round_}: dangling reference"
+
+
+async def test_credentials_sealed_under_an_unknown_key_are_a_failed_precondition(
+    gw: Running,
+) -> None:
+    """A gateway started without the key its rows were sealed under (a key removed before a
+    rotation finished) answers FAILED_PRECONDITION naming the cause, never INTERNAL."""
+    from shellgate.store.secrets import KEY_BYTES, Keyring
+    from shellgate.store.secrets import SecretSealer as Sealer
+
+    await create_provider(gw, "gh")
+    gw.gateway.repos.providers.sealer = Sealer(Keyring([b"k" * KEY_BYTES]))
+    update = provider("gh")
+    update.ClearField("credentials")
+    update.config["region"] = "eu"
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await gw.stub.UpdateProvider(P.UpdateProviderRequest(provider=update))
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "cannot be opened" in (refused.value.details() or "")

@@ -178,3 +178,38 @@ async def test_rotation_racing_updates_loses_no_acknowledged_credential(store: S
         found = await rotating.providers.find(name, "default")
         assert found is not None
         assert only_new.open(found.credentials["TOKEN"], f"id-{name}", "TOKEN") == last[name]
+
+
+async def test_a_row_written_before_sealing_is_sealed_by_its_next_update(store: Store) -> None:
+    from shellgate.store import WriteCondition
+
+    plain = provider()
+    await store.put_if(
+        "provider", "id-gh", "gh", plain.SerializeToString(), {}, WriteCondition.MUST_CREATE
+    )
+    repos = Repositories(store, sealer())
+    config_only = provider()
+    config_only.ClearField("credentials")
+    config_only.config["region"] = "eu"
+    outcome = await repos.providers.update(
+        "id-gh", lambda stored: merge_provider_update(stored, config_only)
+    )
+    assert outcome.written and is_sealed(outcome.message.credentials["TOKEN"])
+    record = await store.get("provider", "id-gh")
+    assert record is not None and PLANTED.encode() not in record.payload
+
+
+async def test_rotation_goes_on_past_a_row_it_cannot_open(store: Store) -> None:
+    from shellgate.controller.app.rotate import UnopenedRows
+
+    lost_key = Repositories(store, sealer())
+    await lost_key.providers.create(provider("orphan"))
+    kept = random_bytes.token_bytes(KEY_BYTES)
+    await Repositories(store, sealer(kept)).providers.create(provider("fine"))
+    new = random_bytes.token_bytes(KEY_BYTES)
+    rotating = Repositories(store, SecretSealer(Keyring([kept]).with_active(new)))
+    with pytest.raises(UnopenedRows, match="orphan"):
+        await reseal_all(rotating)
+    fine = await rotating.providers.find("fine", "default")
+    assert fine is not None
+    assert SecretSealer(Keyring([new])).open(fine.credentials["TOKEN"], "id-fine", "TOKEN")

@@ -88,7 +88,7 @@ def add_serve_command(commands: Any, run: Callable[[argparse.Namespace], int]) -
             "--encryption-key-file",
             "SHELLGATE_ENCRYPTION_KEY_FILE",
             "",
-            "keys that seal provider credentials (SQLite: generated in --state-dir if unset)",
+            "keys that seal provider credentials (SQLite: generated beside the database if unset)",
         ),
     ]
     for name, flag, text in LIMIT_FLAGS:

@@ -12,13 +12,15 @@ simply runs again: rows already under the new key are left as they are.
 from __future__ import annotations
 
 import argparse
+import logging
 from typing import Any
 
 from shellgate.controller.app.options import DEFAULT_DATABASE_URL, env_default
-from shellgate.store import NotFound, Repositories, connect
-from shellgate.store.secrets import Keyring, SecretSealer
+from shellgate.store import NotFound, Repositories, StoreError, connect
+from shellgate.store.secrets import Keyring, SecretError, SecretSealer
 
 PAGE_SIZE = 500
+log = logging.getLogger(__name__)
 
 
 def add_command(commands: Any) -> None:
@@ -56,8 +58,14 @@ async def rotate_key(args: argparse.Namespace) -> int:
 
 
 async def reseal_all(repos: Repositories) -> tuple[int, int]:
-    """Every provider of every workspace, re-sealed by CAS; (seen, written)."""
+    """Every provider of every workspace, re-sealed by CAS; (seen, written).
+
+    Rows written before credentials were sealed are sealed too. A row that cannot be opened
+    with the keys given is reported and skipped, so the others are still rotated; then
+    ``UnopenedRows`` says which, and the command fails.
+    """
     seen = resealed = 0
+    unopened: list[str] = []
     token = ""
     while True:
         page, token = await repos.providers.list_page(
@@ -69,5 +77,20 @@ async def reseal_all(repos: Repositories) -> tuple[int, int]:
                 resealed += await repos.providers.reseal(provider.metadata.id)
             except NotFound:
                 continue  # deleted since the listing
+            except SecretError as exc:
+                log.error("provider %s not re-sealed: %s", provider.metadata.name, exc)
+                unopened.append(provider.metadata.name)
         if not token:
-            return seen, resealed
+            break
+    if unopened:
+        raise UnopenedRows(seen, resealed, unopened)
+    return seen, resealed
+
+
+class UnopenedRows(StoreError):
+    def __init__(self, seen: int, resealed: int, names: list[str]) -> None:
+        super().__init__(
+            f"re-sealed {resealed} of {seen} providers; {len(names)} could not be opened with "
+            f"the keys given (add the key they were sealed under to --encryption-key-file): "
+            + ", ".join(names[:20])
+        )

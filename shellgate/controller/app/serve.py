@@ -132,11 +132,7 @@ async def serve(
     stop = stop or asyncio.Event()
     _install_signal_handlers(stop)
     metrics = Metrics()
-    keyring = load_keyring(
-        config.encryption_key_file,
-        config.state_dir,
-        multiple_replicas=store_for_url(config.database_url).supports_multiple_replicas,
-    )
+    keyring = load_keyring(config.encryption_key_file, store_for_url(config.database_url))
     store = await connect(
         config.database_url,
         observer=metrics,

@@ -36,6 +36,7 @@ from shellgate.store import (
 )
 from shellgate.store.errors import quoted
 from shellgate.store.repositories import ProviderInUse, ProviderMissing
+from shellgate.store.secrets import SecretError
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,15 @@ def _rich_status(error: BaseException, operation: str) -> status_pb2.Status:
             return _failed_precondition(FailedPrecondition(str(error), "PROVIDER_MISSING"))
         case ProviderInUse():
             return _failed_precondition(FailedPrecondition(str(error), "PROVIDER_IN_USE"))
+        case SecretError():
+            log.error("%s: %s", operation, error)  # names the key id and row, never a value
+            return _failed_precondition(
+                FailedPrecondition(
+                    "the stored credentials cannot be opened with this gateway's keys "
+                    "(--encryption-key-file)",
+                    "CREDENTIALS_SEALED_UNDER_UNKNOWN_KEY",
+                )
+            )
         case NotFound():
             return _status(code_pb2.NOT_FOUND, f"{error.object_type} not found")
         case Conflict():

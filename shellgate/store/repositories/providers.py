@@ -30,7 +30,7 @@ from shellgate.store.messages import register_object_type
 from shellgate.store.records import CasOutcome, ObjectRecord, WriteCondition
 from shellgate.store.repositories.errors import ProviderInUse, ProviderMissing
 from shellgate.store.repositories.hooks import Hook, no_hook
-from shellgate.store.secrets import SecretSealer
+from shellgate.store.secrets import SecretSealer, is_sealed
 
 Provider = datamodel_pb2.Provider
 PROVIDER_TYPE = "provider"
@@ -74,11 +74,11 @@ class ProviderRepository:
             self.sealer.open_map(stored.credentials, row_id)
             opened = dict(stored.credentials)
             candidate = mutation(stored)
-            if dict(candidate.credentials) == opened:
+            if dict(candidate.credentials) == opened and all(map(is_sealed, sealed.values())):
                 candidate.credentials.clear()
-                candidate.credentials.update(sealed)
+                candidate.credentials.update(sealed)  # unchanged: the same bytes, no write
             else:
-                self.sealer.seal_map(candidate.credentials, row_id)
+                self.sealer.seal_map(candidate.credentials, row_id)  # changed, or stored plain
             return candidate
 
         return await self.store.update_message_cas(
