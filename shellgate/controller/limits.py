@@ -20,8 +20,9 @@ class Limits:
     """Largest response sent; list pages end early well below it."""
     max_concurrent_rpcs: int = 1024
     """RPCs in flight on one replica, streams included; the next is RESOURCE_EXHAUSTED."""
-    max_watch_streams: int = 1000
-    """Open WatchSandbox streams on one replica; each holds a feed subscription."""
+    max_watch_streams: int = 512
+    """Open WatchSandbox streams on one replica; each holds a feed subscription. Half the
+    RPC cap, so watches alone cannot leave no room for unary calls."""
     keepalive_seconds: int = 60
     """The server pings an idle connection this often, to find dead peers."""
     max_connection_age_seconds: int = 3600

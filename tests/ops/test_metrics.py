@@ -357,3 +357,20 @@ async def test_a_fill_forced_behind_phase_changes_never_undoes_them(
     phases = [(await repos.sandboxes.get(i)).status.phase for i in ids]  # type: ignore[union-attr]
     changes_stand = phases == [P.SANDBOX_PHASE_READY] * len(ids)
     assert changes_stand is guarded
+
+
+async def test_unfilled_rows_add_to_the_unknown_phase_count(store: Store) -> None:
+    from shellgate.store import Repositories, WriteCondition
+    from tests.support.sealing import test_sealer
+
+    repos = Repositories(store, test_sealer())
+    legacy = P.Sandbox()
+    legacy.metadata.id = legacy.metadata.name = "old"
+    await store.put_if(
+        "sandbox", "old", "old", legacy.SerializeToString(), {}, WriteCondition.MUST_CREATE
+    )
+    lost = P.Sandbox()
+    lost.metadata.id = lost.metadata.name = "lost"
+    lost.status.phase = P.SANDBOX_PHASE_UNKNOWN
+    await repos.sandboxes.create(lost)
+    assert await repos.sandboxes.phase_counts() == {"unknown": 2}

@@ -104,8 +104,11 @@ class SandboxRepository:
     async def phase_counts(self) -> dict[str, int]:
         """Sandboxes per phase word, from the status column: one aggregate query. Rows written
         before the column was kept count as "unknown" until ``fill_phase_column`` runs."""
-        counts = await self.store.count_by_status(SANDBOX_TYPE)
-        return {phase or "unknown": count for phase, count in counts.items()}
+        counts: dict[str, int] = {}
+        for phase, count in (await self.store.count_by_status(SANDBOX_TYPE)).items():
+            word = phase or "unknown"  # unfilled rows join the real UNKNOWN phase's count
+            counts[word] = counts.get(word, 0) + count
+        return counts
 
     async def fill_phase_column(self) -> int:
         """Give rows written before the status column held the phase their phase, each by a
