@@ -64,6 +64,18 @@ _UNAVAILABLE = (
     asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
     asyncpg.exceptions.InvalidAuthorizationSpecificationError,  # credentials refused
     asyncpg.exceptions.QueryCanceledError,
+    asyncpg.exceptions.ReadOnlySQLTransactionError,  # a demoted primary during a failover
+    asyncpg.exceptions.TransactionRollbackError,  # serialization failure, deadlock
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+)
+# The connection itself is gone or unusable: it must not return to the pool, and a read may
+# be tried once more on a fresh one. (A timeout or a cancelled statement leaves a healthy
+# connection and is not retried: the database is slow, and a retry would add load.)
+_CONNECTION_LOST = (
+    OSError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
     asyncpg.exceptions.InterfaceError,
     asyncpg.exceptions.InternalClientError,
 )
@@ -71,6 +83,16 @@ _UNAVAILABLE = (
 # asyncpg's client-side DataError subclasses InterfaceError, so it is matched first.
 _BAD_VALUE = (asyncpg.exceptions.DataError, asyncpg.exceptions._base.DataError)
 _DRIVER_ERRORS = (asyncpg.PostgresError, *_UNAVAILABLE, *_BAD_VALUE)
+
+
+class ConnectionLost(StoreUnavailable):
+    """The connection dropped or broke (not a slow or refusing database)."""
+
+
+def _lost(error: BaseException) -> bool:
+    if isinstance(error, ConnectionLost):
+        return True
+    return isinstance(error, _CONNECTION_LOST) and not isinstance(error, _BAD_VALUE)
 
 
 async def _keep_session(_conn: asyncpg.Connection) -> None:
@@ -120,6 +142,8 @@ class PostgresDialect(Dialect):
             return UniqueViolation(error.constraint_name, error.detail)
         if isinstance(error, _BAD_VALUE):
             return InvalidValue(f"the database refused a value: {error}")
+        if isinstance(error, _CONNECTION_LOST):
+            return ConnectionLost(f"Postgres connection lost: {error}")
         if isinstance(error, _UNAVAILABLE):
             return StoreUnavailable(f"Postgres unavailable: {error}")
         return StoreError(f"Postgres error: {error}")
@@ -190,12 +214,13 @@ class PostgresStore(SqlStore):
             raise self.dialect.translate(exc) from exc
         try:
             yield conn
-        except (*_UNAVAILABLE, StoreUnavailable):
-            # A connection the server closed is already on its way back to the pool; one
-            # left in a broken state (InternalClientError) must not be reused.
-            with contextlib.suppress(asyncpg.exceptions.InterfaceError):  # already released
-                if not conn.is_closed():
-                    conn.terminate()
+        except Exception as exc:
+            if _lost(exc):
+                # A connection the server closed is already on its way back to the pool; one
+                # left in a broken state (InternalClientError) must not be reused.
+                with contextlib.suppress(asyncpg.exceptions.InterfaceError):  # released
+                    if not conn.is_closed():
+                        conn.terminate()
             raise
         finally:
             await self._pool.release(conn)
@@ -241,7 +266,7 @@ class PostgresStore(SqlStore):
                 raise self.dialect.translate(exc) from exc
         try:
             return await self._run_pooled(method, sql, args)
-        except StoreUnavailable:
+        except ConnectionLost:
             if not read:
                 raise
             return await self._run_pooled(method, sql, args)
