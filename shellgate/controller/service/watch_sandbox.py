@@ -115,11 +115,12 @@ async def _wait_for_change(
             )
         finally:  # also when the client goes away and this handler is cancelled
             await _cancel_unfinished(waiters)
-        for task in done:
+        # Events first: one taken off its queue together with a row hint must still be sent.
+        for task in sorted(done, key=lambda t: waiters[t] != "event"):
             if waiters[task] == "event":
                 yield _event_message(task.result())
-            elif _concerns(task.result(), sandbox_id, gw):
-                return
+        if any(waiters[t] == "row" and _concerns(t.result(), sandbox_id, gw) for t in done):
+            return
 
 
 async def _cancel_unfinished(tasks: Iterable[asyncio.Task[Any]]) -> None:
