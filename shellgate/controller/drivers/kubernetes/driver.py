@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import random
 import re
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Protocol
@@ -76,10 +77,14 @@ from shellgate.controller.drivers.kubernetes.manifest import (
 )
 from shellgate.controller.drivers.kubernetes.watch import DEFAULT_ERROR_BACKOFFS, KopfWatch
 from shellgate.reconcilers.snapshot import DriverSnapshot
+from shellgate.store import Conflict, NullObserver, RetryPolicy
+from shellgate.store.retry import retry_on_conflict
 
 log = logging.getLogger(__name__)
 
 PATCH_ATTEMPTS = 5
+PATCH_RETRY = RetryPolicy(attempts=PATCH_ATTEMPTS)
+"""A lost PATCH (409) is re-read and re-decided, with the store's jittered pauses."""
 DISCOVERY_DELAYS: tuple[float, ...] = (0.5, 1, 2, 4, 8, 15)
 """Pauses between discovery attempts at start; then start fails (and the pod restarts)."""
 SEEN_EVENTS = 4096
@@ -119,6 +124,7 @@ class KubernetesDriver:
         self._version = version
         self._error_backoffs = tuple(error_backoffs)
         self._discovery_delays = tuple(discovery_delays)
+        self._rng = random.Random()
         self._names: dict[str, str] = {}  # sandbox id -> Sandbox name
         self._by_object: dict[str, str] = {}  # Sandbox name -> sandbox id
         self._by_pod: dict[str, str] = {}  # pod name -> sandbox id
@@ -276,24 +282,38 @@ class KubernetesDriver:
         await self._set_running(sandbox_id, running=True)
 
     async def _set_running(self, sandbox_id: str, *, running: bool) -> None:
-        """Read, patch with the version read; on 409 read again (PATCH_ATTEMPTS in all)."""
+        """Read, patch with the version read; on 409 read again and decide again, through the
+        store's retry helper (PATCH_ATTEMPTS in all, with its jittered pauses)."""
         action = "start" if running else "stop"
-        for _ in range(PATCH_ATTEMPTS):
+
+        async def attempt() -> None:
             body = await self._find(sandbox_id)
             if body is None:
                 log.warning("sandbox %s: no Sandbox object to %s", sandbox_id, action)
-                return  # the sweep turns a transition without its object into ERROR
+                return  # the resync turns a transition without its object into ERROR
             patch = lifecycle_patch(body, running=running)
             if patch is None:
                 return
             try:
                 await self._api.patch(*_coordinates(body, self.namespace), patch)
-                return
-            except (ApiConflict, ApiNotFound):
-                continue
             except ApiError as exc:
+                if isinstance(exc, ApiConflict | ApiNotFound):
+                    raise
                 raise DriverError(f"cannot {action} sandbox {sandbox_id}: {exc}") from exc
-        raise DriverError(f"cannot {action} sandbox {sandbox_id}: it kept changing, try again")
+
+        try:
+            await retry_on_conflict(
+                PATCH_RETRY,
+                self._rng,
+                attempt,
+                observer=NullObserver(),
+                object_type=None,
+                retriable=(ApiConflict, ApiNotFound),
+            )
+        except (ApiConflict, ApiNotFound, Conflict):
+            raise DriverError(
+                f"cannot {action} sandbox {sandbox_id}: it kept changing, try again"
+            ) from None
 
     async def get_sandbox(self, sandbox_id: str) -> DriverSnapshot | None:
         body = await self._find(sandbox_id)
