@@ -50,6 +50,7 @@ class Call:
     answered: float = 0.0
     code: str = ""
     result: object = None
+    retry_info: bool = False  # an error carried a RetryInfo
 
 
 @dataclass

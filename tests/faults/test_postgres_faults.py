@@ -2,13 +2,14 @@
 database restarts (``pg_ctl restart -m fast``) and its backends are terminated in a loop.
 
 After each fault: every acknowledged create exists, no call answered INTERNAL or UNKNOWN,
-and every replica's readiness recovered within a bound.
+every replica's readiness recovered within a bound, and the history of concurrent
+compare-and-swaps (UpdateProvider with the read ``resource_version``) on one hot provider,
+sent through all three replicas, is linearizable.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import subprocess
 import time
 from pathlib import Path
@@ -18,43 +19,19 @@ import grpc
 import psycopg
 import pytest
 
-from shellgate.api import datamodel_pb2, openshell_pb2, openshell_pb2_grpc
-from tests.faults.support import Call, History, seconds_until
+from shellgate.api import openshell_pb2, openshell_pb2_grpc
+from tests.faults.load import (
+    Workload,
+    assert_expected_codes,
+    assert_hot_register_linearizable,
+    run_load,
+)
+from tests.faults.support import History, seconds_until
 from tests.support.processes import GatewayProcess, gateways
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 P = openshell_pb2
 READINESS_BOUND_S = 3.0  # the database is back; a replica must follow within this
-
-
-def provider(name: str) -> datamodel_pb2.Provider:
-    message = datamodel_pb2.Provider(type="github", credentials={"T": "x"})
-    message.metadata.name = name
-    return message
-
-
-async def load(
-    stubs: list[openshell_pb2_grpc.OpenShellStub], history: History, stop: asyncio.Event
-) -> None:
-    """Creates of distinct providers, round-robin over the replicas, each call logged."""
-    counter = itertools.count()
-
-    async def client(stub: openshell_pb2_grpc.OpenShellStub) -> None:
-        while not stop.is_set():
-            name = f"p{next(counter)}"
-            call = Call("create", name, None, time.monotonic())
-            history.calls.append(call)
-            try:
-                await stub.CreateProvider(
-                    P.CreateProviderRequest(provider=provider(name)), timeout=5
-                )
-                call.code = "OK"
-            except grpc.aio.AioRpcError as error:
-                call.code = error.code().name
-            call.answered = time.monotonic()
-            await asyncio.sleep(0.02)
-
-    await asyncio.gather(*(client(stub) for stub in stubs))
 
 
 def pg_ctl(server: Any, *args: str) -> None:
@@ -79,6 +56,7 @@ async def check_after_fault(
     for replica in replicas:
         await seconds_until(replica, True, READINESS_BOUND_S)
     assert not history.codes() & {"INTERNAL", "UNKNOWN"}, history.codes()
+    assert_expected_codes(history)
     stored: set[str] = set()
     token = ""
     while True:
@@ -102,11 +80,16 @@ async def test_restart_and_terminated_backends_lose_nothing_acknowledged(
     async with gateways(replicas):
         channels = [grpc.aio.insecure_channel(r.address) for r in replicas]
         stubs = [openshell_pb2_grpc.OpenShellStub(c) for c in channels]
+        # Creates and the hot provider only: attaches and settings are covered by
+        # test_load_faults.py, and their sandboxes' processes cost this 2-core machine.
+        work = Workload(sandboxes=(), hot_clients=6)
         try:
+            await work.prepare(stubs[0])
             for fault in ("restart-fast", "terminate-loop"):
+                initial = await work.hot_register(stubs[0])
                 history = History()
                 stop = asyncio.Event()
-                running = asyncio.create_task(load(stubs, history, stop))
+                running = asyncio.create_task(run_load(stubs, work, history, stop))
                 await asyncio.sleep(1.0)
                 if fault == "restart-fast":
                     await asyncio.to_thread(pg_ctl, durable_pg, "restart", "-m", "fast")
@@ -117,6 +100,13 @@ async def test_restart_and_terminated_backends_lose_nothing_acknowledged(
                 await running
                 await check_after_fault(replicas, stubs[0], history)
                 assert len(history.acknowledged("create")) > 20, fault
+                cas_ok = assert_hot_register_linearizable(initial, history)
+                unknown = sum(
+                    c.op == "cas" and c.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+                    for c in history.calls
+                )
+                print(f"{fault}: {cas_ok} acknowledged cas, {unknown} with unknown outcome")
+                assert cas_ok > 10, fault
         finally:
             for channel in channels:
                 await channel.close()

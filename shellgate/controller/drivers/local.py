@@ -19,6 +19,9 @@ also the process's working directory and ``HOME``. It holds:
 - ``sandbox.pb``: the ``Sandbox`` message given at create, so the same command can run again
   on ``start_sandbox`` and after a gateway restart.
 - ``state``: ``running``, ``stopped`` or ``exited <code>``, what a restarted driver restores.
+- ``run``: the token of the latest process, written and fsynced *before* it is spawned. The
+  process carries it in its environment (``SHELLGATE_SANDBOX_RUN``), so a restarted driver
+  finds what a predecessor killed between spawning and recording the pid left running.
 - ``pid``: ``<pid> <start time>``; the start time (Linux ``/proc``) tells a process left by a
   previous run apart from an unrelated one that reused the pid.
 - ``sandbox.log``: the process's stdout and stderr, appended.
@@ -39,9 +42,12 @@ unless that run emitted more than a thousand snapshots per millisecond or the cl
 
 **Restart.** A child of a dead gateway cannot be adopted, so ``start()`` restores each owned
 sandbox from its ``state``: one that was ``running`` is started again (the gateway restart is
-the process's restart), after killing the previous run's process if it survived and its start
-time proves it is ours (checked on Linux only, elsewhere it is left alone); a stopped one
-reports Suspended; one that had exited reports its exit code again. ``close()`` terminates every
+the process's restart); a stopped one reports Suspended; one that had exited reports its exit
+code again. Whatever the state, a process the previous run left is killed first, so a sandbox
+never runs twice: one whose environment carries the sandbox's recorded run token (found by
+scanning ``/proc``, signalled through a pidfd after checking the token again, so a pid reused
+in between is never hit), and the one the ``pid`` file names if its start time matches. Both
+checks need Linux ``/proc``; elsewhere a survivor is left alone. ``close()`` terminates every
 child at once and leaves ``state`` as it was, so the next ``start()`` brings them back.
 
 **Blocking.** Only small metadata files are read and written inline. A workdir is removed by
@@ -86,6 +92,8 @@ DEFAULT_IDLE_COMMAND: tuple[str, ...] = (sys.executable, "-c", "import signal; s
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")  # a safe single path component
 _TRASH = ".trash-"
 _RUNNING, _STOPPED, _EXITED = "running", "stopped", "exited"
+# Names one spawn of one sandbox in the process's environment; children inherit it.
+RUN_TOKEN_ENV = "SHELLGATE_SANDBOX_RUN"
 
 # (type, status, reason, message) of one condition, before a transition time is attached.
 _Cond = tuple[str, str, str, str]
@@ -160,11 +168,13 @@ class LocalDriver:
         if self._started or self._closed:
             return
         self._root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        survivors = _processes_by_run_token()
         for path in sorted(self._root.iterdir()):
             if path.name.startswith(_TRASH):
                 await _rm_rf(path)  # left by a delete that did not finish
             elif path.name not in self._sandboxes and self._owns(path):
                 async with self._lock(path.name):
+                    _kill_survivors(path, survivors)
                     await self._restore(path)
         self._started = True
 
@@ -290,6 +300,36 @@ class LocalDriver:
         if self._closed:
             raise DriverError("the local driver is closed")
         argv = list(entry.message.spec.command) or list(self._idle_command)
+        token = secrets.token_hex(16)
+        previous_state = entry.state
+        try:
+            # The intent, before the process exists: killed right after the spawn, this
+            # driver's successor still finds the process by the token and kills it.
+            _write(entry.workdir / "run", token.encode(), durable=True)
+        except OSError as exc:
+            raise DriverError(f"cannot record the run: {exc}") from exc
+        self._set_state(entry, _RUNNING)
+        try:
+            process = await self._exec(entry, argv, token)
+        except DriverError:
+            self._set_state(entry, previous_state)
+            raise
+        # From here nothing may raise: the process runs and only its waiter will reap it.
+        run = _Run(process)
+        run.waiter = asyncio.create_task(self._wait(entry, run), name=f"local-sandbox-{entry.id}")
+        entry.run = run
+        try:
+            _write(
+                entry.workdir / "pid", f"{process.pid} {_start_time(process.pid) or ''}".encode()
+            )
+        except OSError as exc:
+            log.warning("sandbox %s: cannot record pid %d: %s", entry.id, process.pid, exc)
+        return run
+
+    async def _exec(
+        self, entry: _Sandbox, argv: list[str], token: str
+    ) -> asyncio.subprocess.Process:
+        """The process itself, in a new session, its output appended to ``sandbox.log``."""
         try:
             log_fd = os.open(
                 entry.workdir / "sandbox.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
@@ -300,7 +340,7 @@ class LocalDriver:
             process = await asyncio.create_subprocess_exec(
                 *argv,
                 cwd=entry.workdir,
-                env=self._environment(entry),
+                env=self._environment(entry, token),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_fd,
                 stderr=asyncio.subprocess.STDOUT,
@@ -310,20 +350,9 @@ class LocalDriver:
             raise DriverError(f"cannot start {quoted(argv[0])}: {_reason(exc)}") from exc
         finally:
             os.close(log_fd)
-        # From here nothing may raise: the process runs and only its waiter will reap it.
-        run = _Run(process)
-        run.waiter = asyncio.create_task(self._wait(entry, run), name=f"local-sandbox-{entry.id}")
-        entry.run = run
-        self._set_state(entry, _RUNNING)
-        try:
-            _write(
-                entry.workdir / "pid", f"{process.pid} {_start_time(process.pid) or ''}".encode()
-            )
-        except OSError as exc:
-            log.warning("sandbox %s: cannot record pid %d: %s", entry.id, process.pid, exc)
-        return run
+        return process
 
-    def _environment(self, entry: _Sandbox) -> dict[str, str]:
+    def _environment(self, entry: _Sandbox, token: str) -> dict[str, str]:
         spec = entry.message.spec
         env = {
             "PATH": os.environ.get("PATH", os.defpath),
@@ -332,6 +361,7 @@ class LocalDriver:
         }
         env.update(spec.template.environment)
         env.update(spec.environment)
+        env[RUN_TOKEN_ENV] = token  # last, so a spec cannot hide the process from a restart
         return env
 
     async def _wait(self, entry: _Sandbox, run: _Run) -> None:
@@ -392,7 +422,6 @@ class LocalDriver:
             text = f"exited with code {code}" if exit_code is not None else "process lost"
             self._publish(entry, self._exited_snapshot(entry, text, exit_code))
         else:
-            self._kill_orphan(workdir)
             try:
                 run = await self._spawn(entry)
             except DriverError as exc:
@@ -404,16 +433,6 @@ class LocalDriver:
             self._publish(entry, self._running_snapshot(entry, pid))
             restarted = f"gateway restarted; process lost; started again as pid {pid}"
             self._emit(self._platform_event(entry, "Normal", "ProcessRestarted", restarted))
-
-    def _kill_orphan(self, workdir: Path) -> None:
-        """Kill the previous run's process if it is still alive and provably the same one."""
-        pid_text, _, start = (_read_text(workdir / "pid") or "").partition(" ")
-        if not pid_text.isdigit() or not start:
-            return  # no pid, or no start time to prove the pid was not reused
-        pid = int(pid_text)
-        if _start_time(pid) == start:
-            log.info("killing pid %d left running by a previous run of %s", pid, workdir.name)
-            _kill_group(pid, signal.SIGKILL)
 
     # ---- ownership and files ---------------------------------------------------------------
 
@@ -537,6 +556,75 @@ def _kill_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
+def _kill_survivors(workdir: Path, by_token: dict[str, list[int]]) -> None:
+    """Kill what a previous run of this sandbox left alive, and nothing else.
+
+    Two kinds of evidence: a process whose environment carries the sandbox's recorded run
+    token (written before the spawn, so this covers a predecessor killed before it could
+    record the pid), and the recorded pid if its start time proves it is the same process.
+    """
+    token = _read_text(workdir / "run") or ""
+    for pid in by_token.get(token, []) if token else []:
+        if _kill_if_token(pid, token):
+            log.info("killed pid %d left running by a previous run of %s", pid, workdir.name)
+    pid_text, _, start = (_read_text(workdir / "pid") or "").partition(" ")
+    if pid_text.isdigit() and start and _start_time(int(pid_text)) == start:
+        log.info("killing pid %s left running by a previous run of %s", pid_text, workdir.name)
+        _kill_group(int(pid_text), signal.SIGKILL)
+
+
+def _processes_by_run_token() -> dict[str, list[int]]:
+    """Every live process carrying a run token, by token (Linux ``/proc``; else empty)."""
+    found: dict[str, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return found
+    for name in entries:
+        if name.isdigit() and int(name) != os.getpid():
+            token = _run_token_of(int(name))
+            if token:
+                found.setdefault(token, []).append(int(name))
+    return found
+
+
+def _run_token_of(pid: int) -> str | None:
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return None
+    prefix = f"{RUN_TOKEN_ENV}=".encode()
+    for item in environ.split(b"\0"):
+        if item.startswith(prefix):
+            return item[len(prefix) :].decode(errors="replace")
+    return None
+
+
+def _kill_if_token(pid: int, token: str) -> bool:
+    """SIGKILL ``pid`` and its process group if it still carries ``token``.
+
+    The pidfd pins the process we check: if the pid was reused after the scan, the check
+    reads the newcomer's environment and spares it; a process that died after the check
+    makes the pidfd signal fail instead of hitting a successor.
+    """
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return False  # gone
+    try:
+        if _run_token_of(pid) != token:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            group = os.getpgid(pid)
+            if group != os.getpgrp():  # never our own group, whatever its environment says
+                _kill_group(group, signal.SIGKILL)  # a live member keeps the group id ours
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        return True
+    finally:
+        os.close(pidfd)
+
+
 def _start_time(pid: int) -> str | None:
     """The process's start time in clock ticks since boot (Linux); None if unknown."""
     try:
@@ -554,11 +642,22 @@ def _read_text(path: Path) -> str | None:
         return None
 
 
-def _write(path: Path, data: bytes) -> None:
-    """Replace the file atomically, so a crash leaves the old content or the new one."""
+def _write(path: Path, data: bytes, *, durable: bool = False) -> None:
+    """Replace the file atomically, so a crash leaves the old content or the new one;
+    ``durable`` also survives a power loss (file and directory fsynced)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
+    with open(tmp, "wb") as out:
+        out.write(data)
+        if durable:
+            out.flush()
+            os.fsync(out.fileno())
     tmp.replace(path)
+    if durable:
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
 
 
 async def _remove_tree(path: Path) -> None:
