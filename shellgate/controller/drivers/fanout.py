@@ -99,3 +99,18 @@ class EventFanout:
         self._sinks.clear()
         for subscriber in list(self._subscribers):
             subscriber.put(None)
+
+
+class PublishesThroughFanout:
+    """``events()`` and ``attach()`` of a driver that publishes through ``self._fanout``."""
+
+    _fanout: EventFanout
+
+    def events(self) -> AsyncIterator[DriverEvent]:
+        """Every event from this call on, until ``close()``, in order (a bounded buffer per
+        caller). The gateway uses ``attach`` instead."""
+        return self._fanout.subscribe()
+
+    def attach(self, sink: EventSink) -> Callable[[], None]:
+        """Call ``sink`` for every event from now on; returns a detach function."""
+        return self._fanout.attach(sink)

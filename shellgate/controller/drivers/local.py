@@ -67,7 +67,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,7 +82,7 @@ from shellgate.controller.drivers.base import (
     PlatformEvent,
     SnapshotEvent,
 )
-from shellgate.controller.drivers.fanout import EventFanout, EventSink
+from shellgate.controller.drivers.fanout import EventFanout, PublishesThroughFanout
 from shellgate.reconcilers.snapshot import DriverCondition, DriverSnapshot, InstanceFacts
 from shellgate.store.errors import quoted
 
@@ -125,7 +125,7 @@ class _Sandbox:
         return self.message.metadata.id
 
 
-class LocalDriver:
+class LocalDriver(PublishesThroughFanout):
     """Runs each sandbox as a child process of this gateway (see the module docstring)."""
 
     name = "local"
@@ -185,15 +185,6 @@ class LocalDriver:
         self._closed = True
         await asyncio.gather(*(self._terminate_for_close(i) for i in list(self._locks)))
         self._fanout.close()
-
-    def events(self) -> AsyncIterator[DriverEvent]:
-        """Every event from this call on, until ``close()``, in order (a bounded buffer per
-        caller; see ``fanout``). The gateway uses ``attach`` instead."""
-        return self._fanout.subscribe()
-
-    def attach(self, sink: EventSink) -> Callable[[], None]:
-        """Call ``sink`` for every event from now on; returns a detach function."""
-        return self._fanout.attach(sink)
 
     # ---- operations ------------------------------------------------------------------------
 

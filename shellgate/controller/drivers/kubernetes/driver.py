@@ -35,7 +35,7 @@ import collections
 import logging
 import random
 import re
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Iterable
 from typing import Protocol
 
 from shellgate.api import openshell_pb2
@@ -46,7 +46,7 @@ from shellgate.controller.drivers.base import (
     DriverEvent,
     SnapshotEvent,
 )
-from shellgate.controller.drivers.fanout import EventFanout, EventSink
+from shellgate.controller.drivers.fanout import EventFanout, PublishesThroughFanout
 from shellgate.controller.drivers.kubernetes.client import (
     ApiConflict,
     ApiError,
@@ -99,7 +99,7 @@ class DriverSettings(Protocol):
     sandbox_image: str
 
 
-class KubernetesDriver:
+class KubernetesDriver(PublishesThroughFanout):
     """agent-sandbox ``Sandbox`` objects in one namespace (see the module docstring)."""
 
     name = "kubernetes"
@@ -181,15 +181,6 @@ class KubernetesDriver:
             await self._watch.close()
         await self._api.close()
         self._fanout.close()
-
-    def events(self) -> AsyncIterator[DriverEvent]:
-        """Every event from this call on, until ``close()``, in order (a bounded buffer per
-        caller; see ``fanout``). The gateway uses ``attach`` instead."""
-        return self._fanout.subscribe()
-
-    def attach(self, sink: EventSink) -> Callable[[], None]:
-        """Call ``sink`` for every event from now on; returns a detach function."""
-        return self._fanout.attach(sink)
 
     async def _discover_version(self) -> str:
         served = await self._served_versions()
