@@ -109,6 +109,8 @@ class PostgresDialect(Dialect):
     """Labels are JSONB; parameters are ``$n``; a set of values is bound as one array."""
 
     name: ClassVar[str] = "postgres"
+    # The NOTIFY trigger reports every write, this process's own included.
+    publishes_own_writes: ClassVar[bool] = False
     now_ms: ClassVar[str] = "(extract(epoch FROM statement_timestamp()) * 1000)::bigint"
     # The advisory lock is released at commit: a second process waits for it, then sees the
     # migrations the first one applied.
@@ -151,8 +153,6 @@ class PostgresDialect(Dialect):
 
 class PostgresStore(SqlStore):
     dialect: ClassVar[Dialect] = PostgresDialect()
-    # The NOTIFY trigger reports every write, this process's own included.
-    publishes_own_writes: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -97,6 +97,9 @@ class Dialect(abc.ABC):
     applied_at_ddl: ClassVar[str]
     applied_at: ClassVar[tuple[str, str]]
     """The ``schema_migrations`` column recording when a migration ran, and its value."""
+    publishes_own_writes: ClassVar[bool]
+    """True when the writing process must publish its own writes to the change feed (the
+    database sends no notification that reaches it)."""
 
     @abc.abstractmethod
     def placeholder(self, position: int) -> str:
@@ -228,9 +231,6 @@ class SqlStore(Store):
     """The store on one ``objects`` table; subclasses supply the executor and feed."""
 
     dialect: ClassVar[Dialect]
-    publishes_own_writes: ClassVar[bool]
-    """True when this process must publish its own writes to the change feed (no database
-    notification reaches it)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -298,7 +298,7 @@ class SqlStore(Store):
         if row is None:
             raise await self._why_not_written(write.object_type, write.id)
         rv, created, updated = row[0], row[1], row[2]
-        if self.publishes_own_writes:
+        if self.dialect.publishes_own_writes:
             self._hub.publish(ChangeEvent(write.object_type, write.id, rv, committed_at_ms=updated))
         return WriteResult(rv, created, updated)
 
@@ -311,7 +311,7 @@ class SqlStore(Store):
             "expected_version": expected_resource_version,
         }
         if await self._row(statement.sql, statement.params(values)) is not None:
-            if self.publishes_own_writes:
+            if self.dialect.publishes_own_writes:
                 self._hub.publish(ChangeEvent(object_type, id, None, deleted=True))
             return True
         error = await self._why_not_written(object_type, id)

@@ -61,6 +61,8 @@ class SqliteDialect(Dialect):
     """Labels are JSON text read with ``json_each``; parameters are ``?``."""
 
     name: ClassVar[str] = "sqlite"
+    # No database notification exists: local writes are published by the writer itself.
+    publishes_own_writes: ClassVar[bool] = True
     now_ms: ClassVar[str] = "CAST(ROUND((julianday('now') - 2440587.5) * 86400000) AS INTEGER)"
     # BEGIN IMMEDIATE takes the write lock at once: a second process waits (busy timeout)
     # and then sees the migrations the first one applied.
@@ -100,8 +102,6 @@ class SqliteDialect(Dialect):
 
 class SqliteStore(SqlStore):
     dialect: ClassVar[Dialect] = SqliteDialect()
-    # No database notification exists: local writes are published by the writer itself.
-    publishes_own_writes: ClassVar[bool] = True
 
     def __init__(
         self,
