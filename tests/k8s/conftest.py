@@ -29,7 +29,7 @@ from shellgate.controller.metrics import Metrics
 from shellgate.controller.reconcile.loops import attach_reconcilers
 from shellgate.store import Store
 from tests.support.k8s_emulator import NAMESPACE, SandboxEmulator, serve_sandboxes
-from tests.support.sealing import test_sealer
+from tests.support.sealing import new_sealer
 
 FAST_BACKOFFS = (0.1, 0.2, 0.5)
 
@@ -129,7 +129,7 @@ async def running_k8s_gateway(
 ) -> AsyncIterator[K8sGateway]:
     driver = make_driver(str(emulator.url).rstrip("/"))
     gateway = Gateway(
-        sealer=test_sealer(), store=store, driver=driver, metrics=Metrics(), replica_id="test"
+        sealer=new_sealer(), store=store, driver=driver, metrics=Metrics(), replica_id="test"
     )
     loops = attach_reconcilers(gateway)
     await driver.start()

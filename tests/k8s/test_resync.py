@@ -25,7 +25,7 @@ from tests.k8s.conftest import until
 from tests.support.fake_driver import FakeDriver, ready
 from tests.support.objects import sandbox as sandbox_message
 from tests.support.reconcile import resync_once
-from tests.support.sealing import test_sealer
+from tests.support.sealing import new_sealer
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -39,7 +39,7 @@ async def gw(store: Store) -> AsyncIterator[Gateway]:
     driver = FakeDriver(auto_ready=False)
     await driver.start()
     yield Gateway(
-        sealer=test_sealer(),
+        sealer=new_sealer(),
         store=store,
         driver=driver,
         metrics=Metrics(),
@@ -163,7 +163,7 @@ async def test_rows_written_after_the_listing_started_are_left_alone(store: Stor
     driver = FakeDriver(auto_ready=False)
     pass_start = wall_clock_ms() - 1
     gw = Gateway(
-        sealer=test_sealer(),
+        sealer=new_sealer(),
         store=store,
         driver=driver,
         metrics=Metrics(),

@@ -243,9 +243,9 @@ async def test_rows_without_their_phase_column_are_filled_once(store: Store) -> 
     """Rows written before the status column held the phase count as "unknown" until
     ``fill_phase_column`` gives them theirs; after that it costs one aggregate query."""
     from shellgate.store import Repositories, WriteCondition
-    from tests.support.sealing import test_sealer
+    from tests.support.sealing import new_sealer
 
-    repos = Repositories(store, test_sealer())
+    repos = Repositories(store, new_sealer())
     legacy = P.Sandbox()
     legacy.metadata.id, legacy.metadata.name = "old", "old"
     legacy.status.phase = P.SANDBOX_PHASE_READY
@@ -272,9 +272,9 @@ async def test_filling_the_phase_column_racing_phase_changes_ends_consistent(
     import asyncio
 
     from shellgate.store import Repositories, WriteCondition
-    from tests.support.sealing import test_sealer
+    from tests.support.sealing import new_sealer
 
-    repos = Repositories(store, test_sealer())
+    repos = Repositories(store, new_sealer())
     ids = [f"s{n}" for n in range(30)]
     for sandbox_id in ids:
         legacy = P.Sandbox()
@@ -313,9 +313,9 @@ async def test_a_fill_forced_behind_phase_changes_never_undoes_them(
     what this test must then see."""
     from shellgate.store import Repositories, WriteCondition
     from shellgate.store.repositories.sandboxes import SandboxRepository
-    from tests.support.sealing import test_sealer
+    from tests.support.sealing import new_sealer
 
-    repos = Repositories(store, test_sealer())
+    repos = Repositories(store, new_sealer())
     ids = [f"s{n}" for n in range(6)]
     for sandbox_id in ids:
         legacy = P.Sandbox()
@@ -361,9 +361,9 @@ async def test_a_fill_forced_behind_phase_changes_never_undoes_them(
 
 async def test_unfilled_rows_add_to_the_unknown_phase_count(store: Store) -> None:
     from shellgate.store import Repositories, WriteCondition
-    from tests.support.sealing import test_sealer
+    from tests.support.sealing import new_sealer
 
-    repos = Repositories(store, test_sealer())
+    repos = Repositories(store, new_sealer())
     legacy = P.Sandbox()
     legacy.metadata.id = legacy.metadata.name = "old"
     await store.put_if(

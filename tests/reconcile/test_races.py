@@ -30,7 +30,7 @@ from shellgate.reconcilers import sandbox as sandbox_rules
 from shellgate.store import ObjectRecord, Store, connect
 from tests.support.fake_driver import FakeDriver, ready, suspended
 from tests.support.objects import sandbox as sandbox_message
-from tests.support.sealing import test_sealer
+from tests.support.sealing import new_sealer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -68,7 +68,7 @@ async def snapshot_against_intent(store: Store) -> tuple[P.Sandbox, int]:
     hooked = IntentBetweenReadAndWrite(store, sandbox_id)
     driver = FakeDriver(auto_ready=False)
     gw = Gateway(
-        sealer=test_sealer(), store=hooked, driver=driver, metrics=Metrics(), replica_id="r"
+        sealer=new_sealer(), store=hooked, driver=driver, metrics=Metrics(), replica_id="r"
     )  # type: ignore[arg-type]
     reconciler = SandboxReconciler(gw)
     workers = asyncio.create_task(reconciler.run(workers=1))
@@ -128,7 +128,7 @@ async def replicas(store_url: str) -> AsyncIterator[list[tuple[Gateway, FakeDriv
             store = await connect(store_url)
             driver = FakeDriver(auto_ready=False)
             gw = Gateway(
-                sealer=test_sealer(),
+                sealer=new_sealer(),
                 store=store,
                 driver=driver,
                 metrics=Metrics(),

@@ -20,7 +20,7 @@ from shellgate.controller.metrics import Metrics
 from shellgate.controller.reconcile.loops import Reconcilers, attach_reconcilers
 from shellgate.store import Store
 from tests.support.fake_driver import FakeDriver
-from tests.support.sealing import test_sealer
+from tests.support.sealing import new_sealer
 
 SETTLE_AFTER_SECONDS = 2.0
 """How long the draft loop leaves a chunk's effect to its own handler in tests."""
@@ -41,7 +41,7 @@ async def running_gateway(
     store: Store, driver: ComputeDriver, limits: Limits | None = None
 ) -> AsyncIterator[Running]:
     gateway = Gateway(
-        sealer=test_sealer(),
+        sealer=new_sealer(),
         store=store,
         driver=driver,
         metrics=Metrics(),

@@ -7,5 +7,5 @@ import secrets
 from shellgate.store.secrets import KEY_BYTES, Keyring, SecretSealer
 
 
-def test_sealer() -> SecretSealer:
+def new_sealer() -> SecretSealer:
     return SecretSealer(Keyring([secrets.token_bytes(KEY_BYTES)]))
