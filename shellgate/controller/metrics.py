@@ -8,9 +8,10 @@ the store by the serve loop (``SandboxCounter``), cached for a few seconds.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -33,12 +34,17 @@ class StoreOutcomes:
 
     reads_failing: bool = False
     writes_failing: bool = False
+    failed: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set by a failure: the health prober wakes up and probes at its failing pace at once,
+    instead of after the rest of its healthy interval (up to a second late)."""
 
     def record(self, operation: str, available: bool) -> None:
         if operation in WRITE_OPERATIONS:
             self.writes_failing = not available
         else:
             self.reads_failing = not available
+        if not available:
+            self.failed.set()
 
     @property
     def failing(self) -> bool:

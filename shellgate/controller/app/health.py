@@ -21,11 +21,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from shellgate.api import openshell_pb2
 from shellgate.controller.gateway import Gateway
 from shellgate.store import StoreError
+from shellgate.store.deadline import deadline_in
 
 log = logging.getLogger(__name__)
 
 PING_INTERVAL_SECONDS = 1.0
-FAILING_PING_INTERVAL_SECONDS = 0.25
+FAILING_PING_INTERVAL_SECONDS = 0.1
+PROBE_BUDGET_SECONDS = 0.2
 WRITE_PROBE_EVERY = 5
 """While healthy, one ping in five also writes (this replica's heartbeat row): a ``SELECT 1``
 succeeds on a database whose file cannot be written."""
@@ -62,10 +64,14 @@ class HealthState:
         """Aggregate queries run for the gauge (how tests see scrapes share one)."""
 
     async def ping_forever(self) -> None:
+        outcomes = self.gw.metrics.store_outcomes
         while True:
             await self.ping_once()
-            failing = not self.store.ok or self.gw.metrics.store_outcomes.failing
-            await asyncio.sleep(FAILING_PING_INTERVAL_SECONDS if failing else PING_INTERVAL_SECONDS)
+            outcomes.failed.clear()  # the probe's own failure must not wake it again at once
+            failing = not self.store.ok or outcomes.failing
+            interval = FAILING_PING_INTERVAL_SECONDS if failing else PING_INTERVAL_SECONDS
+            with contextlib.suppress(TimeoutError):  # a failing call cuts the pause short
+                await asyncio.wait_for(outcomes.failed.wait(), interval)
 
     async def ping_once(self) -> None:
         outcomes = self.gw.metrics.store_outcomes
@@ -84,9 +90,12 @@ class HealthState:
         self.gw.metrics.store_up.set(1 if self.store_ok() else 0)
 
     async def _probe(self, *, write: bool) -> None:
-        await self.gw.store.ping()
-        if write:
-            await self.gw.repos.replicas.beat(self.gw.replica_id)
+        # A short budget: a probe that waits out a whole lock wait (a second on SQLite) would
+        # report a recovery that late; a short one fails fast and the next probe tries again.
+        with deadline_in(PROBE_BUDGET_SECONDS):
+            await self.gw.store.ping()
+            if write:
+                await self.gw.repos.replicas.beat(self.gw.replica_id)
 
     def store_ok(self) -> bool:
         return self.store.ok and not self.gw.metrics.store_outcomes.failing
