@@ -50,8 +50,9 @@ class HealthState:
     The store check fails at once when a real store call fails for want of the database (the
     store observer records every outcome), and when the background ping fails. It recovers
     with the next real call that succeeds or, without traffic, with the next probe: the pinger
-    runs every second, every quarter second while failing, and then also writes, so a replica
-    whose writes failed does not stay unready forever for lack of writes.
+    runs every second, is woken at once by a failing call, probes every 0.1 s while failing
+    and then also writes, so a replica whose writes failed does not stay unready for lack of
+    writes, nor for the rest of a healthy pause.
     """
 
     def __init__(self, gw: Gateway) -> None:
