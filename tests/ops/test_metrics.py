@@ -271,27 +271,12 @@ async def test_filling_the_phase_column_racing_phase_changes_ends_consistent(
     own status column, so the column ends equal to every row's phase."""
     import asyncio
 
-    from shellgate.store import Repositories, WriteCondition
+    from shellgate.store import Repositories
     from tests.support.sealing import new_sealer
 
     repos = Repositories(store, new_sealer())
     ids = [f"s{n}" for n in range(30)]
-    for sandbox_id in ids:
-        legacy = P.Sandbox()
-        legacy.metadata.id = legacy.metadata.name = sandbox_id
-        legacy.status.phase = P.SANDBOX_PHASE_PROVISIONING
-        await store.put_if(
-            "sandbox",
-            sandbox_id,
-            sandbox_id,
-            legacy.SerializeToString(),
-            {},
-            WriteCondition.MUST_CREATE,
-        )
-
-    def to_ready(sandbox: P.Sandbox) -> P.Sandbox:
-        sandbox.status.phase = P.SANDBOX_PHASE_READY
-        return sandbox
+    await seed_rows_without_phase_column(store, ids)
 
     async def change_phases() -> None:
         for sandbox_id in ids[::2]:
@@ -311,28 +296,13 @@ async def test_a_fill_forced_behind_phase_changes_never_undoes_them(
     guard (the fill writes at the version it read) the changes stand; with it removed (the
     fill writes its stale copy at whatever version is current) they are undone, which is
     what this test must then see."""
-    from shellgate.store import Repositories, WriteCondition
+    from shellgate.store import Repositories
     from shellgate.store.repositories.sandboxes import SandboxRepository
     from tests.support.sealing import new_sealer
 
     repos = Repositories(store, new_sealer())
     ids = [f"s{n}" for n in range(6)]
-    for sandbox_id in ids:
-        legacy = P.Sandbox()
-        legacy.metadata.id = legacy.metadata.name = sandbox_id
-        legacy.status.phase = P.SANDBOX_PHASE_PROVISIONING
-        await store.put_if(
-            "sandbox",
-            sandbox_id,
-            sandbox_id,
-            legacy.SerializeToString(),
-            {},
-            WriteCondition.MUST_CREATE,
-        )
-
-    def to_ready(sandbox: P.Sandbox) -> P.Sandbox:
-        sandbox.status.phase = P.SANDBOX_PHASE_READY
-        return sandbox
+    await seed_rows_without_phase_column(store, ids)
 
     read_page = SandboxRepository.list_records
 
@@ -374,3 +344,22 @@ async def test_unfilled_rows_add_to_the_unknown_phase_count(store: Store) -> Non
     lost.status.phase = P.SANDBOX_PHASE_UNKNOWN
     await repos.sandboxes.create(lost)
     assert await repos.sandboxes.phase_counts() == {"unknown": 2}
+
+
+async def seed_rows_without_phase_column(store: Store, ids: list[str]) -> None:
+    """PROVISIONING rows as a version that did not keep the phase column wrote them."""
+    from shellgate.store import WriteCondition
+
+    for sandbox_id in ids:
+        legacy = P.Sandbox()
+        legacy.metadata.id = legacy.metadata.name = sandbox_id
+        legacy.status.phase = P.SANDBOX_PHASE_PROVISIONING
+        payload = legacy.SerializeToString()
+        await store.put_if(
+            "sandbox", sandbox_id, sandbox_id, payload, {}, WriteCondition.MUST_CREATE
+        )
+
+
+def to_ready(sandbox: P.Sandbox) -> P.Sandbox:
+    sandbox.status.phase = P.SANDBOX_PHASE_READY
+    return sandbox
