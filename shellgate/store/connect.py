@@ -67,9 +67,17 @@ def store_for_url(
         return SqliteStore(
             path,
             synchronous=options.get("synchronous", "FULL"),
-            busy_timeout_ms=int(options.get("busy_timeout_ms", "5000")),
-            lock_wait_ms=int(options.get("lock_wait_ms", str(DEFAULT_LOCK_WAIT_MS))),
+            busy_timeout_ms=_milliseconds(options, "busy_timeout_ms", 5000),
+            lock_wait_ms=_milliseconds(options, "lock_wait_ms", DEFAULT_LOCK_WAIT_MS),
             observer=observer,
             retry=retry,
         )
     raise ConfigurationError(f"unsupported database URL {url!r}; accepted forms: {ACCEPTED_FORMS}")
+
+
+def _milliseconds(options: dict[str, str], name: str, default: int) -> int:
+    """A URL option in whole milliseconds; a bad one is a configuration error naming it."""
+    raw = options.get(name, str(default))
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
+        raise ConfigurationError(f"SQLite URL option {name} must be a positive integer")
+    return int(raw)

@@ -22,6 +22,7 @@ import pytest
 from shellgate.api import openshell_pb2, openshell_pb2_grpc
 from tests.faults.load import (
     Workload,
+    assert_creates_stored,
     assert_expected_codes,
     assert_hot_register_linearizable,
     run_load,
@@ -57,16 +58,7 @@ async def check_after_fault(
         await seconds_until(replica, True, READINESS_BOUND_S)
     assert not history.codes() & {"INTERNAL", "UNKNOWN"}, history.codes()
     assert_expected_codes(history)
-    stored: set[str] = set()
-    token = ""
-    while True:
-        reply = await stub.ListProviders(P.ListProvidersRequest(page_size=1000, page_token=token))
-        stored |= {p.metadata.name for p in reply.providers}
-        token = reply.next_page_token
-        if not token:
-            break
-    acknowledged = {c.key for c in history.acknowledged("create")}
-    assert acknowledged and acknowledged <= stored, sorted(acknowledged - stored)
+    await assert_creates_stored(stub, history)
 
 
 async def test_restart_and_terminated_backends_lose_nothing_acknowledged(

@@ -179,3 +179,11 @@ async def test_an_sqlite_file_that_cannot_be_created_is_one_clear_error(
     message = str(refused.value)
     assert str(path) in message and message.endswith("File exists")
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("option", ["busy_timeout_ms=soon", "lock_wait_ms=-5", "lock_wait_ms=0"])
+def test_a_bad_sqlite_url_option_is_a_configuration_error(option: str) -> None:
+    from shellgate.store import ConfigurationError, store_for_url
+
+    with pytest.raises(ConfigurationError, match=option.split("=")[0]):
+        store_for_url(f"sqlite:///x.db?{option}")
