@@ -29,8 +29,7 @@ if _version_not_supported:
 
 
 class OpenShellStub:
-    """Methods are listed in the upstream order.
-    """
+    """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
         """Constructor.
@@ -43,10 +42,25 @@ class OpenShellStub:
                 request_serializer=shellgate_dot_api_dot_openshell__pb2.HealthRequest.SerializeToString,
                 response_deserializer=shellgate_dot_api_dot_openshell__pb2.HealthResponse.FromString,
                 _registered_method=True)
+        self.GetCurrentUser = channel.unary_unary(
+                '/openshell.v1.OpenShell/GetCurrentUser',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.GetCurrentUserRequest.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.GetCurrentUserResponse.FromString,
+                _registered_method=True)
+        self.GetGatewayInfo = channel.unary_unary(
+                '/openshell.v1.OpenShell/GetGatewayInfo',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.GetGatewayInfoRequest.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.GetGatewayInfoResponse.FromString,
+                _registered_method=True)
         self.CreateSandbox = channel.unary_unary(
                 '/openshell.v1.OpenShell/CreateSandbox',
                 request_serializer=shellgate_dot_api_dot_openshell__pb2.CreateSandboxRequest.SerializeToString,
                 response_deserializer=shellgate_dot_api_dot_openshell__pb2.SandboxResponse.FromString,
+                _registered_method=True)
+        self.BeginRootfsTarStaging = channel.unary_unary(
+                '/openshell.v1.OpenShell/BeginRootfsTarStaging',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.BeginRootfsTarStagingRequest.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.BeginRootfsTarStagingResponse.FromString,
                 _registered_method=True)
         self.GetSandbox = channel.unary_unary(
                 '/openshell.v1.OpenShell/GetSandbox',
@@ -57,6 +71,26 @@ class OpenShellStub:
                 '/openshell.v1.OpenShell/ListSandboxes',
                 request_serializer=shellgate_dot_api_dot_openshell__pb2.ListSandboxesRequest.SerializeToString,
                 response_deserializer=shellgate_dot_api_dot_openshell__pb2.ListSandboxesResponse.FromString,
+                _registered_method=True)
+        self.CreateSandboxTemplate = channel.unary_unary(
+                '/openshell.v1.OpenShell/CreateSandboxTemplate',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.CreateSandboxTemplateRequest.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.SandboxTemplateResponse.FromString,
+                _registered_method=True)
+        self.GetSandboxTemplate = channel.unary_unary(
+                '/openshell.v1.OpenShell/GetSandboxTemplate',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.GetSandboxTemplateRequest.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.SandboxTemplateResponse.FromString,
+                _registered_method=True)
+        self.ListSandboxTemplates = channel.unary_unary(
+                '/openshell.v1.OpenShell/ListSandboxTemplates',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.ListSandboxTemplatesRequest.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.ListSandboxTemplatesResponse.FromString,
+                _registered_method=True)
+        self.DeleteSandboxTemplate = channel.unary_unary(
+                '/openshell.v1.OpenShell/DeleteSandboxTemplate',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.DeleteSandboxTemplateRequest.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.DeleteSandboxTemplateResponse.FromString,
                 _registered_method=True)
         self.ListSandboxProviders = channel.unary_unary(
                 '/openshell.v1.OpenShell/ListSandboxProviders',
@@ -73,6 +107,11 @@ class OpenShellStub:
                 request_serializer=shellgate_dot_api_dot_openshell__pb2.DetachSandboxProviderRequest.SerializeToString,
                 response_deserializer=shellgate_dot_api_dot_openshell__pb2.DetachSandboxProviderResponse.FromString,
                 _registered_method=True)
+        self.GetSandboxProviderStatus = channel.unary_unary(
+                '/openshell.v1.OpenShell/GetSandboxProviderStatus',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.GetSandboxProviderStatusRequest.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.GetSandboxProviderStatusResponse.FromString,
+                _registered_method=True)
         self.DeleteSandbox = channel.unary_unary(
                 '/openshell.v1.OpenShell/DeleteSandbox',
                 request_serializer=shellgate_dot_api_dot_openshell__pb2.DeleteSandboxRequest.SerializeToString,
@@ -88,6 +127,51 @@ class OpenShellStub:
                 request_serializer=shellgate_dot_api_dot_openshell__pb2.StartSandboxRequest.SerializeToString,
                 response_deserializer=shellgate_dot_api_dot_openshell__pb2.SandboxResponse.FromString,
                 _registered_method=True)
+        self.CreateSshSession = channel.unary_unary(
+                '/openshell.v1.OpenShell/CreateSshSession',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.CreateSshSessionRequest.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.CreateSshSessionResponse.FromString,
+                _registered_method=True)
+        self.ExposeService = channel.unary_unary(
+                '/openshell.v1.OpenShell/ExposeService',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.ExposeServiceRequest.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.ServiceEndpointResponse.FromString,
+                _registered_method=True)
+        self.GetService = channel.unary_unary(
+                '/openshell.v1.OpenShell/GetService',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.GetServiceRequest.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.ServiceEndpointResponse.FromString,
+                _registered_method=True)
+        self.ListServices = channel.unary_unary(
+                '/openshell.v1.OpenShell/ListServices',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.ListServicesRequest.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.ListServicesResponse.FromString,
+                _registered_method=True)
+        self.DeleteService = channel.unary_unary(
+                '/openshell.v1.OpenShell/DeleteService',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.DeleteServiceRequest.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.DeleteServiceResponse.FromString,
+                _registered_method=True)
+        self.RevokeSshSession = channel.unary_unary(
+                '/openshell.v1.OpenShell/RevokeSshSession',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.RevokeSshSessionRequest.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.RevokeSshSessionResponse.FromString,
+                _registered_method=True)
+        self.ExecSandbox = channel.unary_stream(
+                '/openshell.v1.OpenShell/ExecSandbox',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.ExecSandboxRequest.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.ExecSandboxEvent.FromString,
+                _registered_method=True)
+        self.ForwardTcp = channel.stream_stream(
+                '/openshell.v1.OpenShell/ForwardTcp',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.TcpForwardFrame.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.TcpForwardFrame.FromString,
+                _registered_method=True)
+        self.ExecSandboxInteractive = channel.stream_stream(
+                '/openshell.v1.OpenShell/ExecSandboxInteractive',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.ExecSandboxInput.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.ExecSandboxEvent.FromString,
+                _registered_method=True)
         self.CreateProvider = channel.unary_unary(
                 '/openshell.v1.OpenShell/CreateProvider',
                 request_serializer=shellgate_dot_api_dot_openshell__pb2.CreateProviderRequest.SerializeToString,
@@ -98,20 +182,75 @@ class OpenShellStub:
                 request_serializer=shellgate_dot_api_dot_openshell__pb2.GetProviderRequest.SerializeToString,
                 response_deserializer=shellgate_dot_api_dot_openshell__pb2.ProviderResponse.FromString,
                 _registered_method=True)
+        self.GetProviderCredentials = channel.unary_unary(
+                '/openshell.v1.OpenShell/GetProviderCredentials',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.GetProviderCredentialsRequest.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.GetProviderCredentialsResponse.FromString,
+                _registered_method=True)
         self.ListProviders = channel.unary_unary(
                 '/openshell.v1.OpenShell/ListProviders',
                 request_serializer=shellgate_dot_api_dot_openshell__pb2.ListProvidersRequest.SerializeToString,
                 response_deserializer=shellgate_dot_api_dot_openshell__pb2.ListProvidersResponse.FromString,
+                _registered_method=True)
+        self.ListProviderProfiles = channel.unary_unary(
+                '/openshell.v1.OpenShell/ListProviderProfiles',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.ListProviderProfilesRequest.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.ListProviderProfilesResponse.FromString,
+                _registered_method=True)
+        self.GetProviderProfile = channel.unary_unary(
+                '/openshell.v1.OpenShell/GetProviderProfile',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.GetProviderProfileRequest.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.ProviderProfileResponse.FromString,
+                _registered_method=True)
+        self.ImportProviderProfiles = channel.unary_unary(
+                '/openshell.v1.OpenShell/ImportProviderProfiles',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.ImportProviderProfilesRequest.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.ImportProviderProfilesResponse.FromString,
+                _registered_method=True)
+        self.UpdateProviderProfiles = channel.unary_unary(
+                '/openshell.v1.OpenShell/UpdateProviderProfiles',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.UpdateProviderProfilesRequest.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.UpdateProviderProfilesResponse.FromString,
+                _registered_method=True)
+        self.LintProviderProfiles = channel.unary_unary(
+                '/openshell.v1.OpenShell/LintProviderProfiles',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.LintProviderProfilesRequest.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.LintProviderProfilesResponse.FromString,
                 _registered_method=True)
         self.UpdateProvider = channel.unary_unary(
                 '/openshell.v1.OpenShell/UpdateProvider',
                 request_serializer=shellgate_dot_api_dot_openshell__pb2.UpdateProviderRequest.SerializeToString,
                 response_deserializer=shellgate_dot_api_dot_openshell__pb2.ProviderResponse.FromString,
                 _registered_method=True)
+        self.GetProviderRefreshStatus = channel.unary_unary(
+                '/openshell.v1.OpenShell/GetProviderRefreshStatus',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.GetProviderRefreshStatusRequest.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.GetProviderRefreshStatusResponse.FromString,
+                _registered_method=True)
+        self.ConfigureProviderRefresh = channel.unary_unary(
+                '/openshell.v1.OpenShell/ConfigureProviderRefresh',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.ConfigureProviderRefreshRequest.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.ConfigureProviderRefreshResponse.FromString,
+                _registered_method=True)
+        self.RotateProviderCredential = channel.unary_unary(
+                '/openshell.v1.OpenShell/RotateProviderCredential',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.RotateProviderCredentialRequest.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.RotateProviderCredentialResponse.FromString,
+                _registered_method=True)
+        self.DeleteProviderRefresh = channel.unary_unary(
+                '/openshell.v1.OpenShell/DeleteProviderRefresh',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.DeleteProviderRefreshRequest.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.DeleteProviderRefreshResponse.FromString,
+                _registered_method=True)
         self.DeleteProvider = channel.unary_unary(
                 '/openshell.v1.OpenShell/DeleteProvider',
                 request_serializer=shellgate_dot_api_dot_openshell__pb2.DeleteProviderRequest.SerializeToString,
                 response_deserializer=shellgate_dot_api_dot_openshell__pb2.DeleteProviderResponse.FromString,
+                _registered_method=True)
+        self.DeleteProviderProfile = channel.unary_unary(
+                '/openshell.v1.OpenShell/DeleteProviderProfile',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.DeleteProviderProfileRequest.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.DeleteProviderProfileResponse.FromString,
                 _registered_method=True)
         self.GetSandboxConfig = channel.unary_unary(
                 '/openshell.v1.OpenShell/GetSandboxConfig',
@@ -142,6 +281,86 @@ class OpenShellStub:
                 '/openshell.v1.OpenShell/ReportPolicyStatus',
                 request_serializer=shellgate_dot_api_dot_openshell__pb2.ReportPolicyStatusRequest.SerializeToString,
                 response_deserializer=shellgate_dot_api_dot_openshell__pb2.ReportPolicyStatusResponse.FromString,
+                _registered_method=True)
+        self.ReportEndpointStatus = channel.unary_unary(
+                '/openshell.v1.OpenShell/ReportEndpointStatus',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.ReportEndpointStatusRequest.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.ReportEndpointStatusResponse.FromString,
+                _registered_method=True)
+        self.ReportProviderReadiness = channel.unary_unary(
+                '/openshell.v1.OpenShell/ReportProviderReadiness',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.ReportProviderReadinessRequest.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.ReportProviderReadinessResponse.FromString,
+                _registered_method=True)
+        self.ReportSandboxConfiguration = channel.unary_unary(
+                '/openshell.v1.OpenShell/ReportSandboxConfiguration',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.ReportSandboxConfigurationRequest.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.ReportSandboxConfigurationResponse.FromString,
+                _registered_method=True)
+        self.GetSandboxProviderEnvironment = channel.unary_unary(
+                '/openshell.v1.OpenShell/GetSandboxProviderEnvironment',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.GetSandboxProviderEnvironmentRequest.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.GetSandboxProviderEnvironmentResponse.FromString,
+                _registered_method=True)
+        self.ExchangeProviderSubjectToken = channel.unary_unary(
+                '/openshell.v1.OpenShell/ExchangeProviderSubjectToken',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.ExchangeProviderSubjectTokenRequest.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.ExchangeProviderSubjectTokenResponse.FromString,
+                _registered_method=True)
+        self.GetSandboxLogs = channel.unary_unary(
+                '/openshell.v1.OpenShell/GetSandboxLogs',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.GetSandboxLogsRequest.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.GetSandboxLogsResponse.FromString,
+                _registered_method=True)
+        self.PushSandboxLogs = channel.stream_unary(
+                '/openshell.v1.OpenShell/PushSandboxLogs',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.PushSandboxLogsRequest.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.PushSandboxLogsResponse.FromString,
+                _registered_method=True)
+        self.ConnectSupervisor = channel.stream_stream(
+                '/openshell.v1.OpenShell/ConnectSupervisor',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.SupervisorMessage.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.GatewayMessage.FromString,
+                _registered_method=True)
+        self.ReportMainProcessExit = channel.unary_unary(
+                '/openshell.v1.OpenShell/ReportMainProcessExit',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.ReportMainProcessExitRequest.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.ReportMainProcessExitResponse.FromString,
+                _registered_method=True)
+        self.FinalizeMainProcessExit = channel.unary_unary(
+                '/openshell.v1.OpenShell/FinalizeMainProcessExit',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.FinalizeMainProcessExitRequest.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.FinalizeMainProcessExitResponse.FromString,
+                _registered_method=True)
+        self.RelayStream = channel.stream_stream(
+                '/openshell.v1.OpenShell/RelayStream',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.RelayFrame.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.RelayFrame.FromString,
+                _registered_method=True)
+        self.PeerRelay = channel.stream_stream(
+                '/openshell.v1.OpenShell/PeerRelay',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.PeerRelayFrame.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.PeerRelayFrame.FromString,
+                _registered_method=True)
+        self.PeerReportProviderReadiness = channel.unary_unary(
+                '/openshell.v1.OpenShell/PeerReportProviderReadiness',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.ReportProviderReadinessRequest.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.ReportProviderReadinessResponse.FromString,
+                _registered_method=True)
+        self.PeerReportEndpointStatus = channel.unary_unary(
+                '/openshell.v1.OpenShell/PeerReportEndpointStatus',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.ReportEndpointStatusRequest.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.ReportEndpointStatusResponse.FromString,
+                _registered_method=True)
+        self.PeerGetSandboxProviderStatus = channel.unary_unary(
+                '/openshell.v1.OpenShell/PeerGetSandboxProviderStatus',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.GetSandboxProviderStatusRequest.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.GetSandboxProviderStatusResponse.FromString,
+                _registered_method=True)
+        self.PeerNotifyConfigUpdate = channel.unary_unary(
+                '/openshell.v1.OpenShell/PeerNotifyConfigUpdate',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.PeerNotifyConfigUpdateRequest.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.PeerNotifyConfigUpdateResponse.FromString,
                 _registered_method=True)
         self.WatchSandbox = channel.unary_stream(
                 '/openshell.v1.OpenShell/WatchSandbox',
@@ -193,11 +412,55 @@ class OpenShellStub:
                 request_serializer=shellgate_dot_api_dot_openshell__pb2.GetDraftHistoryRequest.SerializeToString,
                 response_deserializer=shellgate_dot_api_dot_openshell__pb2.GetDraftHistoryResponse.FromString,
                 _registered_method=True)
+        self.IssueSandboxToken = channel.unary_unary(
+                '/openshell.v1.OpenShell/IssueSandboxToken',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.IssueSandboxTokenRequest.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.IssueSandboxTokenResponse.FromString,
+                _registered_method=True)
+        self.RefreshSandboxToken = channel.unary_unary(
+                '/openshell.v1.OpenShell/RefreshSandboxToken',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.RefreshSandboxTokenRequest.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.RefreshSandboxTokenResponse.FromString,
+                _registered_method=True)
+        self.CreateWorkspace = channel.unary_unary(
+                '/openshell.v1.OpenShell/CreateWorkspace',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.CreateWorkspaceRequest.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.CreateWorkspaceResponse.FromString,
+                _registered_method=True)
+        self.GetWorkspace = channel.unary_unary(
+                '/openshell.v1.OpenShell/GetWorkspace',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.GetWorkspaceRequest.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.GetWorkspaceResponse.FromString,
+                _registered_method=True)
+        self.ListWorkspaces = channel.unary_unary(
+                '/openshell.v1.OpenShell/ListWorkspaces',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.ListWorkspacesRequest.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.ListWorkspacesResponse.FromString,
+                _registered_method=True)
+        self.DeleteWorkspace = channel.unary_unary(
+                '/openshell.v1.OpenShell/DeleteWorkspace',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.DeleteWorkspaceRequest.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.DeleteWorkspaceResponse.FromString,
+                _registered_method=True)
+        self.AddWorkspaceMember = channel.unary_unary(
+                '/openshell.v1.OpenShell/AddWorkspaceMember',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.AddWorkspaceMemberRequest.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.AddWorkspaceMemberResponse.FromString,
+                _registered_method=True)
+        self.RemoveWorkspaceMember = channel.unary_unary(
+                '/openshell.v1.OpenShell/RemoveWorkspaceMember',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.RemoveWorkspaceMemberRequest.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.RemoveWorkspaceMemberResponse.FromString,
+                _registered_method=True)
+        self.ListWorkspaceMembers = channel.unary_unary(
+                '/openshell.v1.OpenShell/ListWorkspaceMembers',
+                request_serializer=shellgate_dot_api_dot_openshell__pb2.ListWorkspaceMembersRequest.SerializeToString,
+                response_deserializer=shellgate_dot_api_dot_openshell__pb2.ListWorkspaceMembersResponse.FromString,
+                _registered_method=True)
 
 
 class OpenShellServicer:
-    """Methods are listed in the upstream order.
-    """
+    """Missing associated documentation comment in .proto file."""
 
     def Health(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -205,7 +468,25 @@ class OpenShellServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCurrentUser(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetGatewayInfo(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateSandbox(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BeginRootfsTarStaging(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -218,6 +499,30 @@ class OpenShellServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListSandboxes(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateSandboxTemplate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSandboxTemplate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSandboxTemplates(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSandboxTemplate(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -241,6 +546,12 @@ class OpenShellServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetSandboxProviderStatus(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DeleteSandbox(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -259,6 +570,60 @@ class OpenShellServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateSshSession(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExposeService(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetService(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListServices(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteService(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeSshSession(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExecSandbox(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ForwardTcp(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExecSandboxInteractive(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateProvider(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -271,7 +636,43 @@ class OpenShellServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetProviderCredentials(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListProviders(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListProviderProfiles(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetProviderProfile(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportProviderProfiles(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateProviderProfiles(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LintProviderProfiles(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -283,7 +684,37 @@ class OpenShellServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetProviderRefreshStatus(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConfigureProviderRefresh(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateProviderCredential(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteProviderRefresh(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DeleteProvider(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteProviderProfile(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -320,6 +751,102 @@ class OpenShellServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReportPolicyStatus(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportEndpointStatus(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportProviderReadiness(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportSandboxConfiguration(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSandboxProviderEnvironment(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExchangeProviderSubjectToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSandboxLogs(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PushSandboxLogs(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConnectSupervisor(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportMainProcessExit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FinalizeMainProcessExit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RelayStream(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PeerRelay(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PeerReportProviderReadiness(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PeerReportEndpointStatus(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PeerGetSandboxProviderStatus(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PeerNotifyConfigUpdate(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -385,6 +912,60 @@ class OpenShellServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def IssueSandboxToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RefreshSandboxToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateWorkspace(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetWorkspace(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWorkspaces(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteWorkspace(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddWorkspaceMember(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveWorkspaceMember(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWorkspaceMembers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OpenShellServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -393,10 +974,25 @@ def add_OpenShellServicer_to_server(servicer, server):
                     request_deserializer=shellgate_dot_api_dot_openshell__pb2.HealthRequest.FromString,
                     response_serializer=shellgate_dot_api_dot_openshell__pb2.HealthResponse.SerializeToString,
             ),
+            'GetCurrentUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCurrentUser,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.GetCurrentUserRequest.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.GetCurrentUserResponse.SerializeToString,
+            ),
+            'GetGatewayInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetGatewayInfo,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.GetGatewayInfoRequest.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.GetGatewayInfoResponse.SerializeToString,
+            ),
             'CreateSandbox': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateSandbox,
                     request_deserializer=shellgate_dot_api_dot_openshell__pb2.CreateSandboxRequest.FromString,
                     response_serializer=shellgate_dot_api_dot_openshell__pb2.SandboxResponse.SerializeToString,
+            ),
+            'BeginRootfsTarStaging': grpc.unary_unary_rpc_method_handler(
+                    servicer.BeginRootfsTarStaging,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.BeginRootfsTarStagingRequest.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.BeginRootfsTarStagingResponse.SerializeToString,
             ),
             'GetSandbox': grpc.unary_unary_rpc_method_handler(
                     servicer.GetSandbox,
@@ -407,6 +1003,26 @@ def add_OpenShellServicer_to_server(servicer, server):
                     servicer.ListSandboxes,
                     request_deserializer=shellgate_dot_api_dot_openshell__pb2.ListSandboxesRequest.FromString,
                     response_serializer=shellgate_dot_api_dot_openshell__pb2.ListSandboxesResponse.SerializeToString,
+            ),
+            'CreateSandboxTemplate': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSandboxTemplate,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.CreateSandboxTemplateRequest.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.SandboxTemplateResponse.SerializeToString,
+            ),
+            'GetSandboxTemplate': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSandboxTemplate,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.GetSandboxTemplateRequest.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.SandboxTemplateResponse.SerializeToString,
+            ),
+            'ListSandboxTemplates': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSandboxTemplates,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.ListSandboxTemplatesRequest.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.ListSandboxTemplatesResponse.SerializeToString,
+            ),
+            'DeleteSandboxTemplate': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSandboxTemplate,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.DeleteSandboxTemplateRequest.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.DeleteSandboxTemplateResponse.SerializeToString,
             ),
             'ListSandboxProviders': grpc.unary_unary_rpc_method_handler(
                     servicer.ListSandboxProviders,
@@ -423,6 +1039,11 @@ def add_OpenShellServicer_to_server(servicer, server):
                     request_deserializer=shellgate_dot_api_dot_openshell__pb2.DetachSandboxProviderRequest.FromString,
                     response_serializer=shellgate_dot_api_dot_openshell__pb2.DetachSandboxProviderResponse.SerializeToString,
             ),
+            'GetSandboxProviderStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSandboxProviderStatus,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.GetSandboxProviderStatusRequest.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.GetSandboxProviderStatusResponse.SerializeToString,
+            ),
             'DeleteSandbox': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteSandbox,
                     request_deserializer=shellgate_dot_api_dot_openshell__pb2.DeleteSandboxRequest.FromString,
@@ -438,6 +1059,51 @@ def add_OpenShellServicer_to_server(servicer, server):
                     request_deserializer=shellgate_dot_api_dot_openshell__pb2.StartSandboxRequest.FromString,
                     response_serializer=shellgate_dot_api_dot_openshell__pb2.SandboxResponse.SerializeToString,
             ),
+            'CreateSshSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSshSession,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.CreateSshSessionRequest.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.CreateSshSessionResponse.SerializeToString,
+            ),
+            'ExposeService': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExposeService,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.ExposeServiceRequest.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.ServiceEndpointResponse.SerializeToString,
+            ),
+            'GetService': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetService,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.GetServiceRequest.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.ServiceEndpointResponse.SerializeToString,
+            ),
+            'ListServices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListServices,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.ListServicesRequest.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.ListServicesResponse.SerializeToString,
+            ),
+            'DeleteService': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteService,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.DeleteServiceRequest.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.DeleteServiceResponse.SerializeToString,
+            ),
+            'RevokeSshSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeSshSession,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.RevokeSshSessionRequest.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.RevokeSshSessionResponse.SerializeToString,
+            ),
+            'ExecSandbox': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExecSandbox,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.ExecSandboxRequest.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.ExecSandboxEvent.SerializeToString,
+            ),
+            'ForwardTcp': grpc.stream_stream_rpc_method_handler(
+                    servicer.ForwardTcp,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.TcpForwardFrame.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.TcpForwardFrame.SerializeToString,
+            ),
+            'ExecSandboxInteractive': grpc.stream_stream_rpc_method_handler(
+                    servicer.ExecSandboxInteractive,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.ExecSandboxInput.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.ExecSandboxEvent.SerializeToString,
+            ),
             'CreateProvider': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateProvider,
                     request_deserializer=shellgate_dot_api_dot_openshell__pb2.CreateProviderRequest.FromString,
@@ -448,20 +1114,75 @@ def add_OpenShellServicer_to_server(servicer, server):
                     request_deserializer=shellgate_dot_api_dot_openshell__pb2.GetProviderRequest.FromString,
                     response_serializer=shellgate_dot_api_dot_openshell__pb2.ProviderResponse.SerializeToString,
             ),
+            'GetProviderCredentials': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetProviderCredentials,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.GetProviderCredentialsRequest.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.GetProviderCredentialsResponse.SerializeToString,
+            ),
             'ListProviders': grpc.unary_unary_rpc_method_handler(
                     servicer.ListProviders,
                     request_deserializer=shellgate_dot_api_dot_openshell__pb2.ListProvidersRequest.FromString,
                     response_serializer=shellgate_dot_api_dot_openshell__pb2.ListProvidersResponse.SerializeToString,
+            ),
+            'ListProviderProfiles': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListProviderProfiles,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.ListProviderProfilesRequest.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.ListProviderProfilesResponse.SerializeToString,
+            ),
+            'GetProviderProfile': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetProviderProfile,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.GetProviderProfileRequest.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.ProviderProfileResponse.SerializeToString,
+            ),
+            'ImportProviderProfiles': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportProviderProfiles,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.ImportProviderProfilesRequest.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.ImportProviderProfilesResponse.SerializeToString,
+            ),
+            'UpdateProviderProfiles': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateProviderProfiles,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.UpdateProviderProfilesRequest.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.UpdateProviderProfilesResponse.SerializeToString,
+            ),
+            'LintProviderProfiles': grpc.unary_unary_rpc_method_handler(
+                    servicer.LintProviderProfiles,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.LintProviderProfilesRequest.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.LintProviderProfilesResponse.SerializeToString,
             ),
             'UpdateProvider': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateProvider,
                     request_deserializer=shellgate_dot_api_dot_openshell__pb2.UpdateProviderRequest.FromString,
                     response_serializer=shellgate_dot_api_dot_openshell__pb2.ProviderResponse.SerializeToString,
             ),
+            'GetProviderRefreshStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetProviderRefreshStatus,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.GetProviderRefreshStatusRequest.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.GetProviderRefreshStatusResponse.SerializeToString,
+            ),
+            'ConfigureProviderRefresh': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfigureProviderRefresh,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.ConfigureProviderRefreshRequest.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.ConfigureProviderRefreshResponse.SerializeToString,
+            ),
+            'RotateProviderCredential': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateProviderCredential,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.RotateProviderCredentialRequest.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.RotateProviderCredentialResponse.SerializeToString,
+            ),
+            'DeleteProviderRefresh': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteProviderRefresh,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.DeleteProviderRefreshRequest.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.DeleteProviderRefreshResponse.SerializeToString,
+            ),
             'DeleteProvider': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteProvider,
                     request_deserializer=shellgate_dot_api_dot_openshell__pb2.DeleteProviderRequest.FromString,
                     response_serializer=shellgate_dot_api_dot_openshell__pb2.DeleteProviderResponse.SerializeToString,
+            ),
+            'DeleteProviderProfile': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteProviderProfile,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.DeleteProviderProfileRequest.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.DeleteProviderProfileResponse.SerializeToString,
             ),
             'GetSandboxConfig': grpc.unary_unary_rpc_method_handler(
                     servicer.GetSandboxConfig,
@@ -492,6 +1213,86 @@ def add_OpenShellServicer_to_server(servicer, server):
                     servicer.ReportPolicyStatus,
                     request_deserializer=shellgate_dot_api_dot_openshell__pb2.ReportPolicyStatusRequest.FromString,
                     response_serializer=shellgate_dot_api_dot_openshell__pb2.ReportPolicyStatusResponse.SerializeToString,
+            ),
+            'ReportEndpointStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportEndpointStatus,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.ReportEndpointStatusRequest.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.ReportEndpointStatusResponse.SerializeToString,
+            ),
+            'ReportProviderReadiness': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportProviderReadiness,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.ReportProviderReadinessRequest.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.ReportProviderReadinessResponse.SerializeToString,
+            ),
+            'ReportSandboxConfiguration': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportSandboxConfiguration,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.ReportSandboxConfigurationRequest.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.ReportSandboxConfigurationResponse.SerializeToString,
+            ),
+            'GetSandboxProviderEnvironment': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSandboxProviderEnvironment,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.GetSandboxProviderEnvironmentRequest.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.GetSandboxProviderEnvironmentResponse.SerializeToString,
+            ),
+            'ExchangeProviderSubjectToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExchangeProviderSubjectToken,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.ExchangeProviderSubjectTokenRequest.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.ExchangeProviderSubjectTokenResponse.SerializeToString,
+            ),
+            'GetSandboxLogs': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSandboxLogs,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.GetSandboxLogsRequest.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.GetSandboxLogsResponse.SerializeToString,
+            ),
+            'PushSandboxLogs': grpc.stream_unary_rpc_method_handler(
+                    servicer.PushSandboxLogs,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.PushSandboxLogsRequest.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.PushSandboxLogsResponse.SerializeToString,
+            ),
+            'ConnectSupervisor': grpc.stream_stream_rpc_method_handler(
+                    servicer.ConnectSupervisor,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.SupervisorMessage.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.GatewayMessage.SerializeToString,
+            ),
+            'ReportMainProcessExit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportMainProcessExit,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.ReportMainProcessExitRequest.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.ReportMainProcessExitResponse.SerializeToString,
+            ),
+            'FinalizeMainProcessExit': grpc.unary_unary_rpc_method_handler(
+                    servicer.FinalizeMainProcessExit,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.FinalizeMainProcessExitRequest.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.FinalizeMainProcessExitResponse.SerializeToString,
+            ),
+            'RelayStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.RelayStream,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.RelayFrame.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.RelayFrame.SerializeToString,
+            ),
+            'PeerRelay': grpc.stream_stream_rpc_method_handler(
+                    servicer.PeerRelay,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.PeerRelayFrame.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.PeerRelayFrame.SerializeToString,
+            ),
+            'PeerReportProviderReadiness': grpc.unary_unary_rpc_method_handler(
+                    servicer.PeerReportProviderReadiness,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.ReportProviderReadinessRequest.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.ReportProviderReadinessResponse.SerializeToString,
+            ),
+            'PeerReportEndpointStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.PeerReportEndpointStatus,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.ReportEndpointStatusRequest.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.ReportEndpointStatusResponse.SerializeToString,
+            ),
+            'PeerGetSandboxProviderStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.PeerGetSandboxProviderStatus,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.GetSandboxProviderStatusRequest.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.GetSandboxProviderStatusResponse.SerializeToString,
+            ),
+            'PeerNotifyConfigUpdate': grpc.unary_unary_rpc_method_handler(
+                    servicer.PeerNotifyConfigUpdate,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.PeerNotifyConfigUpdateRequest.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.PeerNotifyConfigUpdateResponse.SerializeToString,
             ),
             'WatchSandbox': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchSandbox,
@@ -543,6 +1344,51 @@ def add_OpenShellServicer_to_server(servicer, server):
                     request_deserializer=shellgate_dot_api_dot_openshell__pb2.GetDraftHistoryRequest.FromString,
                     response_serializer=shellgate_dot_api_dot_openshell__pb2.GetDraftHistoryResponse.SerializeToString,
             ),
+            'IssueSandboxToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.IssueSandboxToken,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.IssueSandboxTokenRequest.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.IssueSandboxTokenResponse.SerializeToString,
+            ),
+            'RefreshSandboxToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RefreshSandboxToken,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.RefreshSandboxTokenRequest.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.RefreshSandboxTokenResponse.SerializeToString,
+            ),
+            'CreateWorkspace': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateWorkspace,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.CreateWorkspaceRequest.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.CreateWorkspaceResponse.SerializeToString,
+            ),
+            'GetWorkspace': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWorkspace,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.GetWorkspaceRequest.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.GetWorkspaceResponse.SerializeToString,
+            ),
+            'ListWorkspaces': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWorkspaces,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.ListWorkspacesRequest.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.ListWorkspacesResponse.SerializeToString,
+            ),
+            'DeleteWorkspace': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteWorkspace,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.DeleteWorkspaceRequest.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.DeleteWorkspaceResponse.SerializeToString,
+            ),
+            'AddWorkspaceMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddWorkspaceMember,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.AddWorkspaceMemberRequest.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.AddWorkspaceMemberResponse.SerializeToString,
+            ),
+            'RemoveWorkspaceMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveWorkspaceMember,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.RemoveWorkspaceMemberRequest.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.RemoveWorkspaceMemberResponse.SerializeToString,
+            ),
+            'ListWorkspaceMembers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWorkspaceMembers,
+                    request_deserializer=shellgate_dot_api_dot_openshell__pb2.ListWorkspaceMembersRequest.FromString,
+                    response_serializer=shellgate_dot_api_dot_openshell__pb2.ListWorkspaceMembersResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'openshell.v1.OpenShell', rpc_method_handlers)
@@ -552,8 +1398,7 @@ def add_OpenShellServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class OpenShell:
-    """Methods are listed in the upstream order.
-    """
+    """Missing associated documentation comment in .proto file."""
 
     @staticmethod
     def Health(request,
@@ -583,6 +1428,60 @@ class OpenShell:
             _registered_method=True)
 
     @staticmethod
+    def GetCurrentUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/openshell.v1.OpenShell/GetCurrentUser',
+            shellgate_dot_api_dot_openshell__pb2.GetCurrentUserRequest.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.GetCurrentUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetGatewayInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/openshell.v1.OpenShell/GetGatewayInfo',
+            shellgate_dot_api_dot_openshell__pb2.GetGatewayInfoRequest.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.GetGatewayInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def CreateSandbox(request,
             target,
             options=(),
@@ -599,6 +1498,33 @@ class OpenShell:
             '/openshell.v1.OpenShell/CreateSandbox',
             shellgate_dot_api_dot_openshell__pb2.CreateSandboxRequest.SerializeToString,
             shellgate_dot_api_dot_openshell__pb2.SandboxResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BeginRootfsTarStaging(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/openshell.v1.OpenShell/BeginRootfsTarStaging',
+            shellgate_dot_api_dot_openshell__pb2.BeginRootfsTarStagingRequest.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.BeginRootfsTarStagingResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -653,6 +1579,114 @@ class OpenShell:
             '/openshell.v1.OpenShell/ListSandboxes',
             shellgate_dot_api_dot_openshell__pb2.ListSandboxesRequest.SerializeToString,
             shellgate_dot_api_dot_openshell__pb2.ListSandboxesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSandboxTemplate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/openshell.v1.OpenShell/CreateSandboxTemplate',
+            shellgate_dot_api_dot_openshell__pb2.CreateSandboxTemplateRequest.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.SandboxTemplateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSandboxTemplate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/openshell.v1.OpenShell/GetSandboxTemplate',
+            shellgate_dot_api_dot_openshell__pb2.GetSandboxTemplateRequest.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.SandboxTemplateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSandboxTemplates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/openshell.v1.OpenShell/ListSandboxTemplates',
+            shellgate_dot_api_dot_openshell__pb2.ListSandboxTemplatesRequest.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.ListSandboxTemplatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSandboxTemplate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/openshell.v1.OpenShell/DeleteSandboxTemplate',
+            shellgate_dot_api_dot_openshell__pb2.DeleteSandboxTemplateRequest.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.DeleteSandboxTemplateResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -745,6 +1779,33 @@ class OpenShell:
             _registered_method=True)
 
     @staticmethod
+    def GetSandboxProviderStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/openshell.v1.OpenShell/GetSandboxProviderStatus',
+            shellgate_dot_api_dot_openshell__pb2.GetSandboxProviderStatusRequest.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.GetSandboxProviderStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def DeleteSandbox(request,
             target,
             options=(),
@@ -826,6 +1887,249 @@ class OpenShell:
             _registered_method=True)
 
     @staticmethod
+    def CreateSshSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/openshell.v1.OpenShell/CreateSshSession',
+            shellgate_dot_api_dot_openshell__pb2.CreateSshSessionRequest.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.CreateSshSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExposeService(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/openshell.v1.OpenShell/ExposeService',
+            shellgate_dot_api_dot_openshell__pb2.ExposeServiceRequest.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.ServiceEndpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetService(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/openshell.v1.OpenShell/GetService',
+            shellgate_dot_api_dot_openshell__pb2.GetServiceRequest.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.ServiceEndpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListServices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/openshell.v1.OpenShell/ListServices',
+            shellgate_dot_api_dot_openshell__pb2.ListServicesRequest.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.ListServicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteService(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/openshell.v1.OpenShell/DeleteService',
+            shellgate_dot_api_dot_openshell__pb2.DeleteServiceRequest.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.DeleteServiceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeSshSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/openshell.v1.OpenShell/RevokeSshSession',
+            shellgate_dot_api_dot_openshell__pb2.RevokeSshSessionRequest.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.RevokeSshSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExecSandbox(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/openshell.v1.OpenShell/ExecSandbox',
+            shellgate_dot_api_dot_openshell__pb2.ExecSandboxRequest.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.ExecSandboxEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForwardTcp(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/openshell.v1.OpenShell/ForwardTcp',
+            shellgate_dot_api_dot_openshell__pb2.TcpForwardFrame.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.TcpForwardFrame.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExecSandboxInteractive(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/openshell.v1.OpenShell/ExecSandboxInteractive',
+            shellgate_dot_api_dot_openshell__pb2.ExecSandboxInput.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.ExecSandboxEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def CreateProvider(request,
             target,
             options=(),
@@ -880,6 +2184,33 @@ class OpenShell:
             _registered_method=True)
 
     @staticmethod
+    def GetProviderCredentials(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/openshell.v1.OpenShell/GetProviderCredentials',
+            shellgate_dot_api_dot_openshell__pb2.GetProviderCredentialsRequest.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.GetProviderCredentialsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ListProviders(request,
             target,
             options=(),
@@ -896,6 +2227,141 @@ class OpenShell:
             '/openshell.v1.OpenShell/ListProviders',
             shellgate_dot_api_dot_openshell__pb2.ListProvidersRequest.SerializeToString,
             shellgate_dot_api_dot_openshell__pb2.ListProvidersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListProviderProfiles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/openshell.v1.OpenShell/ListProviderProfiles',
+            shellgate_dot_api_dot_openshell__pb2.ListProviderProfilesRequest.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.ListProviderProfilesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetProviderProfile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/openshell.v1.OpenShell/GetProviderProfile',
+            shellgate_dot_api_dot_openshell__pb2.GetProviderProfileRequest.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.ProviderProfileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportProviderProfiles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/openshell.v1.OpenShell/ImportProviderProfiles',
+            shellgate_dot_api_dot_openshell__pb2.ImportProviderProfilesRequest.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.ImportProviderProfilesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateProviderProfiles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/openshell.v1.OpenShell/UpdateProviderProfiles',
+            shellgate_dot_api_dot_openshell__pb2.UpdateProviderProfilesRequest.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.UpdateProviderProfilesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LintProviderProfiles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/openshell.v1.OpenShell/LintProviderProfiles',
+            shellgate_dot_api_dot_openshell__pb2.LintProviderProfilesRequest.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.LintProviderProfilesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -934,6 +2400,114 @@ class OpenShell:
             _registered_method=True)
 
     @staticmethod
+    def GetProviderRefreshStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/openshell.v1.OpenShell/GetProviderRefreshStatus',
+            shellgate_dot_api_dot_openshell__pb2.GetProviderRefreshStatusRequest.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.GetProviderRefreshStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfigureProviderRefresh(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/openshell.v1.OpenShell/ConfigureProviderRefresh',
+            shellgate_dot_api_dot_openshell__pb2.ConfigureProviderRefreshRequest.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.ConfigureProviderRefreshResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateProviderCredential(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/openshell.v1.OpenShell/RotateProviderCredential',
+            shellgate_dot_api_dot_openshell__pb2.RotateProviderCredentialRequest.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.RotateProviderCredentialResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteProviderRefresh(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/openshell.v1.OpenShell/DeleteProviderRefresh',
+            shellgate_dot_api_dot_openshell__pb2.DeleteProviderRefreshRequest.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.DeleteProviderRefreshResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def DeleteProvider(request,
             target,
             options=(),
@@ -950,6 +2524,33 @@ class OpenShell:
             '/openshell.v1.OpenShell/DeleteProvider',
             shellgate_dot_api_dot_openshell__pb2.DeleteProviderRequest.SerializeToString,
             shellgate_dot_api_dot_openshell__pb2.DeleteProviderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteProviderProfile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/openshell.v1.OpenShell/DeleteProviderProfile',
+            shellgate_dot_api_dot_openshell__pb2.DeleteProviderProfileRequest.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.DeleteProviderProfileResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1112,6 +2713,438 @@ class OpenShell:
             '/openshell.v1.OpenShell/ReportPolicyStatus',
             shellgate_dot_api_dot_openshell__pb2.ReportPolicyStatusRequest.SerializeToString,
             shellgate_dot_api_dot_openshell__pb2.ReportPolicyStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportEndpointStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/openshell.v1.OpenShell/ReportEndpointStatus',
+            shellgate_dot_api_dot_openshell__pb2.ReportEndpointStatusRequest.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.ReportEndpointStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportProviderReadiness(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/openshell.v1.OpenShell/ReportProviderReadiness',
+            shellgate_dot_api_dot_openshell__pb2.ReportProviderReadinessRequest.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.ReportProviderReadinessResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportSandboxConfiguration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/openshell.v1.OpenShell/ReportSandboxConfiguration',
+            shellgate_dot_api_dot_openshell__pb2.ReportSandboxConfigurationRequest.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.ReportSandboxConfigurationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSandboxProviderEnvironment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/openshell.v1.OpenShell/GetSandboxProviderEnvironment',
+            shellgate_dot_api_dot_openshell__pb2.GetSandboxProviderEnvironmentRequest.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.GetSandboxProviderEnvironmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExchangeProviderSubjectToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/openshell.v1.OpenShell/ExchangeProviderSubjectToken',
+            shellgate_dot_api_dot_openshell__pb2.ExchangeProviderSubjectTokenRequest.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.ExchangeProviderSubjectTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSandboxLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/openshell.v1.OpenShell/GetSandboxLogs',
+            shellgate_dot_api_dot_openshell__pb2.GetSandboxLogsRequest.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.GetSandboxLogsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushSandboxLogs(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/openshell.v1.OpenShell/PushSandboxLogs',
+            shellgate_dot_api_dot_openshell__pb2.PushSandboxLogsRequest.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.PushSandboxLogsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConnectSupervisor(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/openshell.v1.OpenShell/ConnectSupervisor',
+            shellgate_dot_api_dot_openshell__pb2.SupervisorMessage.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.GatewayMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportMainProcessExit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/openshell.v1.OpenShell/ReportMainProcessExit',
+            shellgate_dot_api_dot_openshell__pb2.ReportMainProcessExitRequest.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.ReportMainProcessExitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FinalizeMainProcessExit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/openshell.v1.OpenShell/FinalizeMainProcessExit',
+            shellgate_dot_api_dot_openshell__pb2.FinalizeMainProcessExitRequest.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.FinalizeMainProcessExitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RelayStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/openshell.v1.OpenShell/RelayStream',
+            shellgate_dot_api_dot_openshell__pb2.RelayFrame.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.RelayFrame.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PeerRelay(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/openshell.v1.OpenShell/PeerRelay',
+            shellgate_dot_api_dot_openshell__pb2.PeerRelayFrame.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.PeerRelayFrame.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PeerReportProviderReadiness(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/openshell.v1.OpenShell/PeerReportProviderReadiness',
+            shellgate_dot_api_dot_openshell__pb2.ReportProviderReadinessRequest.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.ReportProviderReadinessResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PeerReportEndpointStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/openshell.v1.OpenShell/PeerReportEndpointStatus',
+            shellgate_dot_api_dot_openshell__pb2.ReportEndpointStatusRequest.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.ReportEndpointStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PeerGetSandboxProviderStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/openshell.v1.OpenShell/PeerGetSandboxProviderStatus',
+            shellgate_dot_api_dot_openshell__pb2.GetSandboxProviderStatusRequest.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.GetSandboxProviderStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PeerNotifyConfigUpdate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/openshell.v1.OpenShell/PeerNotifyConfigUpdate',
+            shellgate_dot_api_dot_openshell__pb2.PeerNotifyConfigUpdateRequest.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.PeerNotifyConfigUpdateResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1382,6 +3415,249 @@ class OpenShell:
             '/openshell.v1.OpenShell/GetDraftHistory',
             shellgate_dot_api_dot_openshell__pb2.GetDraftHistoryRequest.SerializeToString,
             shellgate_dot_api_dot_openshell__pb2.GetDraftHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IssueSandboxToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/openshell.v1.OpenShell/IssueSandboxToken',
+            shellgate_dot_api_dot_openshell__pb2.IssueSandboxTokenRequest.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.IssueSandboxTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RefreshSandboxToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/openshell.v1.OpenShell/RefreshSandboxToken',
+            shellgate_dot_api_dot_openshell__pb2.RefreshSandboxTokenRequest.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.RefreshSandboxTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateWorkspace(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/openshell.v1.OpenShell/CreateWorkspace',
+            shellgate_dot_api_dot_openshell__pb2.CreateWorkspaceRequest.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.CreateWorkspaceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWorkspace(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/openshell.v1.OpenShell/GetWorkspace',
+            shellgate_dot_api_dot_openshell__pb2.GetWorkspaceRequest.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.GetWorkspaceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWorkspaces(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/openshell.v1.OpenShell/ListWorkspaces',
+            shellgate_dot_api_dot_openshell__pb2.ListWorkspacesRequest.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.ListWorkspacesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteWorkspace(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/openshell.v1.OpenShell/DeleteWorkspace',
+            shellgate_dot_api_dot_openshell__pb2.DeleteWorkspaceRequest.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.DeleteWorkspaceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddWorkspaceMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/openshell.v1.OpenShell/AddWorkspaceMember',
+            shellgate_dot_api_dot_openshell__pb2.AddWorkspaceMemberRequest.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.AddWorkspaceMemberResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveWorkspaceMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/openshell.v1.OpenShell/RemoveWorkspaceMember',
+            shellgate_dot_api_dot_openshell__pb2.RemoveWorkspaceMemberRequest.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.RemoveWorkspaceMemberResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWorkspaceMembers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/openshell.v1.OpenShell/ListWorkspaceMembers',
+            shellgate_dot_api_dot_openshell__pb2.ListWorkspaceMembersRequest.SerializeToString,
+            shellgate_dot_api_dot_openshell__pb2.ListWorkspaceMembersResponse.FromString,
             options,
             channel_credentials,
             insecure,
