@@ -33,6 +33,8 @@ from shellgate.controller.app.options import (
     options_from_args,
     split_address,
 )
+from shellgate.controller.auth.authenticate import AuthenticateCalls
+from shellgate.controller.auth.principal import ANONYMOUS_ADMIN
 from shellgate.controller.drivers.base import ComputeDriver
 from shellgate.controller.gateway import Gateway
 from shellgate.controller.limits import Limits
@@ -96,7 +98,12 @@ def grpc_server_options(limits: Limits) -> list[tuple[str, int]]:
 async def start_grpc(gw: Gateway, listen: str) -> tuple[grpc.aio.Server, Any, int]:
     """Start the gRPC server; returns it, its health servicer and the bound port."""
     server = grpc.aio.server(
-        interceptors=[RejectUndecodableRequests(gw.metrics)],
+        # Authentication first: an unauthenticated caller learns nothing, not even whether
+        # its request decodes.
+        interceptors=[
+            AuthenticateCalls([], anonymous=ANONYMOUS_ADMIN),
+            RejectUndecodableRequests(gw.metrics),
+        ],
         options=grpc_server_options(gw.limits),
         maximum_concurrent_rpcs=gw.limits.max_concurrent_rpcs,
     )
