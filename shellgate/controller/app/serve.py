@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +33,8 @@ from shellgate.controller.app.options import (
     options_from_args,
     split_address,
 )
-from shellgate.controller.auth.authenticate import AuthenticateCalls
-from shellgate.controller.auth.principal import ANONYMOUS_ADMIN
+from shellgate.controller.auth.authenticate import AuthenticateCalls, Authenticator
+from shellgate.controller.auth.principal import ANONYMOUS_ADMIN, Principal
 from shellgate.controller.drivers.base import ComputeDriver
 from shellgate.controller.gateway import Gateway
 from shellgate.controller.limits import Limits
@@ -95,13 +95,23 @@ def grpc_server_options(limits: Limits) -> list[tuple[str, int]]:
     ]
 
 
-async def start_grpc(gw: Gateway, listen: str) -> tuple[grpc.aio.Server, Any, int]:
-    """Start the gRPC server; returns it, its health servicer and the bound port."""
+async def start_grpc(
+    gw: Gateway,
+    listen: str,
+    *,
+    authenticators: Sequence[Authenticator] = (),
+    anonymous: Principal | None = ANONYMOUS_ADMIN,
+) -> tuple[grpc.aio.Server, Any, int]:
+    """Start the gRPC server; returns it, its health servicer and the bound port.
+
+    Calls are authenticated by ``authenticators``; a call with no credentials runs as
+    ``anonymous``, or is refused when that is None.
+    """
     server = grpc.aio.server(
         # Authentication first: an unauthenticated caller learns nothing, not even whether
         # its request decodes.
         interceptors=[
-            AuthenticateCalls([], anonymous=ANONYMOUS_ADMIN),
+            AuthenticateCalls(authenticators, anonymous=anonymous),
             RejectUndecodableRequests(gw.metrics),
         ],
         options=grpc_server_options(gw.limits),
