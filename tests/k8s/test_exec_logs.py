@@ -295,8 +295,17 @@ async def test_a_pod_that_does_not_exist_is_a_driver_error(
 ) -> None:
     message = sandbox_message()
     await driver.create_sandbox(message)
-    with pytest.raises(DriverError, match="404"):
+    with pytest.raises(DriverError, match=r"\(404\).* does not exist"):
         await driver.open_exec(message, ExecSpec(command=("true",)))
+
+
+async def test_a_pod_not_running_yet_is_named_in_the_error(
+    driver: KubernetesDriver, ready: tuple[openshell_pb2.Sandbox, Pod]
+) -> None:
+    sandbox, pod = ready
+    pod.phase = "Pending"
+    with pytest.raises(DriverError, match=r"\(400\).* is Pending"):
+        await driver.open_exec(sandbox, ExecSpec(command=("true",)))
 
 
 async def test_a_sandbox_without_an_object_is_a_driver_error(

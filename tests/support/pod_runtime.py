@@ -21,9 +21,12 @@ this one. It speaks the websocket channel protocol as the API server does:
 - **Client gone.** When the websocket closes first, the process group is killed, as the
   kubelet's stream teardown does for a terminal session.
 
-``/api/v1/namespaces/{ns}/pods/{pod}/log`` serves the lines a test put in ``Pod.log``, with
-``container``, ``timestamps`` (RFC 3339 with nanoseconds), ``tailLines`` (applied first, as
-the kubelet reads the tail of the file), ``sinceTime`` / ``sinceSeconds`` and ``limitBytes``.
+A pod that is not ``Running`` refuses exec and logs with 400, as the API server does before
+its container starts; ``GET /api/v1/namespaces/{ns}/pods/{pod}`` returns the pod (name,
+containers, phase). ``/api/v1/namespaces/{ns}/pods/{pod}/log`` serves the lines a test put
+in ``Pod.log``, with ``container``, ``timestamps`` (RFC 3339 with nanoseconds), ``tailLines``
+(applied first, as the kubelet reads the tail of the file), ``sinceTime`` / ``sinceSeconds``
+and ``limitBytes``.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ V5 = "v5.channel.k8s.io"
 V4 = "v4.channel.k8s.io"
 STDIN, STDOUT, STDERR, ERROR, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
 READ_SIZE = 32 * 1024
-_POD_PATH = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/(exec|log)$")
+_POD_PATH = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)(?:/(exec|log))?$")
 
 
 @dataclass
@@ -61,6 +64,7 @@ class Pod:
 
     root: Path
     containers: tuple[str, ...] = ("sandbox",)
+    phase: str = "Running"
     log: list[tuple[int, str]] = field(default_factory=list)
     """(time in epoch nanoseconds, line) in the order the container wrote them."""
 
@@ -114,9 +118,14 @@ class PodRuntime:
         pod = self._pod(namespace, name)
         if pod is None:
             return _status(404, "NotFound", f'pods "{name}" not found')
+        if subresource is None:
+            return _pod_object(namespace, name, pod)
         container = request.query.get("container") or pod.containers[0]
         if container not in pod.containers:
             return _status(400, "BadRequest", f"container {container} is not valid for pod {name}")
+        if pod.phase != "Running":
+            message = f'container "{container}" in pod "{name}" is waiting to start'
+            return _status(400, "BadRequest", message)
         if subresource == "log":
             return _serve_log(request, pod)
         return await self._serve_exec(request, namespace, name, pod)
@@ -360,6 +369,18 @@ def _rfc3339_nano(at_ns: int) -> str:
     moment = datetime.datetime.fromtimestamp(seconds, tz=datetime.UTC)
     fraction = f".{nanos:09d}".rstrip("0").rstrip(".")  # Go's RFC3339Nano drops trailing zeros
     return moment.strftime("%Y-%m-%dT%H:%M:%S") + fraction + "Z"
+
+
+def _pod_object(namespace: str, name: str, pod: Pod) -> web.Response:
+    """The pod as ``GET pods/{name}`` returns it, reduced to what the driver reads."""
+    body = {
+        "kind": "Pod",
+        "apiVersion": "v1",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"containers": [{"name": c, "image": "sandbox"} for c in pod.containers]},
+        "status": {"phase": pod.phase},
+    }
+    return web.json_response(body)
 
 
 def _status(code: int, reason: str, message: str) -> web.Response:

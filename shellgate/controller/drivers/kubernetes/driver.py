@@ -57,7 +57,7 @@ from shellgate.controller.drivers.kubernetes.client import (
     default_namespace,
     login_in_cluster_or_kubeconfig,
 )
-from shellgate.controller.drivers.kubernetes.exec import PodExecSession, open_pod_exec
+from shellgate.controller.drivers.kubernetes.exec import PodExecSession, open_pod_exec, pod_phase
 from shellgate.controller.drivers.kubernetes.logs import read_pod_logs
 from shellgate.controller.drivers.kubernetes.manifest import (
     CONTAINER_NAME,
@@ -330,7 +330,21 @@ class KubernetesDriver(PublishesThroughFanout):
                 )
             )
         except ApiError as exc:
+            if exc.status in (400, 404):
+                raise DriverError(f"{exc}; {await self._pod_state(namespace, pod)}") from exc
             raise DriverError(str(exc)) from exc
+
+    async def _pod_state(self, namespace: str, pod: str) -> str:
+        """Why exec found no running container: the pod is missing, or not running yet."""
+        try:
+            phase = await self._api.with_client(
+                lambda api: pod_phase(api, namespace=namespace, pod=pod)
+            )
+        except ApiNotFound:
+            return f"pod {namespace}/{pod} does not exist (stopped, or not created yet)"
+        except ApiError as exc:
+            return f"the state of pod {namespace}/{pod} is unknown ({exc})"
+        return f"pod {namespace}/{pod} is {phase}"
 
     async def read_logs(self, sandbox: openshell_pb2.Sandbox, query: LogQuery) -> list[LogLine]:
         """The sandbox container's output from ``pods/log`` (module ``logs``)."""

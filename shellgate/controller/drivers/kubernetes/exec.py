@@ -221,6 +221,14 @@ async def open_pod_exec(
     return session
 
 
+async def pod_phase(api_client: k8s.ApiClient, *, namespace: str, pod: str) -> str:
+    """The pod's phase (``Pending``, ``Running``, ...): why an exec may have been refused."""
+    found = await k8s.CoreV1Api(api_client).read_namespaced_pod(
+        pod, namespace, _request_timeout=HANDSHAKE_TIMEOUT
+    )
+    return str(found.status.phase or "Unknown") if found.status is not None else "Unknown"
+
+
 def _refusal(status: int, target: str) -> str:
     """What a refused exec handshake means (the API server's body is not available here)."""
     reasons = {
