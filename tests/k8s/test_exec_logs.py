@@ -15,12 +15,14 @@ from typing import Any
 
 import pytest
 from kmock import KubernetesEmulator
+from kubernetes_asyncio import client as k8s
 
 from shellgate.api import openshell_pb2
 from shellgate.controller.drivers.base import DriverError
 from shellgate.controller.drivers.exec import ExecOutput, ExecSpec, LogQuery
 from shellgate.controller.drivers.kubernetes import KubernetesDriver
 from shellgate.controller.drivers.kubernetes.channel import V4_PROTOCOL, V5_PROTOCOL
+from shellgate.controller.drivers.kubernetes.client import configuration_for
 from shellgate.controller.drivers.kubernetes.exec import KILLED_STATUS, OUTPUT_CHUNK
 from shellgate.controller.drivers.kubernetes.logs import MAX_LINES
 from shellgate.controller.drivers.kubernetes.manifest import SANDBOX_ID_LABEL
@@ -407,3 +409,36 @@ async def test_logs_of_a_sandbox_without_a_pod_are_empty(
     message = sandbox_message()
     await driver.create_sandbox(message)
     assert await driver.read_logs(message, LogQuery()) == []
+
+
+# ---- credentials --------------------------------------------------------------------------
+
+
+async def test_exec_and_logs_send_the_token_and_log_in_again_after_a_401(
+    emulator: KubernetesEmulator, runtime: PodRuntime, tmp_path: Path
+) -> None:
+    """The websocket handshake carries the same bearer token as every other request, and a
+    refused token is renewed once, as for the driver's other calls."""
+    logins: list[str] = []
+
+    async def login() -> k8s.Configuration:
+        logins.append("old" if not logins else "new")
+        return configuration_for(str(emulator.url).rstrip("/"), token=logins[-1])
+
+    driver = KubernetesDriver(
+        login=login, namespace=NAMESPACE, sandbox_image="example/sandbox:1", version="v1beta1"
+    )
+    try:
+        sandbox, pod = await sandbox_with_pod(driver, emulator, runtime, tmp_path)
+        runtime.token = "new"  # the token rotated after the create
+        session = await driver.open_exec(sandbox, ExecSpec(command=("true",)))
+        assert await session.wait() == 0
+        assert logins == ["old", "new"]
+        assert last_exec(runtime).headers["Authorization"] == "Bearer new"
+        pod.write_log("hello", at_ns=T0_NS)
+        runtime.token = "newer"
+        with pytest.raises(DriverError, match="401"):
+            await driver.read_logs(sandbox, LogQuery())
+        assert logins == ["old", "new", "new"]  # one more login, still refused
+    finally:
+        await driver.close()

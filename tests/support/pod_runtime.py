@@ -79,6 +79,7 @@ class ExecRecord:
     namespace: str
     pod: str
     query: list[tuple[str, str]]
+    headers: dict[str, str] = field(default_factory=dict)
     protocol: str = ""
     pid: int | None = None
     exit_code: int | None = None
@@ -97,6 +98,8 @@ class PodRuntime:
     execs: list[ExecRecord] = field(default_factory=list)
     default_root: Path | None = None
     """When set, any pod name exists, rooted here (the standalone server's mode)."""
+    token: str | None = None
+    """When set, requests must carry ``Authorization: Bearer <token>`` (else 401)."""
 
     def add_pod(self, namespace: str, name: str, root: Path, **kwargs: Any) -> Pod:
         pod = Pod(root=root, **kwargs)
@@ -114,6 +117,10 @@ class PodRuntime:
         match = _POD_PATH.match(request.path)
         if match is None:
             return None
+        if self.token is not None and request.headers.get("Authorization") != (
+            f"Bearer {self.token}"
+        ):
+            return _status(401, "Unauthorized", "Unauthorized")
         namespace, name, subresource = match.groups()
         pod = self._pod(namespace, name)
         if pod is None:
@@ -146,7 +153,9 @@ class PodRuntime:
             return _status(400, "BadRequest", f"no supported subprotocol among {offered}")
         ws = web.WebSocketResponse(protocols=self.protocols, autoping=True)
         await ws.prepare(request)  # type: ignore[arg-type]
-        record = ExecRecord(namespace, name, query, protocol=str(ws.ws_protocol))
+        record = ExecRecord(
+            namespace, name, query, headers=dict(request.headers), protocol=str(ws.ws_protocol)
+        )
         self.execs.append(record)
         flags = {k: request.query.get(k) == "true" for k in ("stdin", "stdout", "stderr", "tty")}
         try:
@@ -191,6 +200,7 @@ async def _run(
             for task in (*pumps, client):
                 task.cancel()
             await asyncio.gather(exited, *pumps, client, return_exceptions=True)
+            process.close_terminal()
     if record.killed_by_close:
         return
     await asyncio.gather(*pumps, return_exceptions=True)
@@ -276,7 +286,7 @@ class _Process:
 
     async def pump(self, ws: web.WebSocketResponse) -> None:
         if self._master is not None:
-            await _pump(lambda: _read_pty(self._master), ws, STDOUT)
+            await _pump(self._read_terminal, ws, STDOUT)
             return
         streams = [(self._process.stdout, STDOUT), (self._process.stderr, STDERR)]
         await asyncio.gather(
@@ -306,26 +316,34 @@ class _Process:
         code = await self._process.wait()
         return 128 - code if code < 0 else code
 
+    async def _read_terminal(self) -> bytes:
+        """One read from the terminal; b"" once the process side is gone (EIO on Linux)."""
+        master = self._master
+        if master is None:
+            return b""
+        loop = asyncio.get_running_loop()
+        ready = loop.create_future()
+        loop.add_reader(master, lambda: ready.done() or ready.set_result(None))
+        try:
+            await ready
+        finally:
+            loop.remove_reader(master)
+        try:
+            return os.read(master, READ_SIZE)
+        except OSError:
+            self.close_terminal()
+            return b""
+
+    def close_terminal(self) -> None:
+        """Release the terminal when nobody will read it to its end any more."""
+        if self._master is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._master)
+            self._master = None
+
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, signal.SIGKILL)
-
-
-async def _read_pty(master: int | None) -> bytes:
-    """One read from the terminal; b"" once the process side is gone (EIO on Linux)."""
-    assert master is not None
-    loop = asyncio.get_running_loop()
-    ready = loop.create_future()
-    loop.add_reader(master, lambda: ready.done() or ready.set_result(None))
-    try:
-        await ready
-    finally:
-        loop.remove_reader(master)
-    try:
-        return os.read(master, READ_SIZE)
-    except OSError:
-        os.close(master)
-        return b""
 
 
 async def _pump(read: Callable[[], Awaitable[bytes]], ws: web.WebSocketResponse, ch: int) -> None:
