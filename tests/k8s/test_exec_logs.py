@@ -22,12 +22,13 @@ from shellgate.controller.drivers.base import DriverError
 from shellgate.controller.drivers.exec import ExecOutput, ExecSpec, LogQuery
 from shellgate.controller.drivers.kubernetes import KubernetesDriver
 from shellgate.controller.drivers.kubernetes.channel import V4_PROTOCOL, V5_PROTOCOL
-from shellgate.controller.drivers.kubernetes.client import configuration_for
+from shellgate.controller.drivers.kubernetes.client import configuration_for, fixed_login
 from shellgate.controller.drivers.kubernetes.exec import KILLED_STATUS, OUTPUT_CHUNK
 from shellgate.controller.drivers.kubernetes.logs import MAX_LINES
 from shellgate.controller.drivers.kubernetes.manifest import SANDBOX_ID_LABEL
 from tests.k8s.conftest import make_driver, until
 from tests.support.k8s_emulator import NAMESPACE, collection_url, object_url
+from tests.support.k8s_processes import KmockProcess
 from tests.support.objects import sandbox as sandbox_message
 from tests.support.pod_runtime import V4, ExecRecord, Pod, PodRuntime
 
@@ -442,3 +443,34 @@ async def test_exec_and_logs_send_the_token_and_log_in_again_after_a_401(
         assert logins == ["old", "new", "new"]  # one more login, still refused
     finally:
         await driver.close()
+
+
+# ---- the standalone emulator --------------------------------------------------------------
+
+
+async def test_the_standalone_emulator_serves_exec_for_end_to_end_tests(tmp_path: Path) -> None:
+    """``kmock_server --pod-root`` (for tests with real gateway processes): any pod runs
+    commands in the given directory."""
+    root = tmp_path / "pods"
+    root.mkdir()
+    server = KmockProcess(tmp_path / "kmock", pod_root=root)
+    server.start()
+    driver: KubernetesDriver | None = None
+    try:
+        await server.wait_ready()
+        driver = KubernetesDriver(
+            login=fixed_login(configuration_for(server.url)),
+            namespace=NAMESPACE,
+            sandbox_image="example/sandbox:1",
+            version="v1beta1",
+        )
+        message = sandbox_message()
+        await driver.create_sandbox(message)
+        session = await driver.open_exec(message, ExecSpec(command=("pwd",)))
+        out, _err, _ = await collect(session)
+        assert out == f"{root}\n".encode()
+        assert await session.wait() == 0
+    finally:
+        if driver is not None:
+            await driver.close()
+        server.stop()
