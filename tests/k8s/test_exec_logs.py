@@ -114,6 +114,18 @@ async def test_stdout_and_stderr_arrive_apart_with_the_exit_code(
     assert [v for k, v in record.query if k == "command"] == list(spec.command)
 
 
+async def test_arguments_reach_the_command_byte_for_byte(
+    driver: KubernetesDriver, ready: tuple[openshell_pb2.Sandbox, Pod]
+) -> None:
+    """Each argument is one query parameter: ``+``, ``&``, ``=``, ``%``, spaces and non-ASCII
+    must survive the URL encoding."""
+    arguments = ("a+b", "c&d=e", "100%20", " two  spaces ", "é€", "$HOME", "")
+    session = await driver.open_exec(ready[0], ExecSpec(command=("printf", "[%s]", *arguments)))
+    out, _err, _ = await collect(session)
+    assert out.decode() == "".join(f"[{a}]" for a in arguments)
+    assert await session.wait() == 0
+
+
 async def test_success_is_exit_code_zero(
     driver: KubernetesDriver, ready: tuple[openshell_pb2.Sandbox, Pod]
 ) -> None:
@@ -206,6 +218,17 @@ async def test_a_server_without_v4_or_v5_is_refused(
 ) -> None:
     runtime.protocols = ("channel.k8s.io",)
     with pytest.raises(DriverError, match="400"):
+        await driver.open_exec(ready[0], ExecSpec(command=("true",)))
+
+
+async def test_a_handshake_without_a_subprotocol_is_refused_by_the_client(
+    driver: KubernetesDriver, ready: tuple[openshell_pb2.Sandbox, Pod], runtime: PodRuntime
+) -> None:
+    """Without v4 or v5 there is no Status on the error channel, so no exit code: shellgate
+    does not guess."""
+    runtime.protocols = ("channel.k8s.io",)
+    runtime.refuse_unknown_protocols = False
+    with pytest.raises(DriverError, match="no channel protocol shellgate speaks"):
         await driver.open_exec(ready[0], ExecSpec(command=("true",)))
 
 

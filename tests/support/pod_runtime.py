@@ -98,6 +98,9 @@ class PodRuntime:
     execs: list[ExecRecord] = field(default_factory=list)
     default_root: Path | None = None
     """When set, any pod name exists, rooted here (the standalone server's mode)."""
+    refuse_unknown_protocols: bool = True
+    """False: accept a handshake without agreeing on a subprotocol (as very old servers,
+    which spoke only the unversioned protocol, did)."""
     token: str | None = None
     """When set, requests must carry ``Authorization: Bearer <token>`` (else 401)."""
 
@@ -149,7 +152,7 @@ class PodRuntime:
             for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
             if p.strip()
         ]
-        if not any(p in self.protocols for p in offered):
+        if self.refuse_unknown_protocols and not any(p in self.protocols for p in offered):
             return _status(400, "BadRequest", f"no supported subprotocol among {offered}")
         ws = web.WebSocketResponse(protocols=self.protocols, autoping=True)
         await ws.prepare(request)  # type: ignore[arg-type]

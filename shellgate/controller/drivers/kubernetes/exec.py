@@ -183,7 +183,8 @@ async def open_pod_exec(
     container: str,
     spec: ExecSpec,
 ) -> PodExecSession:
-    """Start ``spec`` in ``container`` of ``pod``; ``ApiError`` if the API server refuses.
+    """Start ``spec`` in ``container`` of ``pod``; ``ApiError`` if the API server refuses,
+    ``DriverError`` if it answers in a protocol version shellgate does not speak.
 
     The session starts at the terminal size ``spec`` asks for. The kubelet applies the first
     resize as the process starts, so a command that reads its size at once may still see the
@@ -212,8 +213,9 @@ async def open_pod_exec(
         raise ApiError(0, f"cannot reach the API server for exec: {exc}") from exc
     if ws.protocol not in channel.PROTOCOLS:
         await ws.close()
-        raise ApiError(
-            0, f"the API server chose no channel protocol shellgate speaks ({ws.protocol!r})"
+        raise DriverError(
+            f"exec in {target}: the API server chose no channel protocol shellgate speaks "
+            f"({ws.protocol!r}; offered {', '.join(channel.PROTOCOLS)})"
         )
     session = PodExecSession(ws, tty=spec.tty, target=target)
     if spec.tty and spec.cols and spec.rows:
