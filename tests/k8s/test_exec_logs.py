@@ -23,7 +23,7 @@ from shellgate.controller.drivers.exec import ExecOutput, ExecSpec, LogQuery
 from shellgate.controller.drivers.kubernetes import KubernetesDriver
 from shellgate.controller.drivers.kubernetes.channel import V4_PROTOCOL, V5_PROTOCOL
 from shellgate.controller.drivers.kubernetes.client import configuration_for, fixed_login
-from shellgate.controller.drivers.kubernetes.exec import KILLED_STATUS, OUTPUT_CHUNK
+from shellgate.controller.drivers.kubernetes.exec import KILLED_STATUS, OUTPUT_CHUNK, OUTPUT_QUEUE
 from shellgate.controller.drivers.kubernetes.logs import MAX_LINES
 from shellgate.controller.drivers.kubernetes.manifest import SANDBOX_ID_LABEL
 from tests.k8s.conftest import make_driver, until
@@ -173,6 +173,25 @@ async def test_large_output_comes_in_bounded_chunks(
     out, _err, chunks = await collect(session)
     assert len(out) == size
     assert max(len(c.data) for c in chunks) <= OUTPUT_CHUNK
+    assert await session.wait() == 0
+
+
+async def test_a_reader_that_falls_behind_holds_the_command_back(
+    driver: KubernetesDriver, ready: tuple[openshell_pb2.Sandbox, Pod], runtime: PodRuntime
+) -> None:
+    """Output waits in a bounded buffer: while nobody reads, the command is held back by the
+    websocket's flow control instead of its output piling up in the gateway."""
+    size = 32 * 1024 * 1024
+    session = await driver.open_exec(
+        ready[0], ExecSpec(command=("head", "-c", str(size), "/dev/zero"))
+    )
+    await asyncio.sleep(1.0)
+    assert not last_exec(runtime).done.is_set(), "the command ran to its end unread"
+    assert session._queue.qsize() <= OUTPUT_QUEUE + 1  # chunks, plus perhaps the end
+    total = 0
+    async for chunk in session.output():
+        total += len(chunk.data)
+    assert total == size
     assert await session.wait() == 0
 
 
@@ -433,6 +452,17 @@ async def test_logs_of_a_sandbox_without_a_pod_are_empty(
     message = sandbox_message()
     await driver.create_sandbox(message)
     assert await driver.read_logs(message, LogQuery()) == []
+
+
+async def test_logs_of_a_pod_still_starting_are_empty(
+    driver: KubernetesDriver, ready: tuple[openshell_pb2.Sandbox, Pod]
+) -> None:
+    sandbox, pod = ready
+    pod.write_log("not yet", at_ns=T0_NS)
+    pod.phase = "Pending"  # the API server refuses: the container is waiting to start
+    assert await driver.read_logs(sandbox, LogQuery()) == []
+    pod.phase = "Running"
+    assert [line.message for line in await driver.read_logs(sandbox, LogQuery())] == ["not yet"]
 
 
 # ---- credentials --------------------------------------------------------------------------

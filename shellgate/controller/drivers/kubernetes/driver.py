@@ -355,9 +355,12 @@ class KubernetesDriver(PublishesThroughFanout):
                     api, namespace=namespace, pod=pod, container=CONTAINER_NAME, query=query
                 )
             )
-        except ApiNotFound:
-            return []  # no pod (stopped, or not created yet): no output to show
         except ApiError as exc:
+            if exc.status in (400, 404):
+                # No pod (stopped, not created yet) or no container started yet (the API
+                # server answers 400 "waiting to start"): there is no output to show.
+                log.debug("no logs for pod %s/%s: %s", namespace, pod, exc)
+                return []
             raise DriverError(f"cannot read the logs of pod {namespace}/{pod}: {exc}") from exc
 
     async def _pod_of(self, sandbox_id: str) -> tuple[str, str]:
