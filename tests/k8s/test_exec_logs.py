@@ -144,7 +144,7 @@ async def test_stdin_is_streamed_and_closing_it_ends_the_command(
     assert (out, err) == (b"hello world\ndone\n", b"")
     assert await session.wait() == 0
     assert last_exec(runtime).stdin_closed
-    with pytest.raises(DriverError, match="stdin is already closed"):
+    with pytest.raises(BrokenPipeError, match="is closed"):
         await session.write_stdin(b"late")
 
 

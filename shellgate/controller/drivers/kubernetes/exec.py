@@ -115,9 +115,12 @@ class PodExecSession:
             yield item
 
     async def write_stdin(self, data: bytes) -> None:
-        """Send ``data`` to the command's stdin; dropped once the command has ended."""
+        """Send ``data`` to the command's stdin; dropped once the command has ended.
+
+        After ``close_stdin()`` it raises ``BrokenPipeError``, as a write to a closed pipe
+        does for the local driver's processes."""
         if self._stdin_closed:
-            raise DriverError("stdin is already closed")
+            raise BrokenPipeError(f"stdin of the exec in {self._target} is closed")
         for frame in channel.encode_chunks(channel.STDIN, data, OUTPUT_CHUNK):
             await self._send(frame)
 
