@@ -14,7 +14,8 @@ growing here. The error channel's ``Status`` gives the exit code (``wait()``).
 
 **Limits.** Kubernetes has no way to signal an exec'd process. ``kill()`` closes the
 websocket: the API server then closes the streams to the kubelet, and with a terminal the
-process gets SIGHUP, without one it sees EOF on stdin and a broken pipe on its next write.
+process usually gets SIGHUP, without one it sees EOF on stdin and a broken pipe on its next
+write.
 A process that ignores both keeps running in the container until it exits by itself. On
 ``v4.channel.k8s.io`` (API servers before 1.30) stdin cannot be closed on its own, so a
 command that reads stdin to its end only finishes when it is killed.
