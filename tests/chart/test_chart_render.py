@@ -487,6 +487,9 @@ EXPECTED_RULES = [
         "verbs": ["get", "list", "watch", "create", "patch", "delete"],
     },
     {"apiGroups": [""], "resources": ["events"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
+    {"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["create"]},
+    {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
 ]
 
 
@@ -507,6 +510,23 @@ def test_role_grants_exactly_the_driver_verbs(render: Render) -> None:
     ]
     assert m.pod_spec["serviceAccountName"] == account["metadata"]["name"]
     assert m.pod_spec["automountServiceAccountToken"] is True
+
+
+@pytest.mark.parametrize("values", [{}, {"rbac": {"clusterWide": True}}], ids=["role", "cluster"])
+def test_pods_are_only_read_exec_ed_into_and_logged(render: Render, values: dict[str, Any]) -> None:
+    """Exec and logs need exactly these; shellgate never creates, changes or deletes pods
+    (the agent-sandbox controller does), nor attaches or forwards ports."""
+    m = render(values)
+    role = m.one("ClusterRole" if values else "Role")
+    on_pods = {
+        (resource, verb)
+        for rule in role["rules"]
+        if "" in rule["apiGroups"]
+        for resource in rule["resources"]
+        if resource.startswith("pods") or resource == "*"
+        for verb in rule["verbs"]
+    }
+    assert on_pods == {("pods", "get"), ("pods/exec", "create"), ("pods/log", "get")}
 
 
 def test_no_cluster_scoped_rbac_by_default(render: Render, ha_values: dict[str, Any]) -> None:

@@ -4,7 +4,8 @@
 (``/api/v1`` reported ``groupVersion: "/v1"``) and ``kind``/``apiVersion`` on list responses,
 so kubectl works against it when debugging. ``serve_sandboxes`` registers what shellgate
 needs in discovery: kmock's bundled core resources (kopf waits for ``v1/namespaces``) and
-agent-sandbox ``sandboxes`` at the given versions.
+agent-sandbox ``sandboxes`` at the given versions. With a ``PodRuntime`` it also answers
+``pods/exec`` and ``pods/log`` (tests/support/pod_runtime.py).
 
 What kmock cannot do, and how the tests cope: it assigns no ``resourceVersion`` (tests set
 one on every object they write), never answers 409 on a stale version (tests inject one with a
@@ -24,6 +25,8 @@ import attrs
 from kmock import KubernetesEmulator, ResourceInfo
 from kmock._internal import rendering
 
+from tests.support.pod_runtime import PodRuntime
+
 GROUP = "agents.x-k8s.io"
 NAMESPACE = "sandboxes"
 VERBS = {"list", "watch", "get", "patch", "create", "delete", "update"}
@@ -40,8 +43,14 @@ class SandboxEmulator(KubernetesEmulator):
     """
 
     keep_requests: bool = True
+    pod_runtime: PodRuntime | None = None
+    """Serves ``pods/exec`` and ``pods/log`` (which kmock lacks) when set."""
 
     async def __call__(self, raw_request: Any) -> Any:
+        if self.pod_runtime is not None:
+            answered = await self.pod_runtime.serve(raw_request)
+            if answered is not None:
+                return answered
         try:
             return await super().__call__(raw_request)
         finally:

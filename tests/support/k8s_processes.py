@@ -28,6 +28,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 class KmockProcess:
     workdir: Path
     versions: tuple[str, ...] = ("v1beta1",)
+    pod_root: Path | None = None
+    """When set, every pod answers exec and logs, running commands in this directory."""
     process: subprocess.Popen[bytes] | None = None
     port: int = 0
     ready_file: Path = field(init=False)
@@ -47,6 +49,8 @@ class KmockProcess:
         args += ["--ready-file", str(self.ready_file), "--kubeconfig", str(self.kubeconfig)]
         for version in self.versions:
             args += ["--version", version]
+        if self.pod_root is not None:
+            args += ["--pod-root", str(self.pod_root)]
         log = open(self.workdir / "kmock.log", "wb")  # noqa: SIM115
         self.process = subprocess.Popen(args, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
 

@@ -104,6 +104,24 @@ and core Events for platform events. kopf runs standalone: no peering CRDs, no l
     - get
     - list
     - watch
+- apiGroups:
+    - ""
+  resources:
+    - pods
+  verbs:
+    - get
+- apiGroups:
+    - ""
+  resources:
+    - pods/exec
+  verbs:
+    - create
+- apiGroups:
+    - ""
+  resources:
+    - pods/log
+  verbs:
+    - get
 {{- end }}
 
 {{/*

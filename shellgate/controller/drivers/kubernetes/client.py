@@ -244,6 +244,11 @@ class SandboxApi:
             if not token:
                 return items
 
+    async def with_client(self, call: Callable[[k8s.ApiClient], Awaitable[T]]) -> T:
+        """Run ``call`` with the live library client, its errors as ``ApiError`` and one new
+        login after a 401: how the pod subresources (``exec``, ``logs``) reach the server."""
+        return await self._call(call)
+
     async def _custom(self, call: Callable[[k8s.CustomObjectsApi], Awaitable[Any]]) -> Body:
         result = await self._call(lambda api: call(k8s.CustomObjectsApi(api)))
         return result if isinstance(result, dict) else {}

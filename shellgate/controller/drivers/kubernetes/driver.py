@@ -46,6 +46,7 @@ from shellgate.controller.drivers.base import (
     DriverEvent,
     SnapshotEvent,
 )
+from shellgate.controller.drivers.exec import ExecSpec, LogLine, LogQuery
 from shellgate.controller.drivers.fanout import EventFanout, PublishesThroughFanout
 from shellgate.controller.drivers.kubernetes.client import (
     ApiConflict,
@@ -56,7 +57,10 @@ from shellgate.controller.drivers.kubernetes.client import (
     default_namespace,
     login_in_cluster_or_kubeconfig,
 )
+from shellgate.controller.drivers.kubernetes.exec import PodExecSession, open_pod_exec, pod_phase
+from shellgate.controller.drivers.kubernetes.logs import read_pod_logs
 from shellgate.controller.drivers.kubernetes.manifest import (
+    CONTAINER_NAME,
     GROUP,
     KIND,
     MANAGED_SELECTOR,
@@ -313,6 +317,60 @@ class KubernetesDriver(PublishesThroughFanout):
     async def list_sandboxes(self) -> list[DriverSnapshot]:
         snapshots = (snapshot_of(body) for body in await self._list(MANAGED_SELECTOR))
         return [s for s in snapshots if s is not None]
+
+    # ---- exec and logs (pods/exec, pods/log of the sandbox's pod) ---------------------------
+
+    async def open_exec(self, sandbox: openshell_pb2.Sandbox, spec: ExecSpec) -> PodExecSession:
+        """Run ``spec`` in the sandbox's pod over ``pods/exec`` (module ``exec``)."""
+        namespace, pod = await self._pod_of(sandbox.metadata.id)
+        try:
+            return await self._api.with_client(
+                lambda api: open_pod_exec(
+                    api, namespace=namespace, pod=pod, container=CONTAINER_NAME, spec=spec
+                )
+            )
+        except ApiError as exc:
+            if exc.status in (400, 404):
+                raise DriverError(f"{exc}; {await self._pod_state(namespace, pod)}") from exc
+            raise DriverError(str(exc)) from exc
+
+    async def _pod_state(self, namespace: str, pod: str) -> str:
+        """Why exec found no running container: the pod is missing, or not running yet."""
+        try:
+            phase = await self._api.with_client(
+                lambda api: pod_phase(api, namespace=namespace, pod=pod)
+            )
+        except ApiNotFound:
+            return f"pod {namespace}/{pod} does not exist (stopped, or not created yet)"
+        except ApiError as exc:
+            return f"the state of pod {namespace}/{pod} is unknown ({exc})"
+        return f"pod {namespace}/{pod} is {phase}"
+
+    async def read_logs(self, sandbox: openshell_pb2.Sandbox, query: LogQuery) -> list[LogLine]:
+        """The sandbox container's output from ``pods/log`` (module ``logs``)."""
+        namespace, pod = await self._pod_of(sandbox.metadata.id)
+        try:
+            return await self._api.with_client(
+                lambda api: read_pod_logs(
+                    api, namespace=namespace, pod=pod, container=CONTAINER_NAME, query=query
+                )
+            )
+        except ApiError as exc:
+            if exc.status in (400, 404):
+                # No pod (stopped, not created yet) or no container started yet (the API
+                # server answers 400 "waiting to start"): there is no output to show.
+                log.debug("no logs for pod %s/%s: %s", namespace, pod, exc)
+                return []
+            raise DriverError(f"cannot read the logs of pod {namespace}/{pod}: {exc}") from exc
+
+    async def _pod_of(self, sandbox_id: str) -> tuple[str, str]:
+        """(namespace, pod name) of the sandbox, read from its object now: the controller
+        may have adopted a warm pod since the last event, and any replica may be asked."""
+        body = await self._find(sandbox_id)
+        if body is None:
+            raise DriverError(f"sandbox {sandbox_id} has no Sandbox object")
+        namespace = str(body.get("metadata", {}).get("namespace") or self.namespace)
+        return namespace, pod_name_of(body)
 
     # ---- reading objects -------------------------------------------------------------------
 
