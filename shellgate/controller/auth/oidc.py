@@ -83,7 +83,7 @@ class IssuerKeys:
         self._clock = clock
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched_at = -math.inf
-        self._unknown_key_fetch_at = -math.inf
+        self._refetched_at = {"unknown key": -math.inf, "no keys": -math.inf}
         self._background_fetch_at = -math.inf
         self._inflight: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -97,8 +97,12 @@ class IssuerKeys:
             if now - self._fetched_at >= self._settings.jwks_ttl_seconds:
                 self._refresh_in_background(now)
             return known
-        if now - self._unknown_key_fetch_at >= self._settings.min_refetch_seconds:
-            self._unknown_key_fetch_at = now
+        # Holding no keys yet (never fetched, or the issuer was down) and meeting a key we
+        # do not hold are rate-limited separately, so the first fetch does not delay the
+        # pickup of a rotation that follows it.
+        window = "unknown key" if self._keys else "no keys"
+        if now - self._refetched_at[window] >= self._settings.min_refetch_seconds:
+            self._refetched_at[window] = now
             await asyncio.shield(self._refresh())
         elif self._inflight is not None:
             await asyncio.shield(self._inflight)

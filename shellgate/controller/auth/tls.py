@@ -53,12 +53,14 @@ class CertificateReloader:
 
     def __init__(self, files: TlsFiles) -> None:
         self.files = files
-        self._stamp = self._current_stamp()
         self._failed_stamp: FileStamp | None = None
         try:
+            self._stamp = self._current_stamp()
             self.initial = self._load()
         except (OSError, ValueError) as exc:
-            raise ConfigurationError(f"TLS files do not load: {exc}") from None
+            raise ConfigurationError(
+                f"TLS files do not load (--tls-cert, --tls-key, --tls-client-ca): {exc}"
+            ) from None
         self.reloads = 0
 
     def __call__(self) -> grpc.ServerCertificateConfiguration | None:
