@@ -83,10 +83,11 @@ def configure_security(options: SecurityOptions, listen: str) -> Security:
             "(anyone who reaches the port would own the gateway): configure --oidc-issuer, or "
             "--tls-client-ca with --enable-mtls-auth, or pass --allow-unauthenticated"
         )
+    # /readyz is unauthenticated and names no hosts: the address goes to the log only.
     warning = (
-        f"serving without authentication on {listen} (--allow-unauthenticated): anyone who "
-        "reaches this port is a platform admin"
+        "serving gRPC without authentication off loopback (--allow-unauthenticated): anyone "
+        "who reaches the port is a platform admin"
     )
-    log.warning("%s", warning)
+    log.warning("%s: %s", warning, listen)
     security.warnings.append(warning)
     return security
