@@ -16,6 +16,7 @@ into a flood of requests at the issuer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -118,6 +119,8 @@ class IssuerKeys:
     async def aclose(self) -> None:
         if self._inflight is not None:
             self._inflight.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._inflight
         if self._session is not None:
             await self._session.close()
 
