@@ -37,6 +37,7 @@ def test_default_render_is_single_replica_on_sqlite(render: Render) -> None:
     assert m.kinds == {
         "ConfigMap",
         "Deployment",
+        "NetworkPolicy",
         "PersistentVolumeClaim",
         "Role",
         "RoleBinding",
@@ -48,7 +49,7 @@ def test_default_render_is_single_replica_on_sqlite(render: Render) -> None:
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
     mounts = {v["name"]: v["mountPath"] for v in m.container["volumeMounts"]}
-    assert mounts == {"tmp": "/tmp", "data": "/var/lib/shellgate"}
+    assert mounts == {"tmp": "/tmp", "data": "/var/lib/shellgate", "tls": "/etc/shellgate/tls"}
     volumes = {v["name"]: v for v in m.pod_spec["volumes"]}
     pvc = m.one("PersistentVolumeClaim")
     assert volumes["data"]["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
@@ -64,6 +65,7 @@ def test_ha_values_render_three_replicas_on_postgres(
     assert m.kinds == {
         "ConfigMap",
         "Deployment",
+        "NetworkPolicy",
         "PodDisruptionBudget",
         "PrometheusRule",
         "Role",
@@ -77,7 +79,7 @@ def test_ha_values_render_three_replicas_on_postgres(
     assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     # The Secrets are the user's; no data volume on Postgres, the sealing key read-only.
-    assert [v["name"] for v in m.pod_spec["volumes"]] == ["tmp", "encryption-key"]
+    assert [v["name"] for v in m.pod_spec["volumes"]] == ["tmp", "encryption-key", "tls"]
     db_env = _env(m.container)["SHELLGATE_DATABASE_URL"]
     assert db_env["valueFrom"]["secretKeyRef"] == {"name": "shellgate-db", "key": "url"}
     pdb = m.one("PodDisruptionBudget")
@@ -600,7 +602,10 @@ def test_headless_service_is_opt_in(render: Render) -> None:
 
 
 def test_network_policy(render: Render) -> None:
-    assert render().all("NetworkPolicy") == []
+    # On by default, and admitting no gRPC client until the values name one.
+    (default_http,) = render().one("NetworkPolicy")["spec"]["ingress"]
+    assert default_http["ports"] == [{"port": "http", "protocol": "TCP"}]
+    assert render({"networkPolicy": {"enabled": False}}).all("NetworkPolicy") == []
     policy = render(EVERYTHING_ON).one("NetworkPolicy")
     assert policy["spec"]["policyTypes"] == ["Ingress"]
     grpc, http = policy["spec"]["ingress"]

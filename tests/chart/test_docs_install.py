@@ -88,7 +88,8 @@ def test_ports(render: Render) -> None:
 def test_environment_variables(render: Render) -> None:
     set_by_chart: set[str] = set()
     sealing_key = {"encryption": {"existingSecret": "keys"}}
-    for values in ({"sandboxImage": "x"}, {"sandboxImage": "x", **sealing_key}):
+    security = {"auth": {"oidc": {"issuer": "https://idp.example"}}, "allowUnauthenticated": True}
+    for values in ({"sandboxImage": "x"}, {"sandboxImage": "x", **sealing_key}, security):
         m = render(values)
         set_by_chart |= set(m.one("ConfigMap")["data"]) | {e["name"] for e in m.container["env"]}
     documented = set(re.findall(r"SHELLGATE_[A-Z_]+", _docs()))

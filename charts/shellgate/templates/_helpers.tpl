@@ -124,6 +124,10 @@ and core Events for platform events. kopf runs standalone: no peering CRDs, no l
     - get
 {{- end }}
 
+{{- define "shellgate.tlsSecretName" -}}
+{{- default (printf "%s-tls" (include "shellgate.fullname" .)) .Values.tls.secretName }}
+{{- end }}
+
 {{/*
 Guard rails: fail the render on values that would deploy something broken.
 */}}
@@ -137,6 +141,15 @@ Guard rails: fail the render on values that would deploy something broken.
 {{- end }}
 {{- if and (eq $backend "postgres") (not .Values.encryption.existingSecret) }}
 {{- fail "shellgate: Postgres needs encryption.existingSecret: a Secret whose key `key` holds the key file that seals provider credentials (every replica must use the same key; create one with `openssl rand -base64 32`)." }}
+{{- end }}
+{{- if and .Values.tls.clientAuth (not .Values.tls.enabled) }}
+{{- fail "shellgate: tls.clientAuth needs tls.enabled=true." }}
+{{- end }}
+{{- if and .Values.auth.mtls (not (and .Values.tls.enabled .Values.tls.clientAuth)) }}
+{{- fail "shellgate: auth.mtls names callers after their client certificates, so it needs tls.enabled=true and tls.clientAuth=true." }}
+{{- end }}
+{{- if not (or .Values.auth.mtls .Values.auth.oidc.issuer .Values.allowUnauthenticated) }}
+{{- fail "shellgate: no authentication is configured, so anyone who reaches the gRPC port would own the gateway. Set auth.oidc.issuer, or auth.mtls=true with tls.clientAuth=true, or allowUnauthenticated=true to serve without authentication anyway." }}
 {{- end }}
 {{- if and (eq $backend "sqlite") (not (hasPrefix "sqlite:///" .Values.database.url)) }}
 {{- fail (printf "shellgate: database.url must start with sqlite:///, postgresql:// or postgres:// (got a URL starting %q)." (regexReplaceAll "://.*" .Values.database.url "://")) }}

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -55,8 +56,11 @@ class HealthState:
     writes, nor for the rest of a healthy pause.
     """
 
-    def __init__(self, gw: Gateway) -> None:
+    def __init__(self, gw: Gateway, *, warnings: Sequence[str] = ()) -> None:
         self.gw = gw
+        self.warnings = list(warnings)
+        """How the gateway serves that an operator must know (serving unauthenticated off
+        loopback); reported by ``/readyz`` without making the replica unready."""
         self.store = StoreCheck()
         self._pings = 0
         self._gauge_refreshed = 0.0
@@ -113,7 +117,10 @@ class HealthState:
             "driver": {"status": "ok" if driver_ok else "failing"},
         }
         ready = store_ok and driver_ok
-        return ready, {"status": "ready" if ready else "not ready", "checks": checks}
+        body: dict[str, object] = {"status": "ready" if ready else "not ready", "checks": checks}
+        if self.warnings:
+            body["warnings"] = self.warnings
+        return ready, body
 
     async def refresh_sandbox_gauge(self) -> None:
         """Refresh ``shellgate_sandboxes{phase}`` at most every ``GAUGE_CACHE_SECONDS``, by one

@@ -12,10 +12,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from shellgate.controller.auth.oidc import OidcSettings
 from shellgate.controller.limits import Limits
 from shellgate.store import ConfigurationError
 
 DEFAULT_DATABASE_URL = "sqlite:///./.shellgate/shellgate.db"
+
+
+@dataclass
+class SecurityOptions:
+    """Transport and authentication (see ``app/security.py`` for what they add up to)."""
+
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    enable_mtls_auth: bool = False
+    allow_unauthenticated: bool = False
+    oidc: OidcSettings | None = None
 
 
 @dataclass
@@ -32,6 +45,26 @@ class ServeOptions:
     sweep_interval: float = 60.0
     encryption_key_file: str = ""
     limits: Limits = field(default_factory=Limits)
+    security: SecurityOptions = field(default_factory=SecurityOptions)
+
+
+SWITCHES = {
+    "--enable-mtls-auth": "a verified client certificate's subject is a platform admin",
+    "--allow-unauthenticated": "serve without authentication on a non-loopback address",
+}
+SECURITY_FLAGS: list[tuple[str, str, str]] = [
+    ("--tls-cert", "", "server certificate chain (PEM): serve gRPC over TLS"),
+    ("--tls-key", "", "server private key (PEM)"),
+    ("--tls-client-ca", "", "CA bundle (PEM): require client certificates that chain to it"),
+    ("--oidc-issuer", "", "OIDC issuer URL: accept its bearer tokens"),
+    ("--oidc-audience", "openshell-cli", "the tokens' required audience"),
+    ("--oidc-roles-claim", "realm_access.roles", "dot path of the roles claim"),
+    ("--oidc-admin-role", "openshell-admin", "role that makes a platform admin"),
+    ("--oidc-user-role", "openshell-user", "role every user needs"),
+    ("--oidc-scopes-claim", "", "dot path of the scopes claim; empty: no scope checks"),
+    ("--oidc-jwks-ttl", "3600", "seconds the issuer's keys are kept"),
+]
+"""Flag, default, help; each also as SHELLGATE_ + the flag in capitals."""
 
 
 _DEFAULT_LIMITS = Limits()
@@ -93,9 +126,17 @@ def add_serve_command(commands: Any, run: Callable[[argparse.Namespace], int]) -
     ]
     for name, flag, text in LIMIT_FLAGS:
         options.append((flag, limit_env(flag), str(getattr(_DEFAULT_LIMITS, name)), text))
+    for flag, default, text in SECURITY_FLAGS:
+        options.append((flag, limit_env(flag), default, text))
     for flag, env, default, text in options:
         serve.add_argument(
             flag, default=env_default(env, default), help=f"{text} ({env}; default %(default)s)"
+        )
+    for flag, text in SWITCHES.items():
+        env = limit_env(flag)
+        default = env_default(env, "false")
+        serve.add_argument(
+            flag, action="store_const", const="true", default=default, help=f"{text} ({env}=true)"
         )
     serve.set_defaults(run=run)
 
@@ -124,7 +165,57 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
         sweep_interval=sweep,
         encryption_key_file=args.encryption_key_file,
         limits=limits_from_args(args),
+        security=security_from_args(args),
     )
+
+
+def security_from_args(args: argparse.Namespace) -> SecurityOptions:
+    """TLS files go together (a client CA needs a server certificate; mTLS identity needs a
+    client CA); booleans are true/false/1/0/yes/no."""
+    switch = {flag: _boolean(flag, getattr(args, _dest(flag))) for flag in SWITCHES}
+    cert, key, client_ca = args.tls_cert, args.tls_key, args.tls_client_ca
+    if bool(cert) != bool(key):
+        raise ConfigurationError("--tls-cert and --tls-key go together")
+    if client_ca and not cert:
+        raise ConfigurationError("--tls-client-ca needs --tls-cert and --tls-key")
+    if switch["--enable-mtls-auth"] and not client_ca:
+        raise ConfigurationError("--enable-mtls-auth needs --tls-client-ca")
+    oidc = None
+    if args.oidc_issuer:
+        try:
+            ttl = float(args.oidc_jwks_ttl)
+        except ValueError:
+            raise ConfigurationError("--oidc-jwks-ttl must be a number of seconds") from None
+        oidc = OidcSettings(
+            issuer=args.oidc_issuer,
+            audience=args.oidc_audience,
+            roles_claim=args.oidc_roles_claim,
+            admin_role=args.oidc_admin_role,
+            user_role=args.oidc_user_role,
+            scopes_claim=args.oidc_scopes_claim,
+            jwks_ttl_seconds=ttl,
+        )
+    return SecurityOptions(
+        tls_cert=cert,
+        tls_key=key,
+        tls_client_ca=client_ca,
+        enable_mtls_auth=switch["--enable-mtls-auth"],
+        allow_unauthenticated=switch["--allow-unauthenticated"],
+        oidc=oidc,
+    )
+
+
+def _dest(flag: str) -> str:
+    return flag.removeprefix("--").replace("-", "_")
+
+
+def _boolean(flag: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no", ""):
+        return False
+    raise ConfigurationError(f"{flag} ({limit_env(flag)}) must be true or false, got {raw[:20]!r}")
 
 
 def limits_from_args(args: argparse.Namespace) -> Limits:

@@ -33,8 +33,10 @@ from shellgate.controller.app.options import (
     options_from_args,
     split_address,
 )
+from shellgate.controller.app.security import Security, configure_security
 from shellgate.controller.auth.authenticate import AuthenticateCalls, Authenticator
 from shellgate.controller.auth.principal import ANONYMOUS_ADMIN, Principal
+from shellgate.controller.auth.tls import CertificateReloader, server_credentials
 from shellgate.controller.drivers.base import ComputeDriver
 from shellgate.controller.gateway import Gateway
 from shellgate.controller.limits import Limits
@@ -101,11 +103,13 @@ async def start_grpc(
     *,
     authenticators: Sequence[Authenticator] = (),
     anonymous: Principal | None = ANONYMOUS_ADMIN,
+    tls: CertificateReloader | None = None,
 ) -> tuple[grpc.aio.Server, Any, int]:
     """Start the gRPC server; returns it, its health servicer and the bound port.
 
     Calls are authenticated by ``authenticators``; a call with no credentials runs as
-    ``anonymous``, or is refused when that is None.
+    ``anonymous``, or is refused when that is None. With ``tls`` the port speaks only TLS,
+    with the certificates ``tls`` reads (and re-reads when their files change).
     """
     server = grpc.aio.server(
         # Authentication first: an unauthenticated caller learns nothing, not even whether
@@ -130,7 +134,10 @@ async def start_grpc(
         ),
         server,
     )
-    port = server.add_insecure_port(listen)
+    if tls is None:
+        port = server.add_insecure_port(listen)
+    else:
+        port = server.add_secure_port(listen, server_credentials(tls))
     if port == 0:
         raise ConfigurationError(f"cannot listen on {listen}")
     await server.start()
@@ -148,6 +155,19 @@ async def serve(
     """Run until ``stop`` is set or SIGTERM/SIGINT arrives."""
     stop = stop or asyncio.Event()
     _install_signal_handlers(stop)
+    security = configure_security(config.security, config.listen)
+    try:
+        await _serve(config, security, stop, on_ready)
+    finally:
+        await security.aclose()
+
+
+async def _serve(
+    config: ServeOptions,
+    security: Security,
+    stop: asyncio.Event,
+    on_ready: Callable[[Gateway], Awaitable[None]] | None,
+) -> None:
     metrics = Metrics()
     keyring = load_keyring(config.encryption_key_file, store_for_url(config.database_url))
     store = await connect(
@@ -167,7 +187,7 @@ async def serve(
         sealer=SecretSealer(keyring),
         limits=config.limits,
     )
-    health_state = HealthState(gw)
+    health_state = HealthState(gw, warnings=security.warnings)
     tasks: list[asyncio.Task[Any]] = []
     server = runner = None
     loops: Reconcilers | None = None
@@ -177,12 +197,23 @@ async def serve(
         loops.start(config.sweep_interval)
         tasks.append(asyncio.create_task(health_state.ping_forever(), name="store-ping"))
         tasks.append(asyncio.create_task(fill_phase_column(gw), name="fill-phase-column"))
-        server, health, _port = await start_grpc(gw, config.listen)
+        server, health, _port = await start_grpc(
+            gw,
+            config.listen,
+            authenticators=security.authenticators,
+            anonymous=security.anonymous,
+            tls=security.tls,
+        )
+        if security.issuer_keys is not None:
+            security.issuer_keys.prefetch()
         host, port = split_address(config.http_listen, "--http-listen")
         runner = await start_http(health_state, host, port)
         log.info(
-            "shellgate serving gRPC on %s, HTTP on %s (driver %s, %s store, replica %s)",
+            "shellgate serving gRPC on %s (%s, authentication: %s), HTTP on %s "
+            "(driver %s, %s store, replica %s)",
             config.listen,
+            "plaintext" if security.tls is None else "TLS",
+            ", ".join(security.modes) or "none",
             config.http_listen,
             driver.name,
             store.backend,
