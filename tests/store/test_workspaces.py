@@ -56,7 +56,7 @@ async def test_list_pages_and_selects(workspaces: WorkspaceRepository) -> None:
 
 async def test_members_are_unique_per_workspace(workspaces: WorkspaceRepository) -> None:
     await workspaces.create("a")
-    await workspaces.create("b")
+    await workspaces.create("b", {"tier": "gold"})
     subject = "CN=alice@example.com, O=Example"  # any text, not a DNS label
     member = await workspaces.add_member("a", subject, ADMIN)
     assert member.metadata.workspace == "a" and member.principal_subject == subject
@@ -68,9 +68,13 @@ async def test_members_are_unique_per_workspace(workspaces: WorkspaceRepository)
     assert await workspaces.member("a", "bob") is None
     listed, _ = await workspaces.list_members("a", limit=10, page_token="")
     assert [m.principal_subject for m in listed] == [subject]
-    mine, _ = await workspaces.list_for_subject(subject, limit=10, page_token="")
+    mine, _ = await workspaces.list_for_subject(subject, selector="", limit=10, page_token="")
     assert sorted(w.metadata.name for w in mine) == ["a", "b"]
-    assert (await workspaces.list_for_subject("bob", limit=10, page_token=""))[0] == []
+    gold, _ = await workspaces.list_for_subject(
+        subject, selector="tier=gold", limit=10, page_token=""
+    )
+    assert [w.metadata.name for w in gold] == ["b"]
+    assert (await workspaces.list_for_subject("bob", selector="", limit=10, page_token=""))[0] == []
 
 
 async def test_remove_member(workspaces: WorkspaceRepository) -> None:

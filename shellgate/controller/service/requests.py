@@ -13,8 +13,11 @@ from typing import Any, TypeVar
 from google.protobuf.message import Message
 
 from shellgate.api import datamodel_pb2, openshell_pb2
+from shellgate.controller.auth.authorize import caller_of
+from shellgate.controller.auth.principal import current_principal
 from shellgate.controller.gateway import Gateway
 from shellgate.controller.service.errors import not_found
+from shellgate.reconcilers.access import may_create_workspace_implicitly
 from shellgate.reconcilers.errors import FailedPrecondition, InvalidArgument
 from shellgate.reconcilers.policy import LOADED, new_revision, policy_hash, revision_status
 from shellgate.reconcilers.validation import (
@@ -45,6 +48,16 @@ def workspace_of(selector: datamodel_pb2.WorkspaceSelector) -> str | None:
 def single_workspace(selector: datamodel_pb2.WorkspaceSelector) -> str:
     """For requests about one object: ``all_workspaces`` falls back to "default"."""
     return workspace_of(selector) or DEFAULT_WORKSPACE
+
+
+async def admit_into_workspace(gw: Gateway, workspace: str) -> None:
+    """Before a sandbox or provider is written into ``workspace``: it must exist and not be
+    being deleted. A platform admin's create makes a missing workspace (as shellgate did
+    before workspaces were objects); after writing, the caller confirms
+    (``gw.repos.workspaces.confirm``) and takes its row back out if that fails."""
+    caller = caller_of(current_principal())
+    implicit = caller is not None and may_create_workspace_implicitly(caller)
+    await gw.repos.workspaces.admit(workspace, create_missing=implicit)
 
 
 def delete_target(

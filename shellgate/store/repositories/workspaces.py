@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from shellgate.api import datamodel_pb2, openshell_pb2
@@ -45,6 +45,7 @@ from shellgate.store.repositories.errors import (
 )
 from shellgate.store.repositories.hooks import Hook, no_hook
 from shellgate.store.repositories.rows import delete_row
+from shellgate.store.selectors import Operator, Requirement, parse_selector
 
 Workspace = datamodel_pb2.Workspace
 WorkspaceMember = openshell_pb2.WorkspaceMember
@@ -66,6 +67,24 @@ register_object_type(WorkspaceMember.DESCRIPTOR.full_name, MEMBER_TYPE)
 def subject_digest(subject: str) -> str:
     """A label value for any subject (subjects are free text; label values are not)."""
     return hashlib.sha256(subject.encode()).hexdigest()[:40]
+
+
+def selects(requirements: Sequence[Requirement], labels: Mapping[str, str]) -> bool:
+    """The label selector's meaning, for rows already read (the SQL evaluates the same)."""
+    for requirement in requirements:
+        value = labels.get(requirement.key)
+        match requirement.operator:
+            case Operator.EQUALS | Operator.IN:
+                ok = value is not None and value in requirement.values
+            case Operator.NOT_EQUALS | Operator.NOT_IN:
+                ok = value is None or value not in requirement.values
+            case Operator.EXISTS:
+                ok = value is not None
+            case Operator.DOES_NOT_EXIST:
+                ok = value is None
+        if not ok:
+            return False
+    return True
 
 
 def _any(_member: WorkspaceMember) -> None:
@@ -137,9 +156,12 @@ class WorkspaceRepository:
         )
 
     async def list_for_subject(
-        self, subject: str, *, limit: int, page_token: str
+        self, subject: str, *, selector: str, limit: int, page_token: str
     ) -> tuple[Sequence[Workspace], str]:
-        """The workspaces ``subject`` is a member of, paged by membership."""
+        """The workspaces ``subject`` is a member of that ``selector`` selects, paged by
+        membership (a page may hold fewer than ``limit``; the token says whether more follow).
+        """
+        requirements = parse_selector(selector)
         page = await self.store.list(
             MEMBER_TYPE,
             workspace=None,
@@ -152,7 +174,7 @@ class WorkspaceRepository:
             if decode(WorkspaceMember, record).principal_subject != subject:
                 continue  # a digest collision: not this subject's membership
             workspace = await self.find(record.workspace)
-            if workspace is not None:
+            if workspace is not None and selects(requirements, workspace.metadata.labels):
                 found.append(workspace)
         return found, page.next_page_token
 
