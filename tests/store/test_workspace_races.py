@@ -215,6 +215,6 @@ async def test_without_the_fence_sandboxes_outlive_their_workspace(
     store: Store, store_url: str, guard: str
 ) -> None:
     with pytest.raises(
-        AssertionError, match="left in deleted workspaces|both the delete and the create won"
+        AssertionError, match=r"left in deleted workspaces|both the delete and the create won"
     ):
         await race_delete_and_create(store, store_url, removed_guard=guard)
