@@ -6,13 +6,17 @@ scope must be what the rule says."""
 
 from __future__ import annotations
 
+import grpc
 import pytest
 
-from shellgate.api import openshell_pb2_grpc
+from shellgate.api import openshell_pb2, openshell_pb2_grpc
 from shellgate.controller.auth.authorize import enforceable_rule
 from shellgate.controller.service.servicer import OpenShellService, rpc
 from shellgate.reconcilers.access import SERVICE, MissingRule, Rule, rule_of
+from tests.support.gateway import Running
 from tests.support.rpc_table import Documented, documented_rpcs
+
+P = openshell_pb2
 
 
 def served_methods() -> dict[str, object]:
@@ -70,3 +74,18 @@ def test_a_method_without_a_rule_cannot_be_built(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(authorize, "rule_of", lambda method: Rule("bearer", "user"))
     with pytest.raises(MissingRule, match="names no workspace"):
         enforceable_rule("GetCurrentUser")  # a workspace rule on a request without a workspace
+
+
+async def test_without_authentication_the_caller_is_a_platform_admin(gw: Running) -> None:
+    """No authenticators: the anonymous caller, who may do anything; ``default`` exists
+    from the start and GetGatewayInfo says calls are not authenticated."""
+    me = await gw.stub.GetCurrentUser(P.GetCurrentUserRequest())
+    assert (me.subject, me.identity_provider) == ("anonymous", "none")
+    info = await gw.stub.GetGatewayInfo(P.GetGatewayInfoRequest())
+    assert list(info.extensions[0].supported_capabilities) == ["none"]
+    listed = await gw.stub.ListWorkspaces(P.ListWorkspacesRequest())
+    assert [w.metadata.name for w in listed.workspaces] == ["default"]
+    refused = P.DeleteWorkspaceRequest(name="default")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await gw.stub.DeleteWorkspace(refused)
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION

@@ -4,6 +4,8 @@ remain."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from shellgate.api import datamodel_pb2, openshell_pb2
@@ -160,3 +162,17 @@ async def test_a_terminating_workspace_admits_nothing(
     assert await workspaces.delete("a") is True
     assert seen == ["a"]
     assert await workspaces.member("a", "late") is None
+
+
+async def test_replicas_starting_together_make_one_default(
+    store: Store, second_store: Store
+) -> None:
+    """Every replica ensures ``default`` at start; racing ones agree on one row."""
+    made = await asyncio.gather(
+        *(WorkspaceRepository(s).ensure("default") for s in (store, second_store, store))
+    )
+    assert sorted(made) == [False, False, True]
+    listed, _ = await WorkspaceRepository(second_store).list_page(
+        selector="", limit=10, page_token=""
+    )
+    assert [w.metadata.name for w in listed] == ["default"]
