@@ -104,7 +104,7 @@ async def _jitter(_key: str) -> None:
 def _unguard(workspaces: WorkspaceRepository, guard: str) -> None:
     if guard == "recheck":
 
-        async def trust(_name: str) -> None:
+        async def trust(_name: str, **_options: object) -> None:
             return None
 
         workspaces.confirm = trust  # type: ignore[method-assign]

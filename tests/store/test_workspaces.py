@@ -103,6 +103,10 @@ async def test_admit(workspaces: WorkspaceRepository) -> None:
     with pytest.raises(WorkspaceMissing):
         await workspaces.admit("new", create_missing=False)
     await workspaces.admit("new", create_missing=True)
+    assert await workspaces.find("new") is None, "made only once the row is written"
+    with pytest.raises(WorkspaceMissing):
+        await workspaces.confirm("new")
+    await workspaces.confirm("new", create_missing=True)
     assert await workspaces.find("new") is not None
     await workspaces.confirm("new")
 

@@ -16,6 +16,7 @@ from shellgate.controller.gateway import Gateway
 from shellgate.controller.service.errors import not_found
 from shellgate.controller.service.requests import (
     admit_into_workspace,
+    confirm_in_workspace,
     delete_target,
     find_named,
     find_sandbox,
@@ -64,7 +65,7 @@ async def create_provider(
     await admit_into_workspace(gw, workspace)
     created = await gw.repos.providers.create(candidate)
     try:
-        await gw.repos.workspaces.confirm(workspace)  # the workspace fence, after the write
+        await confirm_in_workspace(gw, workspace)  # the workspace fence, after the write
     except BaseException:
         await remove_provider_row(gw, created.metadata.id)
         raise

@@ -50,14 +50,23 @@ def single_workspace(selector: datamodel_pb2.WorkspaceSelector) -> str:
     return workspace_of(selector) or DEFAULT_WORKSPACE
 
 
+def _creates_missing_workspace() -> bool:
+    caller = caller_of(current_principal())
+    return caller is not None and may_create_workspace_implicitly(caller)
+
+
 async def admit_into_workspace(gw: Gateway, workspace: str) -> None:
     """Before a sandbox or provider is written into ``workspace``: it must exist and not be
-    being deleted. A platform admin's create makes a missing workspace (as shellgate did
-    before workspaces were objects); after writing, the caller confirms
-    (``gw.repos.workspaces.confirm``) and takes its row back out if that fails."""
-    caller = caller_of(current_principal())
-    implicit = caller is not None and may_create_workspace_implicitly(caller)
-    await gw.repos.workspaces.admit(workspace, create_missing=implicit)
+    being deleted, or be missing when a platform admin creates (shellgate took any valid
+    name as a workspace before workspaces were objects)."""
+    await gw.repos.workspaces.admit(workspace, create_missing=_creates_missing_workspace())
+
+
+async def confirm_in_workspace(gw: Gateway, workspace: str) -> None:
+    """After the row is written: the workspace fence (the workspace is still ACTIVE; a
+    platform admin's missing workspace is made now). The caller takes its row back out when
+    this raises."""
+    await gw.repos.workspaces.confirm(workspace, create_missing=_creates_missing_workspace())
 
 
 def delete_target(

@@ -25,6 +25,7 @@ from shellgate.controller.gateway import Gateway
 from shellgate.controller.service.errors import not_found
 from shellgate.controller.service.requests import (
     admit_into_workspace,
+    confirm_in_workspace,
     delete_target,
     find_sandbox,
     generated_name,
@@ -78,7 +79,7 @@ async def create_sandbox(
     await admit_into_workspace(gw, workspace)
     created = await gw.repos.sandboxes.create(candidate)
     try:
-        await gw.repos.workspaces.confirm(workspace)  # the workspace fence, after the write
+        await confirm_in_workspace(gw, workspace)  # the workspace fence, after the write
         await gw.repos.sandboxes.fence_providers(created.metadata.id, providers, workspace)
         await gw.driver.create_sandbox(created)
     except BaseException:

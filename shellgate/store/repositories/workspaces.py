@@ -11,9 +11,11 @@ query instead of a scan.
 requests while DeleteWorkspace may be running. The protocol, with no write to the workspace
 row on the create path (so creates in one workspace do not serialize on it):
 
-* DeleteWorkspace first moves the row to TERMINATING by CAS, *then* scans the workspace for
+* DeleteWorkspace moves the row to TERMINATING by CAS, *then* scans the workspace for
   sandboxes and providers, removes the members, and deletes the row with ``delete_if`` at the
-  TERMINATING version. Contents found: it moves the row back to ACTIVE and refuses.
+  TERMINATING version. Contents found: it moves the row back to ACTIVE and refuses. (A scan
+  before the mark refuses the plain case without writing anything; only the scan after the
+  mark counts for the guarantee.)
 * A writer checks the workspace is ACTIVE (``admit``), writes its row, then reads the
   workspace again (``confirm``). If it is no longer ACTIVE, or gone, the writer removes its
   row and refuses.
@@ -181,19 +183,25 @@ class WorkspaceRepository:
     # ----- the fence ------------------------------------------------------------------
 
     async def admit(self, name: str, *, create_missing: bool) -> None:
-        """Before a row is written into ``name``: the workspace must exist and be ACTIVE.
-        ``create_missing`` creates it first (a platform admin's implicit creation)."""
+        """Before a row is written into ``name``: the workspace must be ACTIVE, or missing
+        when ``create_missing`` (a platform admin's implicit creation, made by ``confirm``
+        once the row is written, so a create refused on its own row leaves no workspace)."""
+        record = await self._record(name)
+        if record is not None or not create_missing:
+            _require_active(name, record)
+        await self.hooks.after_admission(name)
+
+    async def confirm(self, name: str, *, create_missing: bool = False) -> None:
+        """After a row was written into ``name``: the workspace is still ACTIVE (made now
+        if it is missing and ``create_missing``). The caller removes its row when this
+        raises (see the module docstring for why that suffices). A workspace made here after
+        a delete finished holds the row; one being deleted has either seen the row in its
+        scan or refuses it here."""
         record = await self._record(name)
         if record is None and create_missing:
             await self.ensure(name)
             record = await self._record(name)
         _require_active(name, record)
-        await self.hooks.after_admission(name)
-
-    async def confirm(self, name: str) -> None:
-        """After a row was written into ``name``: the workspace is still ACTIVE. The caller
-        removes its row when this raises (see the module docstring for why that suffices)."""
-        _require_active(name, await self._record(name))
 
     # ----- delete ---------------------------------------------------------------------
 
@@ -209,6 +217,9 @@ class WorkspaceRepository:
             if record is None:
                 self.store.observer.cas_attempt(WORKSPACE_TYPE, "noop")
                 return False
+            early = await self._contents(name)
+            if early:  # the common refusal writes nothing
+                raise WorkspaceNotEmpty(name, early)
             marked = await self._mark(record, TERMINATING)
             contents = await self._contents(name)
             if contents:
