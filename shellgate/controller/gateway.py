@@ -31,6 +31,8 @@ class Gateway:
     events: PlatformEventBus = field(default_factory=lambda: PlatformEventBus())
     clock_ms: Callable[[], int] = wall_clock_ms
     limits: Limits = field(default_factory=Limits)
+    auth_modes: tuple[str, ...] = ("none",)
+    """How callers authenticate (GetGatewayInfo); set by ``start_grpc`` from its arguments."""
     watch_slots: Slots = field(init=False)
     repos: Repositories = field(init=False)
 

@@ -51,6 +51,9 @@ UNSERVED = sorted(set(SERVICE.methods_by_name) - set(SERVED))
 ROW_CREATORS: dict[str, set[str]] = {
     "sandbox": {"CreateSandbox"},
     "provider": {"CreateProvider"},
+    # A platform admin's create in a missing workspace makes the workspace.
+    "workspace": {"CreateWorkspace", "CreateSandbox", "CreateProvider"},
+    "workspace_member": {"AddWorkspaceMember"},
     "gateway_settings": {"UpdateConfig"},
     "sandbox_settings": {"UpdateConfig"},
     "draft_policy_chunk": {"SubmitPolicyAnalysis"},
@@ -69,7 +72,7 @@ ROW_CREATORS: dict[str, set[str]] = {
         "GetDraftPolicy",
     },
 }
-UNSCOPED = {"sandbox", "provider", "gateway_settings"}
+UNSCOPED = {"sandbox", "provider", "gateway_settings", "workspace", "workspace_member"}
 
 
 def request_class(method: str) -> type[Message]:
@@ -241,7 +244,8 @@ class Fuzzer:
                 continue
             if _sandbox_of(record) not in live:
                 self.fail(f"row {kind}/{row_id} belongs to no live sandbox ({record.scope})")
-        expected_kinds = {kind for kind, _ in self.codes_ok_creators()}
+        expected_kinds = {kind for kind, _ in self.codes_ok_creators()} | {"workspace"}
+        # ("default" exists from the start)
         for kind, _ in rows:
             if kind not in expected_kinds:
                 self.fail(f"a {kind} row exists, but no call that creates one answered OK")

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import grpc
 
 from shellgate.api import openshell_pb2_grpc
 from shellgate.controller.app.serve import start_grpc
+from shellgate.controller.auth.authenticate import Authenticator
+from shellgate.controller.auth.principal import ANONYMOUS_ADMIN, Principal
 from shellgate.controller.drivers.base import ComputeDriver
 from shellgate.controller.gateway import Gateway
 from shellgate.controller.limits import Limits
@@ -38,7 +40,12 @@ class Running:
 
 @contextlib.asynccontextmanager
 async def running_gateway(
-    store: Store, driver: ComputeDriver, limits: Limits | None = None
+    store: Store,
+    driver: ComputeDriver,
+    limits: Limits | None = None,
+    *,
+    authenticators: Sequence[Authenticator] = (),
+    anonymous: Principal | None = ANONYMOUS_ADMIN,
 ) -> AsyncIterator[Running]:
     gateway = Gateway(
         sealer=new_sealer(),
@@ -53,7 +60,9 @@ async def running_gateway(
     await driver.start()
     loops.start(0)  # one resync at start; tests that want more call resync themselves
     await asyncio.wait_for(loops.settled(), 10)
-    server, _health, port = await start_grpc(gateway, "127.0.0.1:0")
+    server, _health, port = await start_grpc(
+        gateway, "127.0.0.1:0", authenticators=authenticators, anonymous=anonymous
+    )
     address = f"127.0.0.1:{port}"
     channel = grpc.aio.insecure_channel(address)
     try:

@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from shellgate.api import openshell_pb2, openshell_pb2_grpc
+from shellgate.api import datamodel_pb2, openshell_pb2, openshell_pb2_grpc
 
 P = openshell_pb2
 BARRIER_TIMEOUT = 60.0
@@ -35,6 +35,23 @@ def request_for(kind: str, round_: int, client: int) -> tuple[str, Any]:
     if kind == "reject":
         return "RejectDraftChunk", P.RejectDraftChunkRequest(
             sandbox="drafts", chunk_id=CHUNKS[round_], reason="no"
+        )
+    if kind in ("add-member", "remove-member"):
+        scope = datamodel_pb2.WorkspaceSelector(workspace="team")
+        if kind == "add-member":
+            return "AddWorkspaceMember", P.AddWorkspaceMemberRequest(
+                workspace_scope=scope, principal_subject=f"m{round_}", role=P.WORKSPACE_ROLE_USER
+            )
+        return "RemoveWorkspaceMember", P.RemoveWorkspaceMemberRequest(
+            workspace_scope=scope, principal_subject=f"m{round_}"
+        )
+    if kind == "delete-workspace":
+        return "DeleteWorkspace", P.DeleteWorkspaceRequest(name=f"w{round_}")
+    if kind == "create-in-workspace":
+        return "CreateSandbox", P.CreateSandboxRequest(
+            name="late",
+            spec=P.SandboxSpec(),
+            workspace_scope=datamodel_pb2.WorkspaceSelector(workspace=f"w{round_}"),
         )
     raise ValueError(kind)
 

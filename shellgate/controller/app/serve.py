@@ -35,6 +35,7 @@ from shellgate.controller.app.options import (
 )
 from shellgate.controller.app.security import Security, configure_security
 from shellgate.controller.auth.authenticate import AuthenticateCalls, Authenticator
+from shellgate.controller.auth.modes import auth_modes_of
 from shellgate.controller.auth.principal import ANONYMOUS_ADMIN, Principal
 from shellgate.controller.auth.tls import CertificateReloader, server_credentials
 from shellgate.controller.drivers.base import ComputeDriver
@@ -45,6 +46,7 @@ from shellgate.controller.reconcile.loops import Reconcilers, attach_reconcilers
 from shellgate.controller.service.decoding import RejectUndecodableRequests
 from shellgate.controller.service.servicer import OpenShellService
 from shellgate.store import (
+    DEFAULT_WORKSPACE,
     ConfigurationError,
     StoreError,
     StoreTimeouts,
@@ -109,8 +111,11 @@ async def start_grpc(
 
     Calls are authenticated by ``authenticators``; a call with no credentials runs as
     ``anonymous``, or is refused when that is None. With ``tls`` the port speaks only TLS,
-    with the certificates ``tls`` reads (and re-reads when their files change).
+    with the certificates ``tls`` reads (and re-reads when their files change). The
+    ``default`` workspace exists before the first call is served.
     """
+    await ensure_default_workspace(gw)
+    gw.auth_modes = auth_modes_of(authenticators, anonymous)
     server = grpc.aio.server(
         # Authentication first: an unauthenticated caller learns nothing, not even whether
         # its request decodes.
@@ -144,6 +149,13 @@ async def start_grpc(
     await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     await health.set("", health_pb2.HealthCheckResponse.SERVING)
     return server, health, port
+
+
+async def ensure_default_workspace(gw: Gateway) -> None:
+    """Create ``default`` unless it exists (``MUST_CREATE``; a replica that loses the race to
+    another starting at the same time just finds it)."""
+    if await gw.repos.workspaces.ensure(DEFAULT_WORKSPACE):
+        log.info("created the %r workspace", DEFAULT_WORKSPACE)
 
 
 async def serve(

@@ -23,6 +23,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from shellgate.controller.auth.authorize import AccessDenied
 from shellgate.controller.drivers.base import DriverConflict, DriverError
 from shellgate.reconcilers.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from shellgate.store import (
@@ -35,7 +36,13 @@ from shellgate.store import (
     UniqueViolation,
 )
 from shellgate.store.errors import quoted
-from shellgate.store.repositories import ProviderInUse, ProviderMissing
+from shellgate.store.repositories import (
+    ProviderInUse,
+    ProviderMissing,
+    WorkspaceMissing,
+    WorkspaceNotEmpty,
+    WorkspaceTerminating,
+)
 from shellgate.store.secrets import SecretError
 
 log = logging.getLogger(__name__)
@@ -71,6 +78,14 @@ def _rich_status(error: BaseException, operation: str) -> status_pb2.Status:
     match error:
         case RequestError():
             return _status(error.code.value[0], error.message)
+        case AccessDenied():
+            return _status(error.code.value[0], error.reason)
+        case WorkspaceMissing():
+            return _status(code_pb2.NOT_FOUND, str(error))
+        case WorkspaceTerminating():
+            return _failed_precondition(FailedPrecondition(str(error), "WORKSPACE_TERMINATING"))
+        case WorkspaceNotEmpty():
+            return _failed_precondition(FailedPrecondition(str(error), "WORKSPACE_NOT_EMPTY"))
         case InvalidArgument():
             return _invalid(error.violations)
         case InvalidSelector() | InvalidPageToken():

@@ -15,6 +15,8 @@ from shellgate.api import datamodel_pb2, openshell_pb2
 from shellgate.controller.gateway import Gateway
 from shellgate.controller.service.errors import not_found
 from shellgate.controller.service.requests import (
+    admit_into_workspace,
+    confirm_in_workspace,
     delete_target,
     find_named,
     find_sandbox,
@@ -30,6 +32,7 @@ from shellgate.reconcilers.provider import (
 from shellgate.reconcilers.validation import effective_page_size
 from shellgate.store.paging import decode_offset_token, encode_offset_token
 from shellgate.store.repositories import PROVIDER_TYPE
+from shellgate.store.repositories.rows import delete_row
 
 Provider = datamodel_pb2.Provider
 
@@ -58,7 +61,22 @@ async def create_provider(
     candidate = new_provider_for_create(
         incoming, new_id=str(uuid.uuid4()), random_name=generated_name("provider")
     )
-    return response(await gw.repos.providers.create(candidate))
+    workspace = candidate.metadata.workspace
+    await admit_into_workspace(gw, workspace)
+    created = await gw.repos.providers.create(candidate)
+    try:
+        await confirm_in_workspace(gw, workspace)  # the workspace fence, after the write
+    except BaseException:
+        await remove_provider_row(gw, created.metadata.id)
+        raise
+    return response(created)
+
+
+async def remove_provider_row(gw: Gateway, provider_id: str) -> None:
+    """Undo a create refused by the workspace fence (the row, at whatever version it has)."""
+    record = await gw.store.get(PROVIDER_TYPE, provider_id)
+    if record is not None:
+        await delete_row(gw.store, record)
 
 
 async def list_providers(

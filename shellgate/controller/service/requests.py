@@ -13,8 +13,11 @@ from typing import Any, TypeVar
 from google.protobuf.message import Message
 
 from shellgate.api import datamodel_pb2, openshell_pb2
+from shellgate.controller.auth.authorize import caller_of
+from shellgate.controller.auth.principal import current_principal
 from shellgate.controller.gateway import Gateway
 from shellgate.controller.service.errors import not_found
+from shellgate.reconcilers.access import may_create_workspace_implicitly
 from shellgate.reconcilers.errors import FailedPrecondition, InvalidArgument
 from shellgate.reconcilers.policy import LOADED, new_revision, policy_hash, revision_status
 from shellgate.reconcilers.validation import (
@@ -45,6 +48,25 @@ def workspace_of(selector: datamodel_pb2.WorkspaceSelector) -> str | None:
 def single_workspace(selector: datamodel_pb2.WorkspaceSelector) -> str:
     """For requests about one object: ``all_workspaces`` falls back to "default"."""
     return workspace_of(selector) or DEFAULT_WORKSPACE
+
+
+def _creates_missing_workspace() -> bool:
+    caller = caller_of(current_principal())
+    return caller is not None and may_create_workspace_implicitly(caller)
+
+
+async def admit_into_workspace(gw: Gateway, workspace: str) -> None:
+    """Before a sandbox or provider is written into ``workspace``: it must exist and not be
+    being deleted, or be missing when a platform admin creates (shellgate took any valid
+    name as a workspace before workspaces were objects)."""
+    await gw.repos.workspaces.admit(workspace, create_missing=_creates_missing_workspace())
+
+
+async def confirm_in_workspace(gw: Gateway, workspace: str) -> None:
+    """After the row is written: the workspace fence (the workspace is still ACTIVE; a
+    platform admin's missing workspace is made now). The caller takes its row back out when
+    this raises."""
+    await gw.repos.workspaces.confirm(workspace, create_missing=_creates_missing_workspace())
 
 
 def delete_target(

@@ -24,6 +24,8 @@ from shellgate.controller.drivers.base import DriverError, DriverNotOwner
 from shellgate.controller.gateway import Gateway
 from shellgate.controller.service.errors import not_found
 from shellgate.controller.service.requests import (
+    admit_into_workspace,
+    confirm_in_workspace,
     delete_target,
     find_sandbox,
     generated_name,
@@ -66,15 +68,18 @@ def build_sandbox(request: openshell_pb2.CreateSandboxRequest) -> Sandbox:
 async def create_sandbox(
     gw: Gateway, request: openshell_pb2.CreateSandboxRequest
 ) -> openshell_pb2.SandboxResponse:
-    """Validate → MUST_CREATE → fence providers → driver create; undo the row on failure."""
+    """Validate → admit into the workspace → MUST_CREATE → confirm the workspace → fence
+    providers → driver create; undo the row on failure."""
     candidate = build_sandbox(request)
     if gw.driver.routes_by_owner:
         record_owner(candidate, gw.replica_id)  # the row, not a file, says who runs it
     workspace = candidate.metadata.workspace
     providers = list(dict.fromkeys(candidate.spec.providers))
     await gw.repos.providers.require(providers, workspace)
+    await admit_into_workspace(gw, workspace)
     created = await gw.repos.sandboxes.create(candidate)
     try:
+        await confirm_in_workspace(gw, workspace)  # the workspace fence, after the write
         await gw.repos.sandboxes.fence_providers(created.metadata.id, providers, workspace)
         await gw.driver.create_sandbox(created)
     except BaseException:

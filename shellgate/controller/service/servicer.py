@@ -1,29 +1,38 @@
 """The ``openshell.v1.OpenShell`` servicer: one table from RPC name to handler.
 
-``rpc`` gives every unary RPC the same shell: time it, count it by status code, and turn any
-error into a rich gRPC status through ``errors.status_for``. Each handler takes the gateway
-and the request and returns the whole response. Methods not listed answer UNIMPLEMENTED (the
+``rpc`` gives every unary RPC the same shell: authorize the caller, time it, count it by
+status code, and turn any error into a rich gRPC status through ``errors.status_for``.
+``stream`` does the same for server-streaming RPCs. Each handler takes the gateway and the
+request and returns the whole response. Methods not listed answer UNIMPLEMENTED (the
 generated base class does that).
+
+Authorization happens in the shell, before the handler: ``rpc`` and ``stream`` read the
+method's rule from the schema when the class is built and refuse to build a method without
+one, so no RPC can be served without a decision. Each served method carries its rule as
+``authorization_rule`` (the RPC table test reads it).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
 
 from shellgate.api import openshell_pb2, openshell_pb2_grpc
+from shellgate.controller.auth.authorize import authorize, enforceable_rule
 from shellgate.controller.gateway import Gateway
 from shellgate.controller.service import (
     config,
     drafts,
+    identity,
     policies,
     providers,
     sandboxes,
     watch_sandbox,
+    workspaces,
 )
 from shellgate.controller.service.errors import status_for
 from shellgate.controller.service.requests import find_live_sandbox, single_workspace
@@ -40,6 +49,7 @@ Method = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
 
 def rpc(method: str, handler: GatewayHandler[Req, Resp]) -> Method[Req, Resp]:
     """The servicer method for ``method``: the handler inside the shell every RPC shares."""
+    rule = enforceable_rule(method)  # no rule, no method: raises when the class is built
 
     async def serve(
         self: OpenShellService, request: Req, context: grpc.aio.ServicerContext
@@ -48,6 +58,7 @@ def rpc(method: str, handler: GatewayHandler[Req, Resp]) -> Method[Req, Resp]:
         code = "OK"
         try:
             with deadline_in(context.time_remaining()):
+                await authorize(self.gateway, method, rule, request)  # type: ignore[arg-type]
                 return await handler(self.gateway, request)
         except Exception as exc:
             status = status_for(exc, method)
@@ -60,6 +71,33 @@ def rpc(method: str, handler: GatewayHandler[Req, Resp]) -> Method[Req, Resp]:
             metrics.grpc_duration.labels(method=method).observe(time.perf_counter() - started)
 
     serve.__name__ = serve.__qualname__ = method
+    serve.authorization_rule = rule  # type: ignore[attr-defined]
+    return serve
+
+
+StreamHandler = Callable[[Gateway, Req, grpc.aio.ServicerContext], AsyncIterator[Resp]]
+
+
+def stream(method: str, handler: StreamHandler[Req, Resp]) -> Callable[..., AsyncIterator[Resp]]:
+    """The servicer method for a server-streaming ``method``: authorized like ``rpc`` before
+    the first message; the handler maps its own errors once streaming."""
+    rule = enforceable_rule(method)
+
+    async def serve(
+        self: OpenShellService, request: Req, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Resp]:
+        try:
+            await authorize(self.gateway, method, rule, request)  # type: ignore[arg-type]
+        except Exception as exc:
+            status = status_for(exc, method)
+            self.gateway.metrics.grpc_requests.labels(method=method, code=status.code.name).inc()
+            await context.abort_with_status(status)
+            raise  # unreachable: abort_with_status raises
+        async for response in handler(self.gateway, request, context):
+            yield response
+
+    serve.__name__ = serve.__qualname__ = method
+    serve.authorization_rule = rule  # type: ignore[attr-defined]
     return serve
 
 
@@ -68,6 +106,12 @@ async def health(gw: Gateway, request: openshell_pb2.HealthRequest) -> openshell
     return openshell_pb2.HealthResponse(
         status=openshell_pb2.SERVICE_STATUS_HEALTHY, version=_version()
     )
+
+
+async def gateway_info(
+    gw: Gateway, request: openshell_pb2.GetGatewayInfoRequest
+) -> openshell_pb2.GetGatewayInfoResponse:
+    return identity.gateway_info(gw, _version(), gw.auth_modes)
 
 
 async def update_config(
@@ -99,6 +143,8 @@ class OpenShellService(openshell_pb2_grpc.OpenShellServicer):
         self.gateway = gateway
 
     Health = rpc("Health", health)
+    GetCurrentUser = rpc("GetCurrentUser", identity.get_current_user)
+    GetGatewayInfo = rpc("GetGatewayInfo", gateway_info)
 
     # ----- sandboxes ----------------------------------------------------------------------
 
@@ -112,11 +158,7 @@ class OpenShellService(openshell_pb2_grpc.OpenShellServicer):
     DetachSandboxProvider = rpc("DetachSandboxProvider", sandboxes.detach_sandbox_provider)
     ListSandboxProviders = rpc("ListSandboxProviders", providers.list_sandbox_providers)
 
-    async def WatchSandbox(
-        self, request: openshell_pb2.WatchSandboxRequest, context: grpc.aio.ServicerContext
-    ) -> Any:
-        async for event in watch_sandbox.watch_sandbox(self.gateway, request, context):
-            yield event
+    WatchSandbox = stream("WatchSandbox", watch_sandbox.watch_sandbox)
 
     # ----- providers ----------------------------------------------------------------------
 
@@ -142,6 +184,16 @@ class OpenShellService(openshell_pb2_grpc.OpenShellServicer):
     UndoDraftChunk = rpc("UndoDraftChunk", drafts.undo_draft_chunk)
     ClearDraftChunks = rpc("ClearDraftChunks", drafts.clear_draft_chunks)
     GetDraftHistory = rpc("GetDraftHistory", drafts.get_draft_history)
+
+    # ----- workspaces ---------------------------------------------------------------------
+
+    CreateWorkspace = rpc("CreateWorkspace", workspaces.create_workspace)
+    GetWorkspace = rpc("GetWorkspace", workspaces.get_workspace)
+    ListWorkspaces = rpc("ListWorkspaces", workspaces.list_workspaces)
+    DeleteWorkspace = rpc("DeleteWorkspace", workspaces.delete_workspace)
+    AddWorkspaceMember = rpc("AddWorkspaceMember", workspaces.add_workspace_member)
+    RemoveWorkspaceMember = rpc("RemoveWorkspaceMember", workspaces.remove_workspace_member)
+    ListWorkspaceMembers = rpc("ListWorkspaceMembers", workspaces.list_workspace_members)
 
 
 def _version() -> str:

@@ -3,17 +3,24 @@
 A repository owns what the controller must not spell out itself: the object type string and
 the message type registered under it, the stored encoding of its rows, and the multi-row
 protocols (the provider fence and DeleteProvider's version-bound check, the attach and its
-undo, the cascade removal of a sandbox, the revision insert at n+1). Domain decisions stay in
-``reconcilers/``: the controller passes mutations and plans in. Every loop that can lose a
-race goes through ``Store.retry_on_conflict``. Each repository's ``hooks`` are named points
-where a test may pause a protocol to force an interleaving.
+undo, the cascade removal of a sandbox, the revision insert at n+1, the workspace fence).
+Domain decisions stay in ``reconcilers/``: the controller passes mutations and plans in.
+Every loop that can lose a race goes through ``Store.retry_on_conflict``. Each repository's
+``hooks`` are named points where a test may pause a protocol to force an interleaving.
 """
 
 from __future__ import annotations
 
 from shellgate.store.base import Store
 from shellgate.store.repositories.chunks import CHUNK_TYPE, ChunkRepository, StoredDraftChunk
-from shellgate.store.repositories.errors import ProviderInUse, ProviderMissing, VersionTaken
+from shellgate.store.repositories.errors import (
+    ProviderInUse,
+    ProviderMissing,
+    VersionTaken,
+    WorkspaceMissing,
+    WorkspaceNotEmpty,
+    WorkspaceTerminating,
+)
 from shellgate.store.repositories.hooks import Hook, no_hook
 from shellgate.store.repositories.providers import PROVIDER_TYPE, Provider, ProviderRepository
 from shellgate.store.repositories.replicas import REPLICA_TYPE, ReplicaRepository
@@ -31,6 +38,13 @@ from shellgate.store.repositories.settings import (
     SettingsRepository,
     sandbox_settings_id,
 )
+from shellgate.store.repositories.workspaces import (
+    MEMBER_TYPE,
+    WORKSPACE_TYPE,
+    Workspace,
+    WorkspaceMember,
+    WorkspaceRepository,
+)
 from shellgate.store.secrets import SecretSealer
 
 
@@ -45,6 +59,7 @@ class Repositories:
         self.chunks = ChunkRepository(store)
         self.providers = ProviderRepository(store, sealer)
         self.replicas = ReplicaRepository(store)
+        self.workspaces = WorkspaceRepository(store)
         self.sandboxes = SandboxRepository(
             store, self.providers, owned=(self.settings, self.revisions, self.chunks)
         )
@@ -53,11 +68,13 @@ class Repositories:
 __all__ = [
     "CHUNK_TYPE",
     "GATEWAY_SETTINGS_TYPE",
+    "MEMBER_TYPE",
     "PROVIDER_TYPE",
     "REPLICA_TYPE",
     "REVISION_TYPE",
     "SANDBOX_SETTINGS_TYPE",
     "SANDBOX_TYPE",
+    "WORKSPACE_TYPE",
     "ChunkRepository",
     "GatewaySettings",
     "Hook",
@@ -75,6 +92,12 @@ __all__ = [
     "StoredDraftChunk",
     "StoredPolicyRevision",
     "VersionTaken",
+    "Workspace",
+    "WorkspaceMember",
+    "WorkspaceMissing",
+    "WorkspaceNotEmpty",
+    "WorkspaceRepository",
+    "WorkspaceTerminating",
     "no_hook",
     "sandbox_settings_id",
 ]

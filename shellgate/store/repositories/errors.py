@@ -30,3 +30,28 @@ class ProviderInUse(StoreError):
         super().__init__(f"provider {name!r} is attached to sandboxes: {shown}")
         self.name = name
         self.sandboxes = list(sandboxes)
+
+
+class WorkspaceMissing(StoreError):
+    """A row was to be written into a workspace that does not exist (any more)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"workspace {name!r} not found")
+        self.name = name
+
+
+class WorkspaceTerminating(StoreError):
+    """A row was to be written into a workspace that is being deleted."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"workspace {name!r} is being deleted")
+        self.name = name
+
+
+class WorkspaceNotEmpty(StoreError):
+    """DeleteWorkspace found sandboxes or providers still in the workspace."""
+
+    def __init__(self, name: str, kinds: Sequence[str]) -> None:
+        super().__init__(f"workspace {name!r} still contains: {', '.join(kinds)}")
+        self.name = name
+        self.kinds = list(kinds)
