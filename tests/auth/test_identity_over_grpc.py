@@ -15,9 +15,10 @@ import grpc
 import pytest
 
 from shellgate.controller.auth.authenticate import AuthenticateCalls, Authenticator
+from shellgate.controller.auth.modes import auth_modes_of
 from shellgate.controller.auth.mtls import ClientCertificateAuthenticator
 from shellgate.controller.auth.oidc import OidcAuthenticator, OidcSettings
-from shellgate.controller.auth.principal import current_principal
+from shellgate.controller.auth.principal import ANONYMOUS_ADMIN, current_principal
 from shellgate.controller.auth.tls import CertificateReloader, TlsFiles, server_credentials
 from tests.support.oidc_issuer import Issuer
 from tests.support.pki import Issued, TestCA
@@ -152,4 +153,15 @@ async def test_with_oidc_only_a_call_without_a_token_is_unauthenticated(
         assert isinstance(answer, dict) and answer["subject"] == "user-1"
     finally:
         await server.stop(0)
+        await oidc.keys.aclose()
+
+
+async def test_gateway_info_names_the_modes_that_are_enforced(issuer: Issuer) -> None:
+    """GetGatewayInfo reports what the server was started with: each authenticator by its
+    mode, and "none" only when calls without credentials are accepted."""
+    oidc = OidcAuthenticator(OidcSettings(issuer=issuer.url))
+    try:
+        assert auth_modes_of([oidc, ClientCertificateAuthenticator()], None) == ("oidc", "mtls")
+        assert auth_modes_of([], ANONYMOUS_ADMIN) == ("none",)
+    finally:
         await oidc.keys.aclose()

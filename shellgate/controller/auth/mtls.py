@@ -16,6 +16,9 @@ class ClientCertificateAuthenticator:
     """A verified client certificate makes its subject a platform admin; no certificate is
     "no credentials of this kind" (another authenticator, or the refusal, decides)."""
 
+    mode = "mtls"
+    """How GetGatewayInfo names this way of authenticating."""
+
     async def authenticate(self, call: CallCredentials) -> Principal | None:
         subject = call.peer_certificate_subject
         if not subject:

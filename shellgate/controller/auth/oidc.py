@@ -200,6 +200,9 @@ def signing_keys(jwks: Mapping[str, Any]) -> dict[str, jwt.PyJWK]:
 class OidcAuthenticator:
     """An ``Authenticator`` for ``authorization: Bearer <JWT>``."""
 
+    mode = "oidc"
+    """How GetGatewayInfo names this way of authenticating."""
+
     def __init__(self, settings: OidcSettings, keys: IssuerKeys | None = None) -> None:
         self.settings = settings
         self.keys = keys or IssuerKeys(settings)
