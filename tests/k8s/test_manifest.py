@@ -104,7 +104,10 @@ def test_snapshots_derive_the_reference_phase(
     status: dict[str, Any] | None, deletion: str | None, phase_name: str
 ) -> None:
     extra = {"deletionTimestamp": deletion} if deletion else {}
-    snapshot = snapshot_of(body(status=status, **extra))
+    built = body(status=status, **extra)
+    if phase_name == "STOPPED":  # Suspended counts only on an object asked to be suspended
+        built["spec"] = {"operatingMode": "Suspended"}
+    snapshot = snapshot_of(built)
     assert snapshot is not None
     assert derive_backend_phase(snapshot) == getattr(P, f"SANDBOX_PHASE_{phase_name}")
 

@@ -24,6 +24,9 @@ import attrs
 from kmock import KubernetesEmulator, ResourceInfo
 from kmock._internal import rendering
 
+from shellgate.controller.drivers.kubernetes.manifest import object_name
+from shellgate.store.records import DEFAULT_WORKSPACE
+
 GROUP = "agents.x-k8s.io"
 NAMESPACE = "sandboxes"
 VERBS = {"list", "watch", "get", "patch", "create", "delete", "update"}
@@ -178,3 +181,8 @@ class Revisions:
 
 def status_patch(status: dict[str, Any], revision: str) -> dict[str, Any]:
     return {"metadata": {"resourceVersion": revision}, "status": status}
+
+
+def k8s_name(name: str, workspace: str = DEFAULT_WORKSPACE) -> str:
+    """The name of the ``Sandbox`` object the driver creates for sandbox ``name``."""
+    return object_name(workspace, name)

@@ -63,6 +63,7 @@ from shellgate.controller.drivers.kubernetes.manifest import (
     SANDBOX_ID_LABEL,
     Body,
     ManifestError,
+    belongs_to,
     choose_version,
     event_identity,
     involved_object,
@@ -73,10 +74,13 @@ from shellgate.controller.drivers.kubernetes.manifest import (
     sandbox_id_of,
     sandbox_object,
     snapshot_of,
+    start_patch,
     version_of,
 )
 from shellgate.controller.drivers.kubernetes.watch import DEFAULT_ERROR_BACKOFFS, KopfWatch
+from shellgate.reconcilers.pod_policy import PodSettings, validate_pod_request
 from shellgate.reconcilers.snapshot import DriverSnapshot
+from shellgate.reconcilers.validation import require_valid
 from shellgate.store import Conflict, NullObserver, RetryPolicy
 from shellgate.store.retry import retry_on_conflict
 
@@ -97,6 +101,7 @@ class DriverSettings(Protocol):
 
     namespace: str
     sandbox_image: str
+    pod_settings: PodSettings
 
 
 class KubernetesDriver(PublishesThroughFanout):
@@ -114,11 +119,14 @@ class KubernetesDriver(PublishesThroughFanout):
         version: str | None = None,
         error_backoffs: Iterable[float] = DEFAULT_ERROR_BACKOFFS,
         discovery_delays: Iterable[float] = DISCOVERY_DELAYS,
+        pod_settings: PodSettings | None = None,
     ) -> None:
         if not namespace:
             raise ValueError("namespace must not be empty")
         self.namespace = namespace
         self.sandbox_image = sandbox_image
+        self.pod_settings = pod_settings or PodSettings()
+        self.gateway_id = self.pod_settings.gateway_id
         self._login = login
         self._api = SandboxApi(login)
         self._version = version
@@ -142,6 +150,7 @@ class KubernetesDriver(PublishesThroughFanout):
             login=login_in_cluster_or_kubeconfig,
             namespace=config.namespace or default_namespace(),
             sandbox_image=config.sandbox_image,
+            pod_settings=config.pod_settings,
         )
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -219,17 +228,21 @@ class KubernetesDriver(PublishesThroughFanout):
         return True
 
     async def create_sandbox(self, sandbox: openshell_pb2.Sandbox) -> None:
+        """Create the object; a request the operator's pod policy refuses is INVALID_ARGUMENT
+        (``InvalidArgument``), checked before anything is sent."""
         version = self._require_version()
+        require_valid(validate_pod_request(sandbox.spec, self.pod_settings.policy))
         try:
             body = sandbox_object(
                 sandbox,
                 version=version,
                 namespace=self.namespace,
                 default_image=self.sandbox_image,
+                settings=self.pod_settings,
             )
         except ManifestError as exc:
             raise DriverError(str(exc)) from exc
-        name = sandbox.metadata.name
+        name = str(body["metadata"]["name"])
         try:
             created = await self._api.create(version, self.namespace, body)
         except ApiConflict:
@@ -244,6 +257,8 @@ class KubernetesDriver(PublishesThroughFanout):
         """The name is taken: success if by our sandbox (a repeated create), else a conflict."""
         existing = await self._get_by_name(name)
         owner = sandbox_id_of(existing) if existing is not None else None
+        if existing is not None and not belongs_to(existing, self.gateway_id):
+            owner = None  # another installation's object, whatever its sandbox id
         if existing is not None and owner == sandbox_id:
             self._remember(sandbox_id, existing)
             return
@@ -270,6 +285,8 @@ class KubernetesDriver(PublishesThroughFanout):
         await self._set_running(sandbox_id, running=False)
 
     async def start_sandbox(self, sandbox_id: str) -> None:
+        """Run it again: set a stopped object running, or stop an object whose pod ended
+        (``start_patch``); the reconcile loop asks again once that stop is confirmed."""
         await self._set_running(sandbox_id, running=True)
 
     async def _set_running(self, sandbox_id: str, *, running: bool) -> None:
@@ -282,7 +299,7 @@ class KubernetesDriver(PublishesThroughFanout):
             if body is None:
                 log.warning("sandbox %s: no Sandbox object to %s", sandbox_id, action)
                 return  # the resync turns a transition without its object into ERROR
-            patch = lifecycle_patch(body, running=running)
+            patch = start_patch(body) if running else lifecycle_patch(body, running=False)
             if patch is None:
                 return
             try:
@@ -311,24 +328,33 @@ class KubernetesDriver(PublishesThroughFanout):
         return snapshot_of(body) if body is not None else None
 
     async def list_sandboxes(self) -> list[DriverSnapshot]:
-        snapshots = (snapshot_of(body) for body in await self._list(MANAGED_SELECTOR))
+        """This installation's objects only: another's are neither reported nor swept."""
+        mine = (b for b in await self._list(MANAGED_SELECTOR) if belongs_to(b, self.gateway_id))
+        snapshots = (snapshot_of(body) for body in mine)
         return [s for s in snapshots if s is not None]
 
     # ---- reading objects -------------------------------------------------------------------
 
     async def _find(self, sandbox_id: str) -> Body | None:
-        """The object of ``sandbox_id``: by the name index first, then by label selector."""
+        """The object of ``sandbox_id``: by the name index first, then by label selector.
+
+        The selector finds objects whatever their name, so objects named before names
+        included the workspace are still found, stopped, started and deleted.
+        """
         name = self._names.get(sandbox_id)
         if name is not None:
             body = await self._get_by_name(name)
-            if body is not None and sandbox_id_of(body) == sandbox_id:
+            if body is not None and self._is_mine(body, sandbox_id):
                 return body
         if not _LABEL_VALUE.fullmatch(sandbox_id):
             return None  # cannot be a label value, so no object of ours carries it
         for body in await self._list(f"{MANAGED_SELECTOR},{SANDBOX_ID_LABEL}={sandbox_id}"):
-            if sandbox_id_of(body) == sandbox_id:
+            if self._is_mine(body, sandbox_id):
                 return body
         return None
+
+    def _is_mine(self, body: Body, sandbox_id: str) -> bool:
+        return sandbox_id_of(body) == sandbox_id and belongs_to(body, self.gateway_id)
 
     async def _get_by_name(self, name: str) -> Body | None:
         try:
@@ -351,8 +377,8 @@ class KubernetesDriver(PublishesThroughFanout):
     def handle_sandbox_event(self, event_type: str | None, body: Body) -> None:
         """A Sandbox watch event (type None: from a listing) as a driver event."""
         sandbox_id = sandbox_id_of(body)
-        if sandbox_id is None:
-            return  # not managed by shellgate
+        if sandbox_id is None or not belongs_to(body, self.gateway_id):
+            return  # not managed by shellgate, or by another installation
         if event_type == "DELETED":
             self._forget(sandbox_id, body)
             self._emit(DeletedEvent(sandbox_id=sandbox_id))
