@@ -136,9 +136,9 @@ class K8sGateway:
 
 @contextlib.asynccontextmanager
 async def running_k8s_gateway(
-    store: Store, emulator: KubernetesEmulator
+    store: Store, emulator: KubernetesEmulator, *, pod_settings: PodSettings = TEST_POD_SETTINGS
 ) -> AsyncIterator[K8sGateway]:
-    driver = make_driver(str(emulator.url).rstrip("/"))
+    driver = make_driver(str(emulator.url).rstrip("/"), pod_settings=pod_settings)
     gateway = Gateway(
         sealer=new_sealer(), store=store, driver=driver, metrics=Metrics(), replica_id="test"
     )
