@@ -7,13 +7,19 @@ harmless. The driver never writes the store. docs/kubernetes.md describes the wh
 
 - **API version** comes from discovery at start: ``v1beta1`` when served, else ``v1alpha1``
   (logged). Existing objects are patched at the version they report.
-- **Create** posts the object (``manifest`` builds it, ``client`` sends it). A name that is
+- **Create** checks the request against the operator's pod policy (INVALID_ARGUMENT before
+  anything is sent), then posts the object (``manifest`` builds it, ``client`` sends it). A
+  name that is
   taken by an object with our sandbox id is success (a retried create); taken by anything
   else is a ``DriverConflict``, which the caller reports as ALREADY_EXISTS after rolling its
   row back.
 - **Stop / start** read the object and send a merge patch of ``spec.operatingMode``
   (v1alpha1: ``spec.replicas``) that carries the ``resourceVersion`` just read; a 409 means
   someone changed it meanwhile, and the read-patch is repeated.
+- **Start** of an object whose pod has ended stops it first (``manifest.start_patch``); the
+  reconcile loop asks again once the stop is confirmed, and the object is set running.
+- **Installations.** Only objects labelled with this installation's gateway id (or with none,
+  from before the label existed) are read, listed, reported or acted on.
 - **Delete** deletes the object with a ``uid`` precondition, so an object re-created under
   the same name for another sandbox is never hit. The store row goes when the watch reports
   the object gone (a ``DeletedEvent``), not here.

@@ -3,20 +3,25 @@
 Pure functions only, so the mapping can be table-tested without a cluster. The driver
 (``shellgate.controller.drivers.kubernetes``) does the I/O around them.
 
-**Writing.** A sandbox becomes one ``Sandbox`` object named after the sandbox's name (a
-DNS-1123 subdomain, checked at create), labelled ``openshell.ai/sandbox-id=<id>`` and
-``openshell.ai/managed-by=shellgate``. Its ``spec.podTemplate`` carries one container built from
-the spec: the image (``spec.template.image``, else the gateway's ``--sandbox-image``), the
-command, the environment (template entries overridden by ``spec.environment``, as the local
-driver does) and the resources (``spec.template.resources`` as a Kubernetes
-``ResourceRequirements`` map, plus ``nvidia.com/gpu`` from ``spec.resource_requirements``).
-Intent is ``spec.operatingMode`` on v1beta1 and ``spec.replicas`` on v1alpha1; the version of
-an existing object is read from its own ``apiVersion``, never assumed.
+**Writing.** A sandbox becomes one ``Sandbox`` object named ``{workspace}--{name}``
+(``object_name``), labelled ``openshell.ai/sandbox-id=<id>``, ``openshell.ai/managed-by=shellgate``
+and ``openshell.ai/gateway-id=<installation>``. Its ``spec.podTemplate`` carries one container
+built from the spec: the image (``spec.template.image``, else the gateway's
+``--sandbox-image``), the command, the environment (template entries overridden by
+``spec.environment``, as the local driver does) and the resources (``spec.template.resources``
+as a Kubernetes ``ResourceRequirements`` map with quantities as strings, plus
+``nvidia.com/gpu`` from ``spec.resource_requirements``), hardened by the operator's
+``PodSettings`` (``pod_template``). Intent is ``spec.operatingMode`` on v1beta1 and
+``spec.replicas`` on v1alpha1; the version of an existing object is read from its own
+``apiVersion``, never assumed.
 
 **Reading.** An object we did not label ``managed-by=shellgate``, or that has no sandbox id,
 is not ours and yields no snapshot. ``metadata.resourceVersion`` read as a decimal integer is
 the snapshot's revision; anything else (kmock assigns none) is ``None``, which the reconciler
-applies in arrival order, unguarded. The pod facts come from ``status``: the pod is named by
+applies in arrival order, unguarded. The snapshot also carries the spec's intent,
+``metadata.generation``, each condition's ``observedGeneration`` and (v1alpha1)
+``status.replicas``, from which the phase logic tells a current status from one written for
+an older spec. The pod facts come from ``status``: the pod is named by
 the ``agents.x-k8s.io/pod-name`` annotation, else after the object, and is reported only while
 ``status`` shows one (an IP, a node, or a ``PodScheduled`` condition).
 """
