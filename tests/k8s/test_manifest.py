@@ -257,6 +257,9 @@ def test_object_names_join_workspace_and_name() -> None:
     assert object_name("team-a", "box") == "team-a--box"
     assert object_name("", "box") == "default--box"
     assert object_name("team-a", "box") != object_name("team-b", "box")
+    assert object_name("a", "b--c") == "a--b--c"
+    split_differently = object_name("a--b", "c")
+    assert split_differently != "a--b--c" and split_differently.startswith("a--b--c-")
 
 
 def test_long_names_are_cut_and_hashed_into_a_dns_label() -> None:

@@ -111,10 +111,13 @@ def object_name(workspace: str, name: str) -> str:
     and adopts an unowned pod of that name, so the name must also never be one the caller
     picks freely: a bare sandbox name could be the gateway's own pod's. The result is a
     DNS-1123 subdomain of at most ``MAX_OBJECT_NAME`` characters; a longer one keeps a readable
-    start and ends in a hash of the full pair, so distinct pairs stay distinct.
+    start and ends in a hash of the full pair, so distinct pairs stay distinct. A workspace
+    that itself contains ``--`` is always hashed: ``a--b`` + ``c`` and ``a`` + ``b--c`` would
+    otherwise both be ``a--b--c``.
     """
-    plain = f"{workspace or DEFAULT_WORKSPACE}--{name}"
-    if len(plain) <= MAX_OBJECT_NAME:
+    workspace = workspace or DEFAULT_WORKSPACE
+    plain = f"{workspace}--{name}"
+    if len(plain) <= MAX_OBJECT_NAME and "--" not in workspace:
         return plain
     digest = hashlib.sha256(f"{workspace}/{name}".encode()).hexdigest()[:HASH_CHARS]
     head = plain[: MAX_OBJECT_NAME - HASH_CHARS - 1].rstrip("-.")
