@@ -353,3 +353,6 @@ def test_start_runs_a_stopped_object_and_stops_an_ended_one_first() -> None:
     pending = _object({"operatingMode": "Running"}, [
         {"type": "Ready", "status": "False", "reason": "DependenciesNotReady"}])  # fmt: skip
     assert start_patch(pending) is None
+    terminating = _object({"operatingMode": "Suspended"}, [
+        {"type": "Suspended", "status": "False", "reason": "PodTerminating"}])  # fmt: skip
+    assert start_patch(terminating) is None  # the old pod first has to go

@@ -177,9 +177,13 @@ def test_an_evicted_pod_is_error_and_start_runs_a_new_pod(release: Release) -> N
     assert replay.phase == "STARTING"
     assert not replay.model.running_wanted  # the ended pod is stopped first
     replay.controller_pass()  # deletes the pod; a failed pod has no container to wait for
+    if release == "v0.5.4":  # the only release that reports the pod still terminating
+        assert replay.driver_calls.count("start") == 1
+        replay.call_driver("start")  # a re-issued start must not run it before the pod is gone
+        assert not replay.model.running_wanted
     replay.pod_gone()
     assert replay.model.running_wanted  # the confirmed stop woke the start up
-    assert replay.driver_calls.count("start") == 2
+    assert replay.driver_calls.count("start") == (3 if release == "v0.5.4" else 2)
     replay.controller_pass()
     assert replay.phase == "STARTING"
     replay.pod("ready")

@@ -39,7 +39,7 @@ from google.protobuf import json_format
 
 from shellgate.api import openshell_pb2
 from shellgate.controller.drivers.base import PlatformEvent
-from shellgate.reconcilers.phase import COMPLETED, ERROR, derive_backend_phase
+from shellgate.reconcilers.phase import COMPLETED, ERROR, STOPPING, derive_backend_phase
 from shellgate.reconcilers.pod_policy import PodSettings
 from shellgate.reconcilers.snapshot import DriverCondition, DriverSnapshot, InstanceFacts
 
@@ -284,12 +284,15 @@ def start_patch(body: Body) -> Body | None:
     A stopped object is set running. A running object whose pod has ended (failed, evicted,
     or succeeded) is stopped first: agent-sandbox never replaces an ended pod, so only a stop
     (the controller deletes the pod) and then a start (it creates a new one) runs the sandbox
-    again. The reconcile loop sends the second half once the stop is confirmed.
+    again. The reconcile loop sends the second half once the stop is confirmed; until then
+    (the old pod is still terminating) a start changes nothing, since running the object
+    again then would let the controller find the old pod once more.
     """
-    if not desired_running(body):
-        return lifecycle_patch(body, running=True)
     snapshot = snapshot_of(body)
-    if snapshot is not None and derive_backend_phase(snapshot) in (ERROR, COMPLETED):
+    backend = derive_backend_phase(snapshot) if snapshot is not None else None
+    if not desired_running(body):
+        return None if backend == STOPPING else lifecycle_patch(body, running=True)
+    if backend in (ERROR, COMPLETED):
         return lifecycle_patch(body, running=False)
     return None
 
