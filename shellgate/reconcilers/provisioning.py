@@ -12,6 +12,8 @@ Leaving those phases clears the deadline, so the next provisioning gets a fresh 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from shellgate.api import openshell_pb2
 from shellgate.reconcilers.phase import DELETING, ERROR, PROVISIONING, READY_CONDITION, STARTING
 
@@ -19,6 +21,7 @@ Sandbox = openshell_pb2.Sandbox
 
 PROVISIONING_PHASES = frozenset({PROVISIONING, STARTING})
 DEADLINE_REASON = "ProvisioningDeadlineExceeded"
+SCHEDULED_CONDITION = "PodScheduled"
 
 
 def deadline_ms(sandbox: Sandbox) -> int | None:
@@ -76,6 +79,7 @@ def mark_deadline_exceeded(sandbox: Sandbox, now_ms: int, limit_ms: int) -> None
     if ready is not None and ready.status == "False" and ready.reason:
         reason = ready.reason
         message = f"not ready within {seconds} s: {ready.message}".rstrip(": ")
+        message += _scheduling(status.conditions)
     else:
         reason = DEADLINE_REASON
         message = f"the compute backend reported no progress within {seconds} s"
@@ -88,3 +92,12 @@ def mark_deadline_exceeded(sandbox: Sandbox, now_ms: int, limit_ms: int) -> None
     status.conditions.extend([condition, *kept])
     status.phase = ERROR
     _clear_deadline(sandbox)
+
+
+def _scheduling(conditions: Iterable[openshell_pb2.SandboxCondition]) -> str:
+    """Why the pod is not scheduled, when the backend says: "Pod exists with phase: Pending"
+    alone does not tell a full quota or a missing node from a slow image pull."""
+    scheduled = next((c for c in conditions if c.type == SCHEDULED_CONDITION), None)
+    if scheduled is None or scheduled.status != "False" or not scheduled.message:
+        return ""
+    return f"; not scheduled ({scheduled.reason}): {scheduled.message}"

@@ -63,3 +63,17 @@ def test_no_limit_stamps_nothing_and_deleting_is_left_alone() -> None:
     deleting.status.provisioning.deadline.FromMilliseconds(5)
     assert tick(deleting, 100, 10) is False
     assert deadline_ms(deleting) == 5
+
+
+def test_an_unscheduled_pod_says_why() -> None:
+    pending = stored_condition("Ready", "False", "DependenciesNotReady")
+    pending.message = "Pod exists with phase: Pending"
+    unscheduled = stored_condition("PodScheduled", "False", "Unschedulable")
+    unscheduled.message = "0/3 nodes are available: 3 Insufficient cpu."
+    row = sandbox(P.SANDBOX_PHASE_PROVISIONING, pending, unscheduled)
+    tick(row, 0, 1000)
+    assert tick(row, 1000, 1000) is True
+    assert row.status.conditions[0].message == (
+        "not ready within 1 s: Pod exists with phase: Pending; not scheduled (Unschedulable): "
+        "0/3 nodes are available: 3 Insufficient cpu."
+    )
