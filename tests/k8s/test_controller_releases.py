@@ -213,6 +213,9 @@ async def test_an_object_named_before_workspaces_is_still_stopped_and_deleted(
         **current,
         "metadata": {"name": "legacy", "namespace": NAMESPACE, "labels": labels},
     }
+    assert await k8s.driver.list_sandboxes() == []  # never swept as an orphan
+    found = await k8s.driver.get_sandbox(sandbox_id)
+    assert found is not None and found.sandbox_id == sandbox_id
     await k8s.stub.StopSandbox(P.StopSandboxRequest(name="legacy"))
     await until(
         lambda: (

@@ -73,6 +73,7 @@ from shellgate.controller.drivers.kubernetes.manifest import (
     choose_version,
     event_identity,
     involved_object,
+    labelled_for,
     lifecycle_patch,
     object_path,
     platform_event_of,
@@ -334,8 +335,13 @@ class KubernetesDriver(PublishesThroughFanout):
         return snapshot_of(body) if body is not None else None
 
     async def list_sandboxes(self) -> list[DriverSnapshot]:
-        """This installation's objects only: another's are neither reported nor swept."""
-        mine = (b for b in await self._list(MANAGED_SELECTOR) if belongs_to(b, self.gateway_id))
+        """This installation's objects only: another's are neither reported nor swept.
+
+        Objects without a gateway id (written before the label existed) are left out too. The
+        listing is what the resync deletes orphans from, and such an object might be another
+        installation's; its own row still finds it by id (``get_sandbox``) and its watch events.
+        """
+        mine = (b for b in await self._list(MANAGED_SELECTOR) if labelled_for(b, self.gateway_id))
         snapshots = (snapshot_of(body) for body in mine)
         return [s for s in snapshots if s is not None]
 

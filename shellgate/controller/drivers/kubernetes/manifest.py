@@ -321,6 +321,12 @@ def belongs_to(body: Body, gateway_id: str) -> bool:
     return str(labels.get(GATEWAY_ID_LABEL, gateway_id)) == gateway_id
 
 
+def labelled_for(body: Body, gateway_id: str) -> bool:
+    """Labelled with exactly this installation's gateway id (no label does not count)."""
+    labels = body.get("metadata", {}).get("labels") or {}
+    return str(labels.get(GATEWAY_ID_LABEL, "")) == gateway_id
+
+
 def sandbox_id_of(body: Body) -> str | None:
     """The sandbox id of an object we manage; None for anything else."""
     if not is_managed(body):
