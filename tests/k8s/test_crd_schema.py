@@ -29,6 +29,7 @@ from tests.support.objects import sandbox as sandbox_message
 pytestmark = pytest.mark.timeout(60)
 
 READY = {"type": "Ready", "status": "True", "reason": "DependenciesReady"}
+SUSPENDED = {"type": "Suspended", "status": "True", "reason": "PodTerminated"}
 SCHEMAS = [("v0.5.6", "v1beta1"), ("v0.5.6", "v1alpha1"), ("v0.4.6", "v1alpha1")]
 PERMISSIVE = PodSettings(
     policy=PodPolicy(runtime_classes=frozenset({"gvisor"}), host_users=frozenset({True, False}))
@@ -155,6 +156,11 @@ async def test_every_request_body_the_driver_sends_matches_the_schema(
             json=status_patch({"conditions": [READY]}, "9"),
         )
         await driver.stop_sandbox(message.metadata.id)
+        stopped = [SUSPENDED] if version == "v1beta1" else [READY]  # v1alpha1: replicas 0
+        await emulator.patch(
+            object_url(name, version=version),
+            json=status_patch({"conditions": stopped, "replicas": None}, "10"),
+        )
         await driver.start_sandbox(message.metadata.id)
         await driver.delete_sandbox(message.metadata.id)
     finally:
