@@ -51,6 +51,8 @@ class ModelController:
     refusal: str = ""
     """The API server's refusal of the pod, when it refuses (then no pod is created)."""
     clock: int = 0
+    linger: bool = False
+    ended_before: PodState | None = None
     _times: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     # ---- the API server's side ----------------------------------------------------------
@@ -82,11 +84,18 @@ class ModelController:
         return spec.get("operatingMode", "Running") != "Suspended"
 
     def reconcile(self) -> dict[str, Any]:
-        """One controller pass: act on the pod, write the status; returns the object."""
+        """One controller pass: act on the pod, write the status; returns the object.
+
+        Deleting a pod that has ended (failed, succeeded) is normally immediate, since there is
+        no container left to stop; ``linger`` keeps it around, terminating, until ``pod_gone``.
+        A running pod always terminates first.
+        """
         if self.running_wanted and self.pod == "absent" and not self.refusal:
             self.pod = "pending"
         if not self.running_wanted and self.pod not in ("absent", "terminating"):
-            self.pod = "terminating"
+            ended = self.pod in ("failed", "succeeded")
+            self.ended_before = self.pod if ended else None
+            self.pod = "absent" if ended and not self.linger else "terminating"
         self._write_status()
         self._bump()
         return copy.deepcopy(self.body)
@@ -94,6 +103,7 @@ class ModelController:
     def pod_gone(self) -> dict[str, Any]:
         """The kubelet finished deleting the pod; the controller sees it (owned-pod watch)."""
         self.pod = "absent"
+        self.ended_before = None
         return self.reconcile()
 
     def set_pod(self, state: PodState) -> dict[str, Any]:
@@ -104,6 +114,8 @@ class ModelController:
         """The pod as this release's status logic sees it."""
         if not self.running_wanted and self.release in ("v0.4", "v0.5.0"):
             return "absent"  # these releases stop looking once the pod is asked to go
+        if self.running_wanted and self.pod == "terminating" and self.ended_before:
+            return self.ended_before  # running again, it finds the old ended pod by name
         return self.pod
 
     def _write_status(self) -> None:
