@@ -263,3 +263,31 @@ async def test_two_installations_in_one_namespace_leave_each_other_alone(
             (await blue.sandbox("shared-name")).metadata.id
         ]
     await green_store.close()
+
+
+async def test_v0_5_0_a_start_waits_while_the_old_pod_still_exists(k8s: K8sGateway) -> None:
+    """v0.5.0-v0.5.3 confirm a stop before the evicted pod is gone; the start must wait."""
+    controller = PlayedController(k8s, "v0.5.0", "lingering")
+    await ready(k8s, controller, "lingering")
+    await controller.pod("failed")
+    await k8s.wait_phase("lingering", P.SANDBOX_PHASE_ERROR)
+    pod_url = f"/api/v1/namespaces/{NAMESPACE}/pods/{k8s_name('lingering')}"
+    posted = await k8s.emulator.post(
+        f"/api/v1/namespaces/{NAMESPACE}/pods",
+        json={"metadata": {"name": k8s_name("lingering"), "namespace": NAMESPACE}},
+    )
+    assert posted.status in (200, 201)
+    controller.model.linger = True
+    await k8s.stub.StartSandbox(P.StartSandboxRequest(name="lingering"))
+    await controller.until_spec("operatingMode", "Suspended")
+    await controller.reconcile()  # confirms the stop although the pod is still there
+    await until(lambda: any(r.url.path == pod_url for r in k8s.emulator))  # the driver looked
+    assert controller.model.body["spec"]["operatingMode"] == "Suspended"  # and waited
+    assert await k8s.phase_of("lingering") == P.SANDBOX_PHASE_STARTING
+    await k8s.emulator.delete(pod_url)
+    await controller.pod_gone()
+    await resync_once(k8s.gateway, stuck_seconds=0)  # the resync re-issues the start
+    await controller.until_spec("operatingMode", "Running")
+    await controller.reconcile()
+    await controller.pod("ready")
+    await k8s.wait_phase("lingering", P.SANDBOX_PHASE_READY)

@@ -253,6 +253,41 @@ async def test_stop_and_start_patch_the_operating_mode_with_the_version_read(
     assert {r.headers.get("Content-Type") for r in ours} == {"application/merge-patch+json"}
 
 
+async def test_a_start_goes_on_when_pods_may_not_be_read(
+    driver: KubernetesDriver, emulator: KubernetesEmulator
+) -> None:
+    """The pod check is best effort: without permission to read pods (403) the start is sent."""
+    message = sandbox_message("unchecked")
+    await driver.create_sandbox(message)
+    await driver.stop_sandbox(message.metadata.id)
+    await emulator.post(  # a pod that the check would wait for, if it could read it
+        f"/api/v1/namespaces/{NAMESPACE}/pods",
+        json={"metadata": {"name": k8s_name("unchecked"), "namespace": NAMESPACE}},
+    )
+    emulator[kmock.resource("", "v1", "pods"), kmock.method.GET] << 403
+    await driver.start_sandbox(message.metadata.id)
+    pod_reads = [r for r in requests_of(emulator, "GET") if from_us(r) and "/pods/" in r.url.path]
+    assert len(pod_reads) == 1
+    assert stored(emulator, "unchecked")["spec"]["operatingMode"] == "Running"
+
+
+async def test_a_start_waits_while_the_old_pod_exists(
+    driver: KubernetesDriver, emulator: KubernetesEmulator
+) -> None:
+    message = sandbox_message("haunted")
+    await driver.create_sandbox(message)
+    await driver.stop_sandbox(message.metadata.id)
+    await emulator.post(
+        f"/api/v1/namespaces/{NAMESPACE}/pods",
+        json={"metadata": {"name": k8s_name("haunted"), "namespace": NAMESPACE}},
+    )
+    await driver.start_sandbox(message.metadata.id)
+    assert stored(emulator, "haunted")["spec"]["operatingMode"] == "Suspended"
+    await emulator.delete(f"/api/v1/namespaces/{NAMESPACE}/pods/{k8s_name('haunted')}")
+    await driver.start_sandbox(message.metadata.id)
+    assert stored(emulator, "haunted")["spec"]["operatingMode"] == "Running"
+
+
 async def test_a_conflicting_patch_is_read_and_sent_again(
     driver: KubernetesDriver, emulator: KubernetesEmulator
 ) -> None:

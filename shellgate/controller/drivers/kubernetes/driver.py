@@ -307,7 +307,7 @@ class KubernetesDriver(PublishesThroughFanout):
                 log.warning("sandbox %s: no Sandbox object to %s", sandbox_id, action)
                 return  # the resync turns a transition without its object into ERROR
             patch = start_patch(body) if running else lifecycle_patch(body, running=False)
-            if patch is None:
+            if patch is None or (running and await self._old_pod_lingers(body, patch)):
                 return
             try:
                 await self._api.patch(*_coordinates(body, self.namespace), patch)
@@ -329,6 +329,25 @@ class KubernetesDriver(PublishesThroughFanout):
             raise DriverError(
                 f"cannot {action} sandbox {sandbox_id}: it kept changing, try again"
             ) from None
+
+    async def _old_pod_lingers(self, body: Body, patch: Body) -> bool:
+        """A start that would run a stopped object while its old pod still exists waits.
+
+        agent-sandbox v0.4.x and v0.5.0-v0.5.3 confirm a stop before the pod has finished
+        terminating; run again then, the controller finds the old pod by name (an ended pod
+        keeps its failure) and the sandbox fails again. The resync re-issues the start. When
+        pods may not be read (403), the start goes on.
+        """
+        if not _sets_running(patch):
+            return False
+        pod = pod_name_of(body)
+        try:
+            exists = await self._api.pod_exists(self.namespace, pod)
+        except ApiError as exc:
+            raise DriverError(f"cannot read pod {pod}: {exc}") from exc
+        if exists:
+            log.info("start of %s waits: its old pod %s still exists", object_path(body), pod)
+        return bool(exists)
 
     async def get_sandbox(self, sandbox_id: str) -> DriverSnapshot | None:
         body = await self._find(sandbox_id)
@@ -440,6 +459,11 @@ def _coordinates(body: Body, default_namespace: str) -> tuple[str, str, str]:
     """(version, namespace, name) of an existing object, at the version it reports itself."""
     meta = body.get("metadata", {})
     return version_of(body), str(meta.get("namespace") or default_namespace), str(meta["name"])
+
+
+def _sets_running(patch: Body) -> bool:
+    spec = patch.get("spec") or {}
+    return spec.get("operatingMode") == "Running" or spec.get("replicas") == 1
 
 
 def _quiet_kopf_handler_logs() -> None:
