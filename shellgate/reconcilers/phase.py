@@ -1,10 +1,14 @@
 """Sandbox phase: what the driver says (derivation) and what we store (composition).
 
 ``derive_backend_phase`` reads one driver snapshot the way the reference gateway does, so
-clients see the same phases from either. ``compose_phase`` then combines it with the stored
-phase, applying HEAD's lifecycle stickiness: a sandbox the user is stopping or has stopped
-must not bounce back to READY or PROVISIONING because the backend has not caught up yet, and
-an ERROR stays an ERROR until someone acts on it.
+clients see the same phases from either, and goes further where the agent-sandbox controller
+needs it: conditions written for an older spec generation are ignored, and the spec's intent
+(running or stopped) decides which conditions mean what, since releases differ in what they
+write (v0.4.x has no Suspended condition; v0.5.0-v0.5.3 never clear it after a resume).
+``compose_phase`` then combines it with the stored phase, applying HEAD's lifecycle
+stickiness: a sandbox the user is stopping or has stopped must not bounce back to READY or
+PROVISIONING because the backend has not caught up yet, and an ERROR stays an ERROR until
+someone acts on it.
 
 shellgate has no supervisor sessions, so a backend READY means READY (as in the reference's
 merged CAS PR); there is no "waiting for supervisor session" step.

@@ -18,8 +18,11 @@ The driver's view comes from one of three places:
 
 Decisions, in order: a deletion removes the row; a row without an object is an orphan (only
 when resyncing: deleted through the driver unless already being deleted); a snapshot that
-changes the row is applied; an owner acts on a STOPPING/STARTING/DELETING row (drivers whose
-sandboxes only one replica can touch learn of the intent this way); a resync repairs drift:
+changes the row is applied (with the provisioning deadline advanced, ``provisioning``, and
+followed by a start when a STARTING row's object confirms the stop that start had to make
+first); an owner acts on a STOPPING/STARTING/DELETING row (drivers whose sandboxes only one
+replica can touch learn of the intent this way); the provisioning deadline is stamped,
+cleared or enforced; a resync repairs drift:
 a missing object past the grace period (transitions become ERROR so the user sees why, other
 rows are removed), or re-issues a transition that has not moved for ``stuck`` ms.
 
