@@ -1,10 +1,14 @@
 """Sandbox phase: what the driver says (derivation) and what we store (composition).
 
 ``derive_backend_phase`` reads one driver snapshot the way the reference gateway does, so
-clients see the same phases from either. ``compose_phase`` then combines it with the stored
-phase, applying HEAD's lifecycle stickiness: a sandbox the user is stopping or has stopped
-must not bounce back to READY or PROVISIONING because the backend has not caught up yet, and
-an ERROR stays an ERROR until someone acts on it.
+clients see the same phases from either, and goes further where the agent-sandbox controller
+needs it: conditions written for an older spec generation are ignored, and the spec's intent
+(running or stopped) decides which conditions mean what, since releases differ in what they
+write (v0.4.x has no Suspended condition; v0.5.0-v0.5.3 never clear it after a resume).
+``compose_phase`` then combines it with the stored phase, applying HEAD's lifecycle
+stickiness: a sandbox the user is stopping or has stopped must not bounce back to READY or
+PROVISIONING because the backend has not caught up yet, and an ERROR stays an ERROR until
+someone acts on it.
 
 shellgate has no supervisor sessions, so a backend READY means READY (as in the reference's
 merged CAS PR); there is no "waiting for supervisor session" step.
@@ -33,6 +37,12 @@ COMPLETED = openshell_pb2.SANDBOX_PHASE_COMPLETED
 
 READY_CONDITION = "Ready"
 SUSPENDED_CONDITION = "Suspended"
+FINISHED_CONDITION = "Finished"
+POD_SUCCEEDED = "podsucceeded"
+POD_NOT_OWNED = "podnotowned"
+STALE_WHEN_RUNNING: frozenset[str] = frozenset({"sandboxsuspended"})
+"""Ready=False reasons that, on an object asked to run, can only be left from before the start
+(agent-sandbox writes SandboxSuspended only while the spec says Suspended)."""
 
 TRANSIENT_REASONS: frozenset[str] = frozenset(
     reason.lower()
@@ -83,28 +93,90 @@ def _is(value: str, expected: str) -> bool:
     return value.lower() == expected.lower()
 
 
-def derive_backend_phase(snapshot: DriverSnapshot) -> Phase:
-    """The phase the driver alone implies, as the reference derives it (HEAD, with Suspended).
+def current_conditions(snapshot: DriverSnapshot) -> tuple[DriverCondition, ...]:
+    """The conditions written for the object's current spec.
 
-    The order matters and follows the reference: no status, deletion, suspension, then the
-    first Ready condition. A snapshot without status is UNKNOWN even when it is being deleted,
-    because in the reference the deleting flag lives inside the status.
+    A controller stamps each condition with the generation it observed. After a spec change
+    (a stop or a start), the conditions still describe the old spec until the controller
+    catches up; read as current, a Ready=True written before a stop would end the stop at
+    once. A condition without an observed generation, or a snapshot without a generation,
+    cannot be told apart and counts as current.
+    """
+    generation = snapshot.generation
+    if not generation:
+        return snapshot.conditions
+    return tuple(
+        c
+        for c in snapshot.conditions
+        if not c.observed_generation or c.observed_generation >= generation
+    )
+
+
+def derive_backend_phase(snapshot: DriverSnapshot) -> Phase:
+    """The phase the driver alone implies.
+
+    The order: no status, deletion, then the spec's intent (``desired_running``) with the
+    conditions written for the current spec. A snapshot without status is UNKNOWN even when
+    it is being deleted, because in the reference the deleting flag lives inside the status.
+
+    When the object asks to be stopped, only the stop's progress matters
+    (``_derive_stopping``). When it asks to run, a Suspended condition is history: agent-sandbox
+    v0.5.0-v0.5.3 never clear Suspended=True after a resume, so reading it would keep a
+    started sandbox stopped forever. Drivers without an intent in their objects (the local
+    driver) report Suspended only while stopped, and it is read as before.
     """
     if not snapshot.has_status:
         return UNKNOWN
     if snapshot.deleting:
         return DELETING
-    suspended = _first(snapshot.conditions, SUSPENDED_CONDITION)
-    if suspended is not None and _is(suspended.status, "True"):
+    conditions = current_conditions(snapshot)
+    if snapshot.desired_running is False:
+        return _derive_stopping(snapshot, conditions)
+    finished = _first(conditions, FINISHED_CONDITION)
+    if finished is not None and _is(finished.status, "True"):
+        return COMPLETED if finished.reason.lower() == POD_SUCCEEDED else ERROR
+    suspended = _first(conditions, SUSPENDED_CONDITION)
+    if snapshot.desired_running is None and suspended is not None and _is(suspended.status, "True"):
         return STOPPED
-    ready = _first(snapshot.conditions, READY_CONDITION)
+    return _derive_running(snapshot, _first(conditions, READY_CONDITION))
+
+
+def _derive_running(snapshot: DriverSnapshot, ready: DriverCondition | None) -> Phase:
+    """The first Ready condition, for an object that is meant to run."""
     if ready is None:
         return PROVISIONING
     if _is(ready.status, "True"):
-        return READY
-    if _is(ready.status, "False"):
-        return ERROR if is_terminal_reason(ready.reason) else PROVISIONING
-    return PROVISIONING
+        # v1alpha1 reports Ready=True with no pod while replicas is 0; that is not running.
+        return PROVISIONING if snapshot.workload_count == 0 else READY
+    if not _is(ready.status, "False"):
+        return PROVISIONING
+    reason = ready.reason.lower()
+    if reason == POD_SUCCEEDED:
+        return COMPLETED
+    if snapshot.desired_running and reason in STALE_WHEN_RUNNING:
+        return PROVISIONING  # written before the start reached the controller
+    return ERROR if is_terminal_reason(ready.reason) else PROVISIONING
+
+
+def _derive_stopping(snapshot: DriverSnapshot, conditions: tuple[DriverCondition, ...]) -> Phase:
+    """The object asks to be stopped: STOPPED once the controller confirms it, else STOPPING.
+
+    - v1beta1 (agent-sandbox v0.5.x): Suspended=True at the current generation. Since v0.5.4
+      Suspended=False/PodTerminating (or Unknown) means the pod is still going; a pod the
+      sandbox does not own (PodNotOwned) is never deleted by the controller, which is ERROR.
+    - v1alpha1 (v0.4.x) writes no Suspended condition; it reports Ready=True "replicas is 0"
+      and ``status.replicas`` 0. A current condition plus no workload confirms the stop.
+    """
+    suspended = _first(conditions, SUSPENDED_CONDITION)
+    if suspended is not None:
+        if _is(suspended.status, "True"):
+            return STOPPED
+        if suspended.reason.lower() == POD_NOT_OWNED:
+            return ERROR
+        return STOPPING
+    if snapshot.workload_count == 0 and _first(conditions, READY_CONDITION) is not None:
+        return STOPPED
+    return STOPPING
 
 
 def _stop_finished(backend: Phase, snapshot: DriverSnapshot) -> bool:
@@ -148,7 +220,7 @@ def compose_phase(current: Phase, backend: Phase, snapshot: DriverSnapshot) -> P
       with ContainerExited/ContainerStopped; stays STOPPING while agent-sandbox reports
       Suspended=False with PodTerminating/PodNotTerminated; otherwise only ERROR passes.
     - STOPPED stays STOPPED: a stopped sandbox restarts only through ``begin_start``.
-    - STARTING stays STARTING until the backend is READY or ERROR, so stale "stopped"
+    - STARTING stays STARTING until the backend is READY, ERROR or COMPLETED, so stale "stopped"
       conditions seen while the backend wakes up do not undo the start.
     - A snapshot without status keeps the stored phase (HEAD), since it says nothing.
     - Otherwise the backend phase is stored as is.
@@ -160,7 +232,7 @@ def compose_phase(current: Phase, backend: Phase, snapshot: DriverSnapshot) -> P
     if current == STOPPED:
         return STOPPED
     if current == STARTING:
-        return backend if backend in (READY, ERROR) else STARTING
+        return backend if backend in (READY, ERROR, COMPLETED) else STARTING
     if not snapshot.has_status:
         return current
     return backend

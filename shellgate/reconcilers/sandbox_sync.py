@@ -18,8 +18,11 @@ The driver's view comes from one of three places:
 
 Decisions, in order: a deletion removes the row; a row without an object is an orphan (only
 when resyncing: deleted through the driver unless already being deleted); a snapshot that
-changes the row is applied; an owner acts on a STOPPING/STARTING/DELETING row (drivers whose
-sandboxes only one replica can touch learn of the intent this way); a resync repairs drift:
+changes the row is applied (with the provisioning deadline advanced, ``provisioning``, and
+followed by a start when a STARTING row's object confirms the stop that start had to make
+first); an owner acts on a STOPPING/STARTING/DELETING row (drivers whose sandboxes only one
+replica can touch learn of the intent this way); the provisioning deadline is stamped,
+cleared or enforced; a resync repairs drift:
 a missing object past the grace period (transitions become ERROR so the user sees why, other
 rows are removed), or re-issues a transition that has not moved for ``stuck`` ms.
 
@@ -34,8 +37,15 @@ from dataclasses import dataclass
 from typing import Literal
 
 from shellgate.api import openshell_pb2
+from shellgate.reconcilers import provisioning
 from shellgate.reconcilers.ownership import is_marked_owner_lost, mark_owner_lost
-from shellgate.reconcilers.phase import DELETING, STARTING, STOPPING
+from shellgate.reconcilers.phase import (
+    DELETING,
+    STARTING,
+    STOPPED,
+    STOPPING,
+    derive_backend_phase,
+)
 from shellgate.reconcilers.sandbox import (
     MISSING_TO_ERROR,
     apply_snapshot,
@@ -97,6 +107,8 @@ class Thresholds:
     """How long a row may lack its object before it is repaired (creates are in flight)."""
     stuck_ms: int
     """How long a transition may go unwritten before its driver call is re-issued."""
+    provisioning_ms: int = 0
+    """How long a sandbox may stay PROVISIONING or STARTING before it is ERROR (0: forever)."""
 
 
 # ---- decisions ---------------------------------------------------------------------------------
@@ -111,7 +123,7 @@ class Write:
     """
 
     candidate: Sandbox
-    result: Literal["applied", "resynced", "marked_error", "owner_lost"]
+    result: Literal["applied", "resynced", "marked_error", "deadline_exceeded", "owner_lost"]
     then: CallDriver | None = None
 
 
@@ -168,16 +180,23 @@ def decide(
         return _report_owner_lost(row, now_ms)
     if isinstance(view, Reported) and not _predates(view, row):
         candidate = _applied(row.sandbox, view.snapshot, now_ms)
+        expired = provisioning.tick(candidate, now_ms, thresholds.provisioning_ms)
+        wake = _wake(candidate, view.snapshot)
         if candidate != row.sandbox and view.resync:
             stuck = _stuck(Row(candidate, row.version, row.updated_at_ms), now_ms, thresholds)
-            return Write(candidate, "resynced", stuck if isinstance(stuck, CallDriver) else None)
+            then = stuck if isinstance(stuck, CallDriver) else wake
+            return Write(candidate, "deadline_exceeded" if expired else "resynced", then)
         if candidate != row.sandbox:
-            return Write(candidate, "applied")
+            return Write(candidate, "deadline_exceeded" if expired else "applied", wake)
         if not view.resync:
-            return _intent(row, acts_on_intent) or _unchanged(view.snapshot, row.sandbox)
+            return _intent(row, acts_on_intent) or wake or _unchanged(view.snapshot, row.sandbox)
     intent = _intent(row, acts_on_intent)
     if intent is not None:
         return intent
+    clocked = _copy(row.sandbox)
+    expired = provisioning.tick(clocked, now_ms, thresholds.provisioning_ms)
+    if clocked != row.sandbox:
+        return Write(clocked, "deadline_exceeded" if expired else "resynced")
     if isinstance(view, Absent):
         return _missing(row, now_ms, thresholds)
     if isinstance(view, Reported) and view.resync and not _predates(view, row):
@@ -189,10 +208,27 @@ def _predates(view: Reported, row: Row) -> bool:
     return view.listed_at_ms is not None and row.updated_at_ms > view.listed_at_ms
 
 
-def _applied(sandbox: Sandbox, snapshot: DriverSnapshot, now_ms: int) -> Sandbox:
+def _copy(sandbox: Sandbox) -> Sandbox:
     copy = Sandbox()
     copy.CopyFrom(sandbox)
-    return apply_snapshot(snapshot, now_ms)(copy)
+    return copy
+
+
+def _applied(sandbox: Sandbox, snapshot: DriverSnapshot, now_ms: int) -> Sandbox:
+    return apply_snapshot(snapshot, now_ms)(_copy(sandbox))
+
+
+def _wake(sandbox: Sandbox, snapshot: DriverSnapshot) -> CallDriver | None:
+    """A start that had to stop the object first (its pod had ended) continues here.
+
+    The row still wants to start, the object's spec says stopped, and the backend confirms
+    the stop: only now may the driver set it running again, or the controller could still
+    see the old pod. Every replica may ask; the driver's patch is idempotent.
+    """
+    stopped = snapshot.desired_running is False and derive_backend_phase(snapshot) == STOPPED
+    if sandbox.status.phase == STARTING and stopped:
+        return CallDriver("start", "intent")
+    return None
 
 
 def _unchanged(snapshot: DriverSnapshot, sandbox: Sandbox) -> Nothing:

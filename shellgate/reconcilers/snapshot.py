@@ -21,6 +21,8 @@ class DriverCondition:
     reason: str = ""
     message: str = ""
     last_transition_time_ms: int = 0
+    observed_generation: int = 0
+    """The object generation the condition was written for; 0 when the driver does not say."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,3 +43,12 @@ class DriverSnapshot:
     has_status: bool = True
     instance: InstanceFacts = field(default_factory=InstanceFacts)
     exit_code: int | None = None
+    generation: int | None = None
+    """The generation of the object's spec (Kubernetes ``metadata.generation``); a condition
+    written for an older generation describes a spec that no longer holds."""
+    desired_running: bool | None = None
+    """What the object's spec asks for (running or stopped); None for drivers whose objects
+    carry no such intent, where the conditions alone decide."""
+    workload_count: int | None = None
+    """How many workloads the backend reports running (agent-sandbox v1alpha1
+    ``status.replicas``); None when the backend does not report a count."""

@@ -10,9 +10,26 @@ import jsonschema
 import pytest
 import yaml
 
+from shellgate.controller.app.cli import build_parser
+from shellgate.controller.app.options import ServeOptions, options_from_args
+from shellgate.reconcilers.pod_policy import PodPolicy, PodSettings
+
 from .support import CHART_DIR, EVERYTHING_ON, HA_VALUES_FILE, NAMESPACE, RELEASE, Render
 
 POSTGRES_URL = "postgresql://shellgate:secret@db.example:5432/shellgate"
+DEFAULT_SANDBOX_POD_CONFIG = {
+    "SHELLGATE_GATEWAY_ID": RELEASE,
+    "SHELLGATE_SANDBOX_POD_SECURITY_CONTEXT": (
+        '{"runAsNonRoot":true,"seccompProfile":{"type":"RuntimeDefault"}}'
+    ),
+    "SHELLGATE_SANDBOX_CONTAINER_SECURITY_CONTEXT": (
+        '{"allowPrivilegeEscalation":false,"capabilities":{"drop":["ALL"]}}'
+    ),
+    "SHELLGATE_SANDBOX_RUNTIME_CLASSES": "",
+    "SHELLGATE_SANDBOX_HOST_USERS": "",
+    "SHELLGATE_RESERVED_LABEL_PREFIXES": "",
+    "SHELLGATE_PROVISIONING_DEADLINE_SECONDS": "600",
+}
 KEYS = {"existingSecret": "shellgate-keys"}
 KUBE_VERSIONS = ["1.27.0", "1.37.0"]  # the chart's kubeVersion floor and the newest bundled
 
@@ -249,6 +266,12 @@ def test_service_monitor_scrapes_the_http_port(render: Render) -> None:
         ({"extraEnv": {"FOO": "bar"}}, "/extraEnv"),
         ({"metrics": {"serviceMonitor": {"enabled": "true"}}}, "/metrics/serviceMonitor/enabled"),
         ({"replicas": 3}, "additional properties 'replicas'"),
+        ({"sandboxPods": {"gatewayId": "not a label"}}, "/sandboxPods/gatewayId"),
+        ({"sandboxPods": {"hostUsers": ["false"]}}, "/sandboxPods/hostUsers/0"),
+        ({"sandboxPods": {"reservedLabelPrefixes": ["no-slash"]}}, "/sandboxPods/reserved"),
+        ({"sandboxPods": {"provisioningDeadlineSeconds": -1}}, "/sandboxPods/provisioning"),
+        ({"sandboxPods": {"podSecurityContext": "restricted"}}, "/sandboxPods/podSecurity"),
+        ({"sandboxPods": {"privileged": True}}, "additional properties 'privileged'"),
     ],
 )
 def test_schema_rejects_wrong_values(
@@ -429,6 +452,7 @@ def test_configuration_reaches_the_process(render: Render) -> None:
         "SHELLGATE_STATE_DIR": "/var/lib/shellgate",
         "SHELLGATE_NAMESPACE": NAMESPACE,
         "SHELLGATE_SANDBOX_IMAGE": "example/sandbox:2",
+        **DEFAULT_SANDBOX_POD_CONFIG,
     }
     assert m.container["envFrom"] == [
         {"configMapRef": {"name": m.one("ConfigMap")["metadata"]["name"]}}
@@ -624,3 +648,55 @@ def test_release_names(render: Render) -> None:
 
 def _env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {e["name"]: e for e in container.get("env", [])}
+
+
+# --- sandbox pods ----------------------------------------------------------------------------
+
+
+def _served_options(config: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> ServeOptions:
+    """What ``shellgate serve`` makes of the ConfigMap's variables."""
+    for name, value in config.items():
+        monkeypatch.setenv(name, value)
+    return options_from_args(build_parser().parse_args(["serve"]))
+
+
+def test_sandbox_pod_defaults_reach_the_process_as_the_built_in_defaults(
+    render: Render, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = render().one("ConfigMap")["data"]
+    options = _served_options(config, monkeypatch)
+    assert options.pod_settings == PodSettings(gateway_id=RELEASE)
+    assert options.provisioning_deadline == 600.0
+
+
+def test_sandbox_pod_settings_reach_the_process(
+    render: Render, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    values = {
+        "sandboxPods": {
+            "gatewayId": "blue",
+            "podSecurityContext": {"runAsUser": 1000, "seccompProfile": None},
+            "containerSecurityContext": {"allowPrivilegeEscalation": None, "capabilities": None},
+            "runtimeClasses": ["gvisor", "kata"],
+            "hostUsers": [False],
+            "reservedLabelPrefixes": ["mesh.example.com/"],
+            "provisioningDeadlineSeconds": 120,
+        }
+    }
+    options = _served_options(render(values).one("ConfigMap")["data"], monkeypatch)
+    assert options.pod_settings == PodSettings(
+        gateway_id="blue",
+        pod_security_context={"runAsNonRoot": True, "runAsUser": 1000},
+        container_security_context={},
+        policy=PodPolicy(
+            extra_reserved_prefixes=("mesh.example.com/",),
+            runtime_classes=frozenset({"gvisor", "kata"}),
+            host_users=frozenset({False}),
+        ),
+    )
+    assert options.provisioning_deadline == 120.0
+
+
+def test_the_gateway_id_follows_the_release_name(render: Render) -> None:
+    config = render(name="team-b").one("ConfigMap")["data"]
+    assert config["SHELLGATE_GATEWAY_ID"] == "team-b"

@@ -8,8 +8,11 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-import jsonschema
 import yaml
+
+from shellgate.api import openshell_pb2
+from shellgate.controller.drivers.kubernetes.manifest import sandbox_object
+from tests.support.crd_schema import load_schema, problems
 
 from . import promqlish
 from .support import DASHBOARD_FILE, DEPLOY_DIR, METRICS, Render
@@ -50,58 +53,30 @@ def test_plain_rbac_matches_the_chart(render: Render) -> None:
 
 # --- deploy/examples/sandbox.yaml --------------------------------------------------------------
 
-# The parts of the agent-sandbox v1beta1 Sandbox the driver sets (the CRD itself is not vendored).
-SANDBOX_SCHEMA = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "properties": {
-        "apiVersion": {"const": "agents.x-k8s.io/v1beta1"},
-        "kind": {"const": "Sandbox"},
-        "metadata": {
-            "type": "object",
-            "required": ["name", "namespace", "labels"],
-            "properties": {
-                "name": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"},
-                "labels": {
-                    "type": "object",
-                    "required": ["openshell.ai/sandbox-id", "openshell.ai/managed-by"],
-                    "properties": {"openshell.ai/managed-by": {"const": "shellgate"}},
-                    "additionalProperties": {"type": "string"},
-                },
-            },
-        },
-        "spec": {
-            "type": "object",
-            "required": ["podTemplate"],
-            "properties": {
-                "operatingMode": {"enum": ["Running", "Suspended"]},
-                "podTemplate": {
-                    "type": "object",
-                    "required": ["spec"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "metadata": {
-                            "type": "object",
-                            "additionalProperties": False,
-                            "properties": {"labels": {"type": "object"}, "annotations": {}},
-                        },
-                        "spec": {"type": "object"},
-                    },
-                },
-            },
-        },
-    },
-}
+
+def _example_sandbox() -> openshell_pb2.Sandbox:
+    """The sandbox the example's header describes."""
+    message = openshell_pb2.Sandbox()
+    message.metadata.id = "3f1c9a52-7d4e-4b8a-9c61-0e2f5a7b8c90"
+    message.metadata.name = "agent-1"
+    message.metadata.workspace = "default"
+    message.spec.template.image = "ghcr.io/example/agent:1"
+    message.spec.environment["MODE"] = "demo"
+    message.spec.template.resources.update(
+        {"requests": {"cpu": 0.25, "memory": "512Mi"}, "limits": {"memory": "2Gi"}}
+    )
+    return message
 
 
-def test_example_sandbox_has_the_driver_shape(
+def test_example_sandbox_is_what_the_driver_writes(
     validate_object: Callable[[dict[str, Any], str], None],
 ) -> None:
     (sandbox,) = _load_all(SANDBOX_EXAMPLE)
-    jsonschema.validate(sandbox, SANDBOX_SCHEMA)
-    assert sandbox["spec"]["operatingMode"] == "Running"
-    sandbox_id = sandbox["metadata"]["labels"]["openshell.ai/sandbox-id"]
-    assert sandbox_id in sandbox["metadata"]["name"]
+    built = sandbox_object(
+        _example_sandbox(), version="v1beta1", namespace="shellgate", default_image=""
+    )
+    assert sandbox == built
+    assert problems(sandbox, load_schema("v0.5.6", "v1beta1")) == []
     # spec.podTemplate.spec is a full PodSpec: validate it as one.
     template = sandbox["spec"]["podTemplate"]
     pod = {

@@ -27,6 +27,7 @@ from shellgate.controller.drivers.kubernetes.client import configuration_for, fi
 from shellgate.controller.gateway import Gateway
 from shellgate.controller.metrics import Metrics
 from shellgate.controller.reconcile.loops import attach_reconcilers
+from shellgate.reconcilers.pod_policy import PodPolicy, PodSettings
 from shellgate.store import Store
 from tests.support.k8s_emulator import NAMESPACE, SandboxEmulator, serve_sandboxes
 from tests.support.sealing import new_sealer
@@ -69,13 +70,23 @@ def emulator(kmock: KubernetesEmulator, emulator_versions: tuple[str, ...]) -> K
     return kmock
 
 
-def make_driver(url: str, *, image: str = "registry.example/sandbox:1") -> KubernetesDriver:
+TEST_POD_SETTINGS = PodSettings(policy=PodPolicy(runtime_classes=frozenset({"gvisor"})))
+"""The defaults, plus one runtime class the operator allows (the tests ask for gvisor)."""
+
+
+def make_driver(
+    url: str,
+    *,
+    image: str = "registry.example/sandbox:1",
+    pod_settings: PodSettings = TEST_POD_SETTINGS,
+) -> KubernetesDriver:
     return KubernetesDriver(
         login=fixed_login(configuration_for(url)),
         namespace=NAMESPACE,
         sandbox_image=image,
         error_backoffs=FAST_BACKOFFS,
         discovery_delays=(0.1,),
+        pod_settings=pod_settings,
     )
 
 
@@ -125,9 +136,9 @@ class K8sGateway:
 
 @contextlib.asynccontextmanager
 async def running_k8s_gateway(
-    store: Store, emulator: KubernetesEmulator
+    store: Store, emulator: KubernetesEmulator, *, pod_settings: PodSettings = TEST_POD_SETTINGS
 ) -> AsyncIterator[K8sGateway]:
-    driver = make_driver(str(emulator.url).rstrip("/"))
+    driver = make_driver(str(emulator.url).rstrip("/"), pod_settings=pod_settings)
     gateway = Gateway(
         sealer=new_sealer(), store=store, driver=driver, metrics=Metrics(), replica_id="test"
     )

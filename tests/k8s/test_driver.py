@@ -36,6 +36,7 @@ from tests.support.k8s_emulator import (
     NAMESPACE,
     Revisions,
     collection_url,
+    k8s_name,
     object_url,
     resource_key,
     running_status,
@@ -48,7 +49,7 @@ pytestmark = pytest.mark.timeout(30)
 
 
 def stored(emulator: KubernetesEmulator, name: str, version: str = "v1beta1") -> dict[str, Any]:
-    return dict(emulator.objects[resource_key(version), NAMESPACE, name].raw)
+    return dict(emulator.objects[resource_key(version), NAMESPACE, k8s_name(name)].raw)
 
 
 def requests_of(emulator: KubernetesEmulator, method: str) -> list[kmock.Request]:
@@ -107,9 +108,11 @@ async def test_create_posts_a_sandbox_built_from_the_spec(
     assert driver.version == "v1beta1"
     assert body["apiVersion"] == "agents.x-k8s.io/v1beta1"
     assert body["kind"] == "Sandbox"
+    assert body["metadata"]["name"] == "default--sb-full"
     assert body["metadata"]["labels"] == {
         "openshell.ai/sandbox-id": message.metadata.id,
         "openshell.ai/managed-by": "shellgate",
+        "openshell.ai/gateway-id": "shellgate",
     }
     assert body["spec"]["operatingMode"] == "Running"
     template = body["spec"]["podTemplate"]
@@ -124,7 +127,19 @@ async def test_create_posts_a_sandbox_built_from_the_spec(
         {"name": "ONLY_TEMPLATE", "value": "t"},
         {"name": "SHARED", "value": "spec"},
     ]
-    assert container["resources"] == {"limits": {"cpu": "2", "memory": "1Gi", "nvidia.com/gpu": 1}}
+    assert container["resources"] == {
+        "limits": {"cpu": "2", "memory": "1Gi", "nvidia.com/gpu": "1"}
+    }
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert template["spec"]["restartPolicy"] == "Never"
+    assert template["spec"]["automountServiceAccountToken"] is False
+    assert template["spec"]["securityContext"] == {
+        "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
 
 
 async def test_create_uses_the_default_image_and_fails_without_any(
@@ -138,7 +153,14 @@ async def test_create_uses_the_default_image_and_fails_without_any(
         await without.start()
         await with_default.create_sandbox(sandbox_message("plain"))
         (container,) = stored(emulator, "plain")["spec"]["podTemplate"]["spec"]["containers"]
-        assert container == {"name": "sandbox", "image": "registry.example/default:3"}
+        assert container == {
+            "name": "sandbox",
+            "image": "registry.example/default:3",
+            "securityContext": {
+                "allowPrivilegeEscalation": False,
+                "capabilities": {"drop": ["ALL"]},
+            },
+        }
         with pytest.raises(DriverError, match="no image"):
             await without.create_sandbox(sandbox_message("imageless"))
     finally:
@@ -165,10 +187,10 @@ async def test_a_name_taken_by_another_sandbox_or_object_is_a_conflict(
     await driver.create_sandbox(first)
     with pytest.raises(DriverConflict, match=first.metadata.id):
         await driver.create_sandbox(sandbox_message("taken"))
-    emulator.objects[resource_key(), NAMESPACE, "foreign"] = {
+    emulator.objects[resource_key(), NAMESPACE, k8s_name("foreign")] = {
         "apiVersion": "agents.x-k8s.io/v1beta1",
         "kind": "Sandbox",
-        "metadata": {"name": "foreign", "namespace": NAMESPACE},
+        "metadata": {"name": k8s_name("foreign"), "namespace": NAMESPACE},
     }
     with pytest.raises(DriverConflict, match="does not manage"):
         await driver.create_sandbox(sandbox_message("foreign"))
@@ -214,7 +236,9 @@ async def test_stop_and_start_patch_the_operating_mode_with_the_version_read(
 ) -> None:
     message = sandbox_message("lifecycle")
     await driver.create_sandbox(message)
-    await emulator.patch(object_url("lifecycle"), json={"metadata": {"resourceVersion": "7"}})
+    await emulator.patch(
+        object_url(k8s_name("lifecycle")), json={"metadata": {"resourceVersion": "7"}}
+    )
 
     await driver.stop_sandbox(message.metadata.id)
     await driver.stop_sandbox(message.metadata.id)  # already suspended: no second patch
@@ -229,15 +253,54 @@ async def test_stop_and_start_patch_the_operating_mode_with_the_version_read(
     assert {r.headers.get("Content-Type") for r in ours} == {"application/merge-patch+json"}
 
 
+async def test_a_start_goes_on_when_pods_may_not_be_read(
+    driver: KubernetesDriver, emulator: KubernetesEmulator
+) -> None:
+    """The pod check is best effort: without permission to read pods (403) the start is sent."""
+    message = sandbox_message("unchecked")
+    await driver.create_sandbox(message)
+    await driver.stop_sandbox(message.metadata.id)
+    await emulator.post(  # a pod that the check would wait for, if it could read it
+        f"/api/v1/namespaces/{NAMESPACE}/pods",
+        json={"metadata": {"name": k8s_name("unchecked"), "namespace": NAMESPACE}},
+    )
+    emulator[kmock.resource("", "v1", "pods"), kmock.method.GET] << 403
+    await driver.start_sandbox(message.metadata.id)
+    pod_reads = [r for r in requests_of(emulator, "GET") if from_us(r) and "/pods/" in r.url.path]
+    assert len(pod_reads) == 1
+    assert stored(emulator, "unchecked")["spec"]["operatingMode"] == "Running"
+
+
+async def test_a_start_waits_while_the_old_pod_exists(
+    driver: KubernetesDriver, emulator: KubernetesEmulator
+) -> None:
+    message = sandbox_message("haunted")
+    await driver.create_sandbox(message)
+    await driver.stop_sandbox(message.metadata.id)
+    await emulator.post(
+        f"/api/v1/namespaces/{NAMESPACE}/pods",
+        json={"metadata": {"name": k8s_name("haunted"), "namespace": NAMESPACE}},
+    )
+    await driver.start_sandbox(message.metadata.id)
+    assert stored(emulator, "haunted")["spec"]["operatingMode"] == "Suspended"
+    await emulator.delete(f"/api/v1/namespaces/{NAMESPACE}/pods/{k8s_name('haunted')}")
+    await driver.start_sandbox(message.metadata.id)
+    assert stored(emulator, "haunted")["spec"]["operatingMode"] == "Running"
+
+
 async def test_a_conflicting_patch_is_read_and_sent_again(
     driver: KubernetesDriver, emulator: KubernetesEmulator
 ) -> None:
     message = sandbox_message("contended")
     await driver.create_sandbox(message)
-    await emulator.patch(object_url("contended"), json={"metadata": {"resourceVersion": "3"}})
+    await emulator.patch(
+        object_url(k8s_name("contended")), json={"metadata": {"resourceVersion": "3"}}
+    )
     emulator[kmock.action.UPDATE, kmock.headers({"User-Agent": DRIVER_USER_AGENT})][:1] << 409
     await driver.stop_sandbox(message.metadata.id)
-    gets = [r for r in requests_of(emulator, "GET") if from_us(r) and r.name == "contended"]
+    gets = [
+        r for r in requests_of(emulator, "GET") if from_us(r) and r.name == k8s_name("contended")
+    ]
     assert len(gets) >= 2  # read, 409, read again
     assert stored(emulator, "contended")["spec"]["operatingMode"] == "Suspended"
 
@@ -247,12 +310,12 @@ async def test_delete_removes_the_object_with_a_uid_precondition(
 ) -> None:
     message = sandbox_message("doomed")
     await driver.create_sandbox(message)
-    await emulator.patch(object_url("doomed"), json={"metadata": {"uid": "uid-1"}})
+    await emulator.patch(object_url(k8s_name("doomed")), json={"metadata": {"uid": "uid-1"}})
     assert await driver.delete_sandbox(message.metadata.id) is True
     (delete,) = [r for r in requests_of(emulator, "DELETE") if from_us(r)]
     assert delete.data["preconditions"] == {"uid": "uid-1"}
     assert (resource_key(), NAMESPACE, "doomed") not in emulator.objects or (
-        emulator.objects[resource_key(), NAMESPACE, "doomed"].deleted
+        emulator.objects[resource_key(), NAMESPACE, k8s_name("doomed")].deleted
     )
     assert await driver.delete_sandbox(message.metadata.id) is False
     assert await driver.get_sandbox(message.metadata.id) is None
@@ -293,7 +356,9 @@ async def test_watch_events_become_snapshots_and_deletions(
     sandbox_id = message.metadata.id
     async with collected(driver) as seen:
         await driver.create_sandbox(message)
-        await emulator.patch(object_url("watched"), json=status_patch(running_status(), "42"))
+        await emulator.patch(
+            object_url(k8s_name("watched")), json=status_patch(running_status(), "42")
+        )
         await until(lambda: any(_revision(e) == 42 for e in seen))
         await emulator.post(
             collection_url(),
@@ -309,7 +374,7 @@ async def test_watch_events_become_snapshots_and_deletions(
         ("PodScheduled", "True", "Scheduled"),
     ]
     assert snapshot.conditions[0].last_transition_time_ms == 1777629600000
-    assert snapshot.instance.pod_name == "watched"
+    assert snapshot.instance.pod_name == k8s_name("watched")
     assert snapshot.instance.pod_ips == ("10.0.0.7",)
     assert snapshot.instance.node_name == "node-a"
     ids = {e.snapshot.sandbox_id for e in seen if isinstance(e, SnapshotEvent)}
@@ -339,7 +404,7 @@ async def test_core_events_about_our_objects_become_platform_events_once(
                     "metadata": {"name": name, "namespace": NAMESPACE, "uid": name},
                     "involvedObject": {
                         "kind": kind,
-                        "name": "noisy" if reason != "Unrelated" else "other-pod",
+                        "name": k8s_name("noisy") if reason != "Unrelated" else "other-pod",
                         "apiVersion": "v1" if kind == "Pod" else "agents.x-k8s.io/v1beta1",
                     },
                     "type": "Normal",
@@ -355,7 +420,7 @@ async def test_core_events_about_our_objects_become_platform_events_once(
         driver.handle_core_event(
             {
                 "metadata": {"name": "e1", "namespace": NAMESPACE, "uid": "e1"},
-                "involvedObject": {"kind": "Pod", "name": "noisy", "apiVersion": "v1"},
+                "involvedObject": {"kind": "Pod", "name": k8s_name("noisy"), "apiVersion": "v1"},
                 "reason": "Scheduled",
                 "count": 1,
                 "lastTimestamp": "2026-05-01T10:00:01Z",
@@ -375,7 +440,9 @@ async def test_kopf_only_reads(driver: KubernetesDriver, emulator: KubernetesEmu
     message = sandbox_message("untouched")
     async with collected(driver) as seen:
         await driver.create_sandbox(message)
-        await emulator.patch(object_url("untouched"), json=status_patch(running_status(), "5"))
+        await emulator.patch(
+            object_url(k8s_name("untouched")), json=status_patch(running_status(), "5")
+        )
         await until(lambda: any(_revision(e) == 5 for e in seen))
     by_kopf = [r for r in emulator if r.headers.get("User-Agent") == WATCH_USER_AGENT]
     assert by_kopf  # it did list and watch
@@ -462,12 +529,15 @@ async def test_revision_is_none_without_a_numeric_resource_version(
     assert snapshot is not None
     assert snapshot.revision is None
     assert snapshot.has_status is False
-    await emulator.patch(object_url("unversioned"), json={"metadata": {"resourceVersion": "abc"}})
+    await emulator.patch(
+        object_url(k8s_name("unversioned")), json={"metadata": {"resourceVersion": "abc"}}
+    )
     snapshot = await driver.get_sandbox(message.metadata.id)
     assert snapshot is not None and snapshot.revision is None
     revisions = Revisions(9)
     await emulator.patch(
-        object_url("unversioned"), json={"metadata": {"resourceVersion": revisions.next()}}
+        object_url(k8s_name("unversioned")),
+        json={"metadata": {"resourceVersion": revisions.next()}},
     )
     snapshot = await driver.get_sandbox(message.metadata.id)
     assert snapshot is not None and snapshot.revision == 9

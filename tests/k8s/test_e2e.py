@@ -20,7 +20,7 @@ import pytest
 from shellgate.api import openshell_pb2 as P
 from shellgate.api import openshell_pb2_grpc
 from tests.k8s.conftest import until, until_async
-from tests.support.k8s_emulator import NAMESPACE, running_status, status_patch
+from tests.support.k8s_emulator import NAMESPACE, k8s_name, running_status, status_patch
 from tests.support.k8s_processes import ClusterClient, KmockProcess, metric, scrape
 from tests.support.processes import GatewayProcess
 
@@ -122,7 +122,7 @@ async def test_an_event_reaches_every_replica_and_is_written_once(
     async with cluster(tmp_path, pg_dsn) as c:
         one, _, three = c.replicas
         created = (await one.stub.CreateSandbox(create_request("shared"))).sandbox
-        body = await c.api.get("shared")
+        body = await c.api.get(k8s_name("shared"))
         assert body is not None
         assert body["metadata"]["labels"]["openshell.ai/sandbox-id"] == created.metadata.id
 
@@ -142,7 +142,7 @@ async def test_an_event_reaches_every_replica_and_is_written_once(
         reader = asyncio.create_task(_collect(stream, seen))
         await until(lambda: len(seen) >= 1)
 
-        await c.api.patch("shared", status_patch(running_status(), "2"))
+        await c.api.patch(k8s_name("shared"), status_patch(running_status(), "2"))
 
         async def ready_everywhere() -> bool:
             phases = [await r.phase("shared") for r in c.replicas]
@@ -192,7 +192,7 @@ async def test_a_burst_survives_a_killed_replica(tmp_path: Path, pg_dsn: str) ->
                 )
                 phase = P.SANDBOX_PHASE_READY if ready else P.SANDBOX_PHASE_PROVISIONING
                 expected[name] = (phase, str(revision))
-                patches.append(c.api.patch(name, status_patch(status, str(revision))))
+                patches.append(c.api.patch(k8s_name(name), status_patch(status, str(revision))))
             await asyncio.gather(*patches)
 
         async def settled() -> bool:
@@ -214,7 +214,7 @@ async def test_a_burst_survives_a_killed_replica(tmp_path: Path, pg_dsn: str) ->
 
 
 async def _names_present(c: Cluster, names: list[str]) -> bool:
-    return set(names) <= await c.api.names()
+    return {k8s_name(n) for n in names} <= await c.api.names()
 
 
 async def _collect(stream: object, into: list[P.SandboxStreamEvent]) -> None:

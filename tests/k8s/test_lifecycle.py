@@ -22,6 +22,7 @@ from tests.k8s.conftest import K8sGateway, until, until_async
 from tests.support.k8s_emulator import (
     NAMESPACE,
     Revisions,
+    k8s_name,
     object_url,
     resource_key,
     running_status,
@@ -42,16 +43,16 @@ def create_request(name: str) -> P.CreateSandboxRequest:
 
 
 async def patch_status(k8s: K8sGateway, name: str, status: dict[str, object], rv: str) -> None:
-    response = await k8s.emulator.patch(object_url(name), json=status_patch(status, rv))
+    response = await k8s.emulator.patch(object_url(k8s_name(name)), json=status_patch(status, rv))
     assert response.status == 200, await response.text()
 
 
 def object_spec(k8s: K8sGateway, name: str) -> dict[str, object]:
-    return dict(k8s.emulator.objects[resource_key(), NAMESPACE, name].raw["spec"])
+    return dict(k8s.emulator.objects[resource_key(), NAMESPACE, k8s_name(name)].raw["spec"])
 
 
 def object_gone(k8s: K8sGateway, name: str) -> bool:
-    key = (resource_key(), NAMESPACE, name)
+    key = (resource_key(), NAMESPACE, k8s_name(name))
     return key not in k8s.emulator.objects or k8s.emulator.objects[key].deleted
 
 
@@ -59,7 +60,7 @@ async def test_a_sandbox_moves_through_every_phase(k8s: K8sGateway) -> None:
     revisions = Revisions()
     created = await k8s.stub.CreateSandbox(create_request("journey"))
     assert created.sandbox.status.phase == P.SANDBOX_PHASE_PROVISIONING
-    body = k8s.emulator.objects[resource_key(), NAMESPACE, "journey"].raw
+    body = k8s.emulator.objects[resource_key(), NAMESPACE, k8s_name("journey")].raw
     assert body["metadata"]["labels"]["openshell.ai/sandbox-id"] == created.sandbox.metadata.id
     (container,) = body["spec"]["podTemplate"]["spec"]["containers"]
     assert container["env"] == [{"name": "MODE", "value": "test"}]
@@ -71,7 +72,7 @@ async def test_a_sandbox_moves_through_every_phase(k8s: K8sGateway) -> None:
     await patch_status(k8s, "journey", running_status(), revisions.next())
     await k8s.wait_phase("journey", P.SANDBOX_PHASE_READY)
     ready = await k8s.sandbox("journey")
-    assert ready.status.agent_pod == "journey"
+    assert ready.status.agent_pod == k8s_name("journey")
     assert [(c.type, c.status) for c in ready.status.conditions][:1] == [("Ready", "True")]
 
     stopped = await k8s.stub.StopSandbox(P.StopSandboxRequest(name="journey"))
@@ -90,12 +91,16 @@ async def test_a_sandbox_moves_through_every_phase(k8s: K8sGateway) -> None:
     await k8s.wait_phase("journey", P.SANDBOX_PHASE_READY)
 
     # A finalizer holds the object, so the watch reports it deleting before it is gone.
-    await k8s.emulator.patch(object_url("journey"), json={"metadata": {"finalizers": ["x/hold"]}})
+    await k8s.emulator.patch(
+        object_url(k8s_name("journey")), json={"metadata": {"finalizers": ["x/hold"]}}
+    )
     deleted = await k8s.stub.DeleteSandbox(P.DeleteSandboxRequest(name="journey"))
     assert deleted.outcome == P.DELETION_OUTCOME_ACCEPTED
     assert await k8s.phase_of("journey") == P.SANDBOX_PHASE_DELETING
     await until(lambda: "deletionTimestamp" in _metadata(k8s, "journey"))
-    await k8s.emulator.patch(object_url("journey"), json={"metadata": {"finalizers": None}})
+    await k8s.emulator.patch(
+        object_url(k8s_name("journey")), json={"metadata": {"finalizers": None}}
+    )
     await until(lambda: object_gone(k8s, "journey"))
 
     async def row_gone() -> bool:
@@ -105,7 +110,7 @@ async def test_a_sandbox_moves_through_every_phase(k8s: K8sGateway) -> None:
 
 
 def _metadata(k8s: K8sGateway, name: str) -> dict[str, object]:
-    return dict(k8s.emulator.objects[resource_key(), NAMESPACE, name].raw["metadata"])
+    return dict(k8s.emulator.objects[resource_key(), NAMESPACE, k8s_name(name)].raw["metadata"])
 
 
 async def _applied(k8s: K8sGateway, name: str, revision: str) -> bool:
@@ -126,7 +131,7 @@ async def test_a_replayed_event_of_an_old_revision_does_not_regress_the_phase(
     stale_before = k8s.driver_events("stale")
 
     # What a relist or a lagging watch would deliver: the object as it was at revision 5.
-    body = dict(k8s.emulator.objects[resource_key(), NAMESPACE, "replayed"].raw)
+    body = dict(k8s.emulator.objects[resource_key(), NAMESPACE, k8s_name("replayed")].raw)
     body["metadata"] = {**body["metadata"], "resourceVersion": "5"}
     body["status"] = old
     k8s.driver.handle_sandbox_event("ADDED", body)
@@ -150,7 +155,7 @@ async def test_the_sweep_notices_objects_deleted_behind_our_back(k8s: K8sGateway
 
     # Gone without a watch event, as if the watch had been down when it happened.
     for name in ("vanishing-ready", "vanishing-stopped"):
-        k8s.emulator.objects[resource_key(), NAMESPACE, name].delete()
+        k8s.emulator.objects[resource_key(), NAMESPACE, k8s_name(name)].delete()
 
     k8s.gateway.clock_ms = lambda: wall_clock_ms() + 1000  # the pass starts after the writes
     counts = await resync_once(k8s.gateway, grace_seconds=0)
@@ -172,10 +177,10 @@ async def test_the_sweep_notices_objects_deleted_behind_our_back(k8s: K8sGateway
 async def test_a_name_taken_in_the_cluster_is_already_exists_and_leaves_no_row(
     k8s: K8sGateway,
 ) -> None:
-    k8s.emulator.objects[resource_key(), NAMESPACE, "squatted"] = {
+    k8s.emulator.objects[resource_key(), NAMESPACE, k8s_name("squatted")] = {
         "apiVersion": "agents.x-k8s.io/v1beta1",
         "kind": "Sandbox",
-        "metadata": {"name": "squatted", "namespace": NAMESPACE},
+        "metadata": {"name": k8s_name("squatted"), "namespace": NAMESPACE},
     }
     with pytest.raises(grpc.aio.AioRpcError) as failure:
         await k8s.stub.CreateSandbox(create_request("squatted"))
@@ -194,7 +199,7 @@ async def test_watch_sandbox_streams_status_and_kubernetes_events(k8s: K8sGatewa
             f"/api/v1/namespaces/{NAMESPACE}/events",
             json={
                 "metadata": {"name": "ev-1", "namespace": NAMESPACE, "uid": "ev-1"},
-                "involvedObject": {"kind": "Pod", "name": "followed", "apiVersion": "v1"},
+                "involvedObject": {"kind": "Pod", "name": k8s_name("followed"), "apiVersion": "v1"},
                 "type": "Warning",
                 "reason": "BackOff",
                 "message": "Back-off pulling image",

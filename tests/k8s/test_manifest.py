@@ -9,20 +9,26 @@ import pytest
 from shellgate.api import openshell_pb2 as P
 from shellgate.controller.drivers.kubernetes.manifest import (
     ManifestError,
+    belongs_to,
     choose_version,
     event_identity,
     instance_of,
     involved_object,
     lifecycle_patch,
+    object_name,
     object_path,
     platform_event_of,
+    quantity,
     revision_of,
     sandbox_object,
     snapshot_of,
+    start_patch,
     time_ms,
 )
 from shellgate.reconcilers.phase import derive_backend_phase
+from shellgate.reconcilers.pod_policy import PodSettings
 from shellgate.reconcilers.snapshot import InstanceFacts
+from shellgate.reconcilers.validation import is_dns1123_subdomain
 from tests.support.objects import sandbox as sandbox_message
 
 OURS = {"openshell.ai/sandbox-id": "id-1", "openshell.ai/managed-by": "shellgate"}
@@ -104,7 +110,10 @@ def test_snapshots_derive_the_reference_phase(
     status: dict[str, Any] | None, deletion: str | None, phase_name: str
 ) -> None:
     extra = {"deletionTimestamp": deletion} if deletion else {}
-    snapshot = snapshot_of(body(status=status, **extra))
+    built = body(status=status, **extra)
+    if phase_name == "STOPPED":  # Suspended counts only on an object asked to be suspended
+        built["spec"] = {"operatingMode": "Suspended"}
+    snapshot = snapshot_of(built)
     assert snapshot is not None
     assert derive_backend_phase(snapshot) == getattr(P, f"SANDBOX_PHASE_{phase_name}")
 
@@ -239,3 +248,111 @@ def test_platform_event_prefers_the_last_timestamp_and_names_its_source() -> Non
     repeated = {**event, "count": 5, "lastTimestamp": "2026-05-01T10:05:00Z"}
     assert event_identity(repeated) != event_identity(event)
     assert event_identity(dict(event)) == event_identity(event)
+
+
+# ---- names, quantities, the pod template, installations, starts -----------------------------
+
+
+def test_object_names_join_workspace_and_name() -> None:
+    assert object_name("team-a", "box") == "team-a--box"
+    assert object_name("", "box") == "default--box"
+    assert object_name("team-a", "box") != object_name("team-b", "box")
+    assert object_name("a", "b--c") == "a--b--c"
+    split_differently = object_name("a--b", "c")
+    assert split_differently != "a--b--c" and split_differently.startswith("a--b--c-")
+
+
+def test_long_names_are_cut_and_hashed_into_a_dns_label() -> None:
+    long_name = "a" * 60
+    first = object_name("team-a", long_name)
+    second = object_name("team-a", long_name[:-1] + "b")
+    for name in (first, second):
+        assert len(name) <= 63
+        assert is_dns1123_subdomain(name) and name[-1].isalnum()
+        assert name.startswith("team-a--aaaa")
+    assert first != second
+    dotted = object_name("ws", "x." * 40 + "y")
+    assert len(dotted) <= 63 and is_dns1123_subdomain(dotted)
+
+
+@pytest.mark.parametrize(
+    ("raw", "sent"),
+    [(0.5, "0.5"), (2.0, "2"), (2, "2"), (1e-3, "0.001"), (1e9, "1000000000"), ("1Gi", "1Gi")],
+)
+def test_quantities_are_strings(raw: object, sent: object) -> None:
+    assert quantity(raw) == sent
+
+
+@pytest.mark.parametrize(
+    ("policy", "sent"),
+    [
+        (P.SANDBOX_RESTART_POLICY_UNSPECIFIED, "Never"),
+        (P.SANDBOX_RESTART_POLICY_NEVER, "Never"),
+        (P.SANDBOX_RESTART_POLICY_ON_FAILURE, "OnFailure"),
+        (P.SANDBOX_RESTART_POLICY_ALWAYS, "Always"),
+    ],
+)
+def test_restart_policy_comes_from_the_spec(policy: int, sent: str) -> None:
+    message = sandbox_message("rp")
+    message.spec.restart_policy = policy  # type: ignore[assignment]
+    body = sandbox_object(message, version="v1beta1", namespace="ns", default_image="i")
+    assert body["spec"]["podTemplate"]["spec"]["restartPolicy"] == sent
+
+
+def test_security_contexts_are_the_operators() -> None:
+    settings = PodSettings(
+        gateway_id="blue",
+        pod_security_context={"runAsUser": 1000},
+        container_security_context={},
+    )
+    body = sandbox_object(
+        sandbox_message("sc"), version="v1beta1", namespace="ns", default_image="i",
+        settings=settings,
+    )  # fmt: skip
+    pod = body["spec"]["podTemplate"]["spec"]
+    assert pod["securityContext"] == {"runAsUser": 1000}
+    assert "securityContext" not in pod["containers"][0]
+    assert pod["automountServiceAccountToken"] is False
+    assert body["metadata"]["labels"]["openshell.ai/gateway-id"] == "blue"
+    assert body["spec"]["podTemplate"]["metadata"]["labels"]["openshell.ai/gateway-id"] == "blue"
+
+
+@pytest.mark.parametrize(
+    ("labels", "blue", "green"),
+    [
+        ({**OURS, "openshell.ai/gateway-id": "blue"}, True, False),
+        ({**OURS, "openshell.ai/gateway-id": "green"}, False, True),
+        (OURS, True, True),  # written before gateway ids: whoever uses the namespace
+    ],
+)
+def test_objects_belong_to_one_installation(
+    labels: dict[str, str], blue: bool, green: bool
+) -> None:
+    assert belongs_to(body(labels=labels), "blue") is blue
+    assert belongs_to(body(labels=labels), "green") is green
+
+
+def _object(spec: dict[str, Any], conditions: list[dict[str, Any]]) -> dict[str, Any]:
+    built = body(status={"conditions": conditions}, resourceVersion="5")
+    built["spec"] = spec
+    return built
+
+
+def test_start_runs_a_stopped_object_and_stops_an_ended_one_first() -> None:
+    suspended = _object({"operatingMode": "Suspended"}, [{"type": "Suspended", "status": "True"}])
+    assert start_patch(suspended) == {
+        "spec": {"operatingMode": "Running"},
+        "metadata": {"resourceVersion": "5"},
+    }
+    failed = _object({"operatingMode": "Running"}, [
+        {"type": "Finished", "status": "True", "reason": "PodFailed"}])  # fmt: skip
+    assert start_patch(failed) == {
+        "spec": {"operatingMode": "Suspended"},
+        "metadata": {"resourceVersion": "5"},
+    }
+    pending = _object({"operatingMode": "Running"}, [
+        {"type": "Ready", "status": "False", "reason": "DependenciesNotReady"}])  # fmt: skip
+    assert start_patch(pending) is None
+    terminating = _object({"operatingMode": "Suspended"}, [
+        {"type": "Suspended", "status": "False", "reason": "PodTerminating"}])  # fmt: skip
+    assert start_patch(terminating) is None  # the old pod first has to go

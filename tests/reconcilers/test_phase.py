@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shellgate.reconcilers import compose_phase, derive_backend_phase, is_terminal_reason
-from shellgate.reconcilers.snapshot import DriverSnapshot
+from shellgate.reconcilers.snapshot import DriverCondition, DriverSnapshot
 
 from .helpers import P, cond, snap
 
@@ -221,3 +221,130 @@ COMPOSE_ROWS = [
 def test_compose_phase(current: int, snapshot: DriverSnapshot, expected: int) -> None:
     backend = derive_backend_phase(snapshot)
     assert compose_phase(current, backend, snapshot) == expected  # type: ignore[arg-type]
+
+
+# ---- the spec's intent and the generation (Kubernetes) ----------------------------------------
+
+
+def gcond(type_: str, status: str, reason: str = "", generation: int = 0) -> DriverCondition:
+    return DriverCondition(type_, status, reason, observed_generation=generation)
+
+
+def ksnap(
+    *conditions: DriverCondition,
+    running: bool | None,
+    generation: int | None = None,
+    workloads: int | None = None,
+) -> DriverSnapshot:
+    return DriverSnapshot(
+        sandbox_id="sb-1",
+        revision=None,
+        conditions=conditions,
+        generation=generation,
+        desired_running=running,
+        workload_count=workloads,
+    )
+
+
+INTENT_ROWS = [
+    (
+        "running: a Suspended=True left by v0.5.0-v0.5.3 is history",
+        ksnap(gcond("Suspended", "True", "PodTerminated", 2),
+              gcond("Ready", "True", "DependenciesReady", 3), running=True, generation=3),
+        READY,
+    ),
+    (
+        "running: no intent (local driver) still reads Suspended",
+        ksnap(gcond("Suspended", "True"), gcond("Ready", "True"), running=None),
+        STOPPED,
+    ),
+    (
+        "running: conditions of the old spec do not count",
+        ksnap(gcond("Ready", "True", "DependenciesReady", 2), running=True, generation=3),
+        PROVISIONING,
+    ),
+    (
+        "running: a condition without observedGeneration counts",
+        ksnap(gcond("Ready", "True", "DependenciesReady"), running=True, generation=3),
+        READY,
+    ),
+    (
+        "running: SandboxSuspended can only be from before the start",
+        ksnap(gcond("Ready", "False", "SandboxSuspended"), running=True),
+        PROVISIONING,
+    ),
+    (
+        "running: Finished=True/PodFailed (v0.4, v0.5.0-v0.5.3)",
+        ksnap(gcond("Finished", "True", "PodFailed", 1),
+              gcond("Ready", "False", "DependenciesNotReady", 1), running=True, generation=1),
+        ERROR,
+    ),
+    (
+        "running: Finished=True/PodSucceeded",
+        ksnap(gcond("Finished", "True", "PodSucceeded"), running=True),
+        COMPLETED,
+    ),
+    (
+        "running: Ready=False/PodSucceeded (v0.5.4+)",
+        ksnap(gcond("Ready", "False", "PodSucceeded"), running=True),
+        COMPLETED,
+    ),
+    (
+        "running v1alpha1: Ready=True without a workload is not running",
+        ksnap(gcond("Ready", "True", "DependenciesReady"), running=True, workloads=0),
+        PROVISIONING,
+    ),
+    (
+        "stopping: Suspended=True at the current generation",
+        ksnap(gcond("Suspended", "True", "PodTerminated", 4), running=False, generation=4),
+        STOPPED,
+    ),
+    (
+        "stopping: Suspended=True of an earlier stop",
+        ksnap(gcond("Suspended", "True", "PodTerminated", 2),
+              gcond("Ready", "True", "DependenciesReady", 3), running=False, generation=4),
+        STOPPING,
+    ),
+    (
+        "stopping: Suspended=False/PodTerminating (v0.5.4+)",
+        ksnap(gcond("Suspended", "False", "PodTerminating", 4), running=False, generation=4),
+        STOPPING,
+    ),
+    (
+        "stopping: the controller refuses a pod it does not own",
+        ksnap(gcond("Suspended", "False", "PodNotOwned", 4), running=False, generation=4),
+        ERROR,
+    ),
+    (
+        "stopping v1alpha1: replicas 0 at the current generation (v0.4)",
+        ksnap(gcond("Ready", "True", "DependenciesReady", 2), running=False, generation=2,
+              workloads=0),
+        STOPPED,
+    ),
+    (
+        "stopping v1alpha1: a pod still counted",
+        ksnap(gcond("Ready", "True", "DependenciesReady", 2), running=False, generation=2,
+              workloads=1),
+        STOPPING,
+    ),
+    (
+        "stopping v1alpha1: replicas 0 but only conditions of the old spec",
+        ksnap(gcond("Ready", "True", "DependenciesReady", 1), running=False, generation=2,
+              workloads=0),
+        STOPPING,
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("snapshot", "expected"), [r[1:] for r in INTENT_ROWS], ids=[r[0] for r in INTENT_ROWS]
+)
+def test_derive_reads_the_intent_and_the_generation(
+    snapshot: DriverSnapshot, expected: int
+) -> None:
+    assert derive_backend_phase(snapshot) == expected
+
+
+def test_a_start_completes_from_starting() -> None:
+    done = ksnap(gcond("Finished", "True", "PodSucceeded"), running=True)
+    assert compose_phase(STARTING, derive_backend_phase(done), done) == COMPLETED

@@ -207,3 +207,55 @@ def test_without_a_view_a_non_owner_never_removes_or_marks() -> None:
             "nothing",
             "noop",
         )
+
+
+# ---- a start that had to stop first; the provisioning deadline -------------------------------
+
+DEADLINE = Thresholds(grace_ms=300_000, stuck_ms=60_000, provisioning_ms=600_000)
+
+
+def stopped_object(revision: int) -> DriverSnapshot:
+    suspended = DriverCondition("Suspended", "True", "PodTerminated")
+    return DriverSnapshot("id-1", revision, (suspended,), desired_running=False)
+
+
+def test_a_confirmed_stop_under_a_starting_row_asks_the_driver_to_start() -> None:
+    starting = row(P.SANDBOX_PHASE_STARTING, revision=4)
+    action = decide(starting, Reported(stopped_object(5)), NOW, LIMITS, acts_on_intent=False)
+    assert kind(action) == ("write then start", "applied")
+    same = row(P.SANDBOX_PHASE_STARTING, revision=5)
+    same.sandbox.status.conditions.add(type="Suspended", status="True", reason="PodTerminated")
+    again = decide(same, Reported(stopped_object(6)), NOW, LIMITS, acts_on_intent=False)
+    assert kind(again) == ("write then start", "applied")  # the newer revision is recorded
+
+
+@pytest.mark.parametrize("phase", [P.SANDBOX_PHASE_STOPPED, P.SANDBOX_PHASE_STOPPING])
+def test_a_confirmed_stop_under_other_rows_starts_nothing(phase: int) -> None:
+    action = decide(row(phase), Reported(stopped_object(5)), NOW, LIMITS, acts_on_intent=False)
+    assert not isinstance(action, CallDriver)
+    assert not (isinstance(action, Write) and action.then is not None)
+
+
+def test_provisioning_is_stamped_then_expires_without_a_new_event() -> None:
+    provisioning = row(P.SANDBOX_PHASE_PROVISIONING, updated=FRESH)
+    stamped = decide(provisioning, None, NOW, DEADLINE, acts_on_intent=False)
+    assert kind(stamped) == ("write", "resynced")
+    assert isinstance(stamped, Write)
+    assert stamped.candidate.status.provisioning.deadline.ToMilliseconds() == NOW + 600_000
+    later = Row(stamped.candidate, 4, NOW)
+    assert kind(decide(later, None, NOW + 599_999, DEADLINE, acts_on_intent=False)) == (
+        "nothing",
+        "noop",
+    )
+    expired = decide(later, None, NOW + 600_000, DEADLINE, acts_on_intent=False)
+    assert kind(expired) == ("write", "deadline_exceeded")
+    assert isinstance(expired, Write)
+    assert expired.candidate.status.phase == P.SANDBOX_PHASE_ERROR
+
+
+def test_without_a_deadline_nothing_is_stamped() -> None:
+    provisioning = row(P.SANDBOX_PHASE_PROVISIONING, updated=FRESH)
+    assert kind(decide(provisioning, None, NOW, LIMITS, acts_on_intent=False)) == (
+        "nothing",
+        "noop",
+    )

@@ -25,6 +25,8 @@ import attrs
 from kmock import KubernetesEmulator, ResourceInfo
 from kmock._internal import rendering
 
+from shellgate.controller.drivers.kubernetes.manifest import object_name
+from shellgate.store.records import DEFAULT_WORKSPACE
 from tests.support.pod_runtime import PodRuntime
 
 GROUP = "agents.x-k8s.io"
@@ -187,3 +189,8 @@ class Revisions:
 
 def status_patch(status: dict[str, Any], revision: str) -> dict[str, Any]:
     return {"metadata": {"resourceVersion": revision}, "status": status}
+
+
+def k8s_name(name: str, workspace: str = DEFAULT_WORKSPACE) -> str:
+    """The name of the ``Sandbox`` object the driver creates for sandbox ``name``."""
+    return object_name(workspace, name)

@@ -13,6 +13,7 @@ from shellgate.controller.reconcile.sandboxes import DEFAULT_STUCK_SECONDS, Sand
 REPAIRS = (
     "applied",
     "resynced",
+    "deadline_exceeded",
     "intent",
     "reissued",
     "marked_error",

@@ -12,8 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from shellgate.controller.app.kubernetes_options import (
+    KUBERNETES_FLAGS,
+    pod_settings_from_args,
+    provisioning_deadline_from_args,
+)
 from shellgate.controller.auth.oidc import OidcSettings
 from shellgate.controller.limits import Limits
+from shellgate.reconcilers.pod_policy import PodSettings
 from shellgate.store import ConfigurationError
 
 DEFAULT_DATABASE_URL = "sqlite:///./.shellgate/shellgate.db"
@@ -46,6 +52,8 @@ class ServeOptions:
     encryption_key_file: str = ""
     limits: Limits = field(default_factory=Limits)
     security: SecurityOptions = field(default_factory=SecurityOptions)
+    pod_settings: PodSettings = field(default_factory=PodSettings)
+    provisioning_deadline: float = 600.0
 
 
 SWITCHES = {
@@ -124,6 +132,7 @@ def add_serve_command(commands: Any, run: Callable[[argparse.Namespace], int]) -
             "keys that seal provider credentials (SQLite: generated beside the database if unset)",
         ),
     ]
+    options += KUBERNETES_FLAGS
     for name, flag, text in LIMIT_FLAGS:
         options.append((flag, limit_env(flag), str(getattr(_DEFAULT_LIMITS, name)), text))
     for flag, default, text in SECURITY_FLAGS:
@@ -166,6 +175,8 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
         encryption_key_file=args.encryption_key_file,
         limits=limits_from_args(args),
         security=security_from_args(args),
+        pod_settings=pod_settings_from_args(args),
+        provisioning_deadline=provisioning_deadline_from_args(args),
     )
 
 

@@ -204,7 +204,10 @@ async def _serve(
     server = runner = None
     loops: Reconcilers | None = None
     try:
-        loops = attach_reconcilers(gw)  # before start(): the driver may already emit
+        # before start(): the driver may already emit. The local driver starts a process or
+        # fails at once, so only Kubernetes sandboxes get a provisioning deadline.
+        deadline = config.provisioning_deadline if config.driver == "kubernetes" else 0.0
+        loops = attach_reconcilers(gw, provisioning_deadline_seconds=deadline)
         await driver.start()
         loops.start(config.sweep_interval)
         tasks.append(asyncio.create_task(health_state.ping_forever(), name="store-ping"))

@@ -108,10 +108,16 @@ def attach_reconcilers(
     *,
     grace_seconds: float | None = None,
     settle_after_seconds: float | None = None,
+    provisioning_deadline_seconds: float = 0.0,
 ) -> Reconcilers:
     """Build the reconcilers and attach to the driver's events; ``start`` runs them."""
     liveness = OwnerLiveness(gw) if gw.driver.routes_by_owner else None
-    sandboxes = SandboxReconciler(gw, grace_seconds=grace_seconds, liveness=liveness)
+    sandboxes = SandboxReconciler(
+        gw,
+        grace_seconds=grace_seconds,
+        liveness=liveness,
+        provisioning_deadline_seconds=provisioning_deadline_seconds,
+    )
     drafts = (
         DraftReconciler(gw)
         if settle_after_seconds is None

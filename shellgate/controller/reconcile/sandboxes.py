@@ -127,11 +127,14 @@ class SandboxReconciler:
         stuck_seconds: float = DEFAULT_STUCK_SECONDS,
         max_waiting: int = DEFAULT_MAX_WAITING,
         liveness: OwnerLiveness | None = None,
+        provisioning_deadline_seconds: float = 0.0,
     ) -> None:
         self.gw = gw
         self.liveness = liveness
         grace = grace_from_environment() if grace_seconds is None else grace_seconds
-        self.thresholds = Thresholds(int(grace * 1000), int(stuck_seconds * 1000))
+        self.thresholds = Thresholds(
+            int(grace * 1000), int(stuck_seconds * 1000), int(provisioning_deadline_seconds * 1000)
+        )
         self.queue: WorkQueue[str] = WorkQueue(
             CONTROLLER, max_waiting=max_waiting, metrics=gw.metrics
         )
@@ -282,6 +285,8 @@ class SandboxReconciler:
                 return "noop"
             if action.result == "marked_error" and written:
                 log.warning("sandbox %s lost its compute resource; marked ERROR", sandbox_id)
+            if action.result == "deadline_exceeded" and written:
+                log.warning("sandbox %s did not come up within its deadline; ERROR", sandbox_id)
             if action.result == "owner_lost" and written:
                 log.warning(
                     "sandbox %s: its owner replica %s stopped reporting; marked UNKNOWN",

@@ -249,6 +249,26 @@ class SandboxApi:
         login after a 401: how the pod subresources (``exec``, ``logs``) reach the server."""
         return await self._call(call)
 
+    async def pod_exists(self, namespace: str, name: str) -> bool | None:
+        """Whether the pod ``name`` exists; None when we may not read pods (403).
+
+        Reading pods is not needed for anything else, so a gateway without that permission
+        still works, only without this check.
+        """
+        try:
+            await self._call(
+                lambda api: k8s.CoreV1Api(api).read_namespaced_pod(
+                    name, namespace, _request_timeout=REQUEST_TIMEOUT
+                )
+            )
+        except ApiNotFound:
+            return False
+        except ApiError as exc:
+            if exc.status == 403:
+                return None
+            raise
+        return True
+
     async def _custom(self, call: Callable[[k8s.CustomObjectsApi], Awaitable[Any]]) -> Body:
         result = await self._call(lambda api: call(k8s.CustomObjectsApi(api)))
         return result if isinstance(result, dict) else {}

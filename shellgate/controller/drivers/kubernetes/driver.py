@@ -7,13 +7,19 @@ harmless. The driver never writes the store. docs/kubernetes.md describes the wh
 
 - **API version** comes from discovery at start: ``v1beta1`` when served, else ``v1alpha1``
   (logged). Existing objects are patched at the version they report.
-- **Create** posts the object (``manifest`` builds it, ``client`` sends it). A name that is
+- **Create** checks the request against the operator's pod policy (INVALID_ARGUMENT before
+  anything is sent), then posts the object (``manifest`` builds it, ``client`` sends it). A
+  name that is
   taken by an object with our sandbox id is success (a retried create); taken by anything
   else is a ``DriverConflict``, which the caller reports as ALREADY_EXISTS after rolling its
   row back.
 - **Stop / start** read the object and send a merge patch of ``spec.operatingMode``
   (v1alpha1: ``spec.replicas``) that carries the ``resourceVersion`` just read; a 409 means
   someone changed it meanwhile, and the read-patch is repeated.
+- **Start** of an object whose pod has ended stops it first (``manifest.start_patch``); the
+  reconcile loop asks again once the stop is confirmed, and the object is set running.
+- **Installations.** Only objects labelled with this installation's gateway id (or with none,
+  from before the label existed) are read, listed, reported or acted on.
 - **Delete** deletes the object with a ``uid`` precondition, so an object re-created under
   the same name for another sandbox is never hit. The store row goes when the watch reports
   the object gone (a ``DeletedEvent``), not here.
@@ -67,9 +73,11 @@ from shellgate.controller.drivers.kubernetes.manifest import (
     SANDBOX_ID_LABEL,
     Body,
     ManifestError,
+    belongs_to,
     choose_version,
     event_identity,
     involved_object,
+    labelled_for,
     lifecycle_patch,
     object_path,
     platform_event_of,
@@ -77,10 +85,13 @@ from shellgate.controller.drivers.kubernetes.manifest import (
     sandbox_id_of,
     sandbox_object,
     snapshot_of,
+    start_patch,
     version_of,
 )
 from shellgate.controller.drivers.kubernetes.watch import DEFAULT_ERROR_BACKOFFS, KopfWatch
+from shellgate.reconcilers.pod_policy import PodSettings, validate_pod_request
 from shellgate.reconcilers.snapshot import DriverSnapshot
+from shellgate.reconcilers.validation import require_valid
 from shellgate.store import Conflict, NullObserver, RetryPolicy
 from shellgate.store.retry import retry_on_conflict
 
@@ -101,6 +112,7 @@ class DriverSettings(Protocol):
 
     namespace: str
     sandbox_image: str
+    pod_settings: PodSettings
 
 
 class KubernetesDriver(PublishesThroughFanout):
@@ -118,11 +130,14 @@ class KubernetesDriver(PublishesThroughFanout):
         version: str | None = None,
         error_backoffs: Iterable[float] = DEFAULT_ERROR_BACKOFFS,
         discovery_delays: Iterable[float] = DISCOVERY_DELAYS,
+        pod_settings: PodSettings | None = None,
     ) -> None:
         if not namespace:
             raise ValueError("namespace must not be empty")
         self.namespace = namespace
         self.sandbox_image = sandbox_image
+        self.pod_settings = pod_settings or PodSettings()
+        self.gateway_id = self.pod_settings.gateway_id
         self._login = login
         self._api = SandboxApi(login)
         self._version = version
@@ -146,6 +161,7 @@ class KubernetesDriver(PublishesThroughFanout):
             login=login_in_cluster_or_kubeconfig,
             namespace=config.namespace or default_namespace(),
             sandbox_image=config.sandbox_image,
+            pod_settings=config.pod_settings,
         )
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -223,17 +239,21 @@ class KubernetesDriver(PublishesThroughFanout):
         return True
 
     async def create_sandbox(self, sandbox: openshell_pb2.Sandbox) -> None:
+        """Create the object; a request the operator's pod policy refuses is INVALID_ARGUMENT
+        (``InvalidArgument``), checked before anything is sent."""
         version = self._require_version()
+        require_valid(validate_pod_request(sandbox.spec, self.pod_settings.policy))
         try:
             body = sandbox_object(
                 sandbox,
                 version=version,
                 namespace=self.namespace,
                 default_image=self.sandbox_image,
+                settings=self.pod_settings,
             )
         except ManifestError as exc:
             raise DriverError(str(exc)) from exc
-        name = sandbox.metadata.name
+        name = str(body["metadata"]["name"])
         try:
             created = await self._api.create(version, self.namespace, body)
         except ApiConflict:
@@ -248,6 +268,8 @@ class KubernetesDriver(PublishesThroughFanout):
         """The name is taken: success if by our sandbox (a repeated create), else a conflict."""
         existing = await self._get_by_name(name)
         owner = sandbox_id_of(existing) if existing is not None else None
+        if existing is not None and not belongs_to(existing, self.gateway_id):
+            owner = None  # another installation's object, whatever its sandbox id
         if existing is not None and owner == sandbox_id:
             self._remember(sandbox_id, existing)
             return
@@ -274,6 +296,8 @@ class KubernetesDriver(PublishesThroughFanout):
         await self._set_running(sandbox_id, running=False)
 
     async def start_sandbox(self, sandbox_id: str) -> None:
+        """Run it again: set a stopped object running, or stop an object whose pod ended
+        (``start_patch``); the reconcile loop asks again once that stop is confirmed."""
         await self._set_running(sandbox_id, running=True)
 
     async def _set_running(self, sandbox_id: str, *, running: bool) -> None:
@@ -286,8 +310,8 @@ class KubernetesDriver(PublishesThroughFanout):
             if body is None:
                 log.warning("sandbox %s: no Sandbox object to %s", sandbox_id, action)
                 return  # the resync turns a transition without its object into ERROR
-            patch = lifecycle_patch(body, running=running)
-            if patch is None:
+            patch = start_patch(body) if running else lifecycle_patch(body, running=False)
+            if patch is None or (running and await self._old_pod_lingers(body, patch)):
                 return
             try:
                 await self._api.patch(*_coordinates(body, self.namespace), patch)
@@ -310,12 +334,38 @@ class KubernetesDriver(PublishesThroughFanout):
                 f"cannot {action} sandbox {sandbox_id}: it kept changing, try again"
             ) from None
 
+    async def _old_pod_lingers(self, body: Body, patch: Body) -> bool:
+        """A start that would run a stopped object while its old pod still exists waits.
+
+        agent-sandbox v0.4.x and v0.5.0-v0.5.3 confirm a stop before the pod has finished
+        terminating; run again then, the controller finds the old pod by name (an ended pod
+        keeps its failure) and the sandbox fails again. The resync re-issues the start. When
+        pods may not be read (403), the start goes on.
+        """
+        if not _sets_running(patch):
+            return False
+        pod = pod_name_of(body)
+        try:
+            exists = await self._api.pod_exists(self.namespace, pod)
+        except ApiError as exc:
+            raise DriverError(f"cannot read pod {pod}: {exc}") from exc
+        if exists:
+            log.info("start of %s waits: its old pod %s still exists", object_path(body), pod)
+        return bool(exists)
+
     async def get_sandbox(self, sandbox_id: str) -> DriverSnapshot | None:
         body = await self._find(sandbox_id)
         return snapshot_of(body) if body is not None else None
 
     async def list_sandboxes(self) -> list[DriverSnapshot]:
-        snapshots = (snapshot_of(body) for body in await self._list(MANAGED_SELECTOR))
+        """This installation's objects only: another's are neither reported nor swept.
+
+        Objects without a gateway id (written before the label existed) are left out too. The
+        listing is what the resync deletes orphans from, and such an object might be another
+        installation's; its own row still finds it by id (``get_sandbox``) and its watch events.
+        """
+        mine = (b for b in await self._list(MANAGED_SELECTOR) if labelled_for(b, self.gateway_id))
+        snapshots = (snapshot_of(body) for body in mine)
         return [s for s in snapshots if s is not None]
 
     # ---- exec and logs (pods/exec, pods/log of the sandbox's pod) ---------------------------
@@ -375,18 +425,25 @@ class KubernetesDriver(PublishesThroughFanout):
     # ---- reading objects -------------------------------------------------------------------
 
     async def _find(self, sandbox_id: str) -> Body | None:
-        """The object of ``sandbox_id``: by the name index first, then by label selector."""
+        """The object of ``sandbox_id``: by the name index first, then by label selector.
+
+        The selector finds objects whatever their name, so objects named before names
+        included the workspace are still found, stopped, started and deleted.
+        """
         name = self._names.get(sandbox_id)
         if name is not None:
             body = await self._get_by_name(name)
-            if body is not None and sandbox_id_of(body) == sandbox_id:
+            if body is not None and self._is_mine(body, sandbox_id):
                 return body
         if not _LABEL_VALUE.fullmatch(sandbox_id):
             return None  # cannot be a label value, so no object of ours carries it
         for body in await self._list(f"{MANAGED_SELECTOR},{SANDBOX_ID_LABEL}={sandbox_id}"):
-            if sandbox_id_of(body) == sandbox_id:
+            if self._is_mine(body, sandbox_id):
                 return body
         return None
+
+    def _is_mine(self, body: Body, sandbox_id: str) -> bool:
+        return sandbox_id_of(body) == sandbox_id and belongs_to(body, self.gateway_id)
 
     async def _get_by_name(self, name: str) -> Body | None:
         try:
@@ -409,8 +466,8 @@ class KubernetesDriver(PublishesThroughFanout):
     def handle_sandbox_event(self, event_type: str | None, body: Body) -> None:
         """A Sandbox watch event (type None: from a listing) as a driver event."""
         sandbox_id = sandbox_id_of(body)
-        if sandbox_id is None:
-            return  # not managed by shellgate
+        if sandbox_id is None or not belongs_to(body, self.gateway_id):
+            return  # not managed by shellgate, or by another installation
         if event_type == "DELETED":
             self._forget(sandbox_id, body)
             self._emit(DeletedEvent(sandbox_id=sandbox_id))
@@ -460,6 +517,11 @@ def _coordinates(body: Body, default_namespace: str) -> tuple[str, str, str]:
     """(version, namespace, name) of an existing object, at the version it reports itself."""
     meta = body.get("metadata", {})
     return version_of(body), str(meta.get("namespace") or default_namespace), str(meta["name"])
+
+
+def _sets_running(patch: Body) -> bool:
+    spec = patch.get("spec") or {}
+    return spec.get("operatingMode") == "Running" or spec.get("replicas") == 1
 
 
 def _quiet_kopf_handler_logs() -> None:

@@ -3,27 +3,35 @@
 Pure functions only, so the mapping can be table-tested without a cluster. The driver
 (``shellgate.controller.drivers.kubernetes``) does the I/O around them.
 
-**Writing.** A sandbox becomes one ``Sandbox`` object named after the sandbox's name (a
-DNS-1123 subdomain, checked at create), labelled ``openshell.ai/sandbox-id=<id>`` and
-``openshell.ai/managed-by=shellgate``. Its ``spec.podTemplate`` carries one container built from
-the spec: the image (``spec.template.image``, else the gateway's ``--sandbox-image``), the
-command, the environment (template entries overridden by ``spec.environment``, as the local
-driver does) and the resources (``spec.template.resources`` as a Kubernetes
-``ResourceRequirements`` map, plus ``nvidia.com/gpu`` from ``spec.resource_requirements``).
-Intent is ``spec.operatingMode`` on v1beta1 and ``spec.replicas`` on v1alpha1; the version of
-an existing object is read from its own ``apiVersion``, never assumed.
+**Writing.** A sandbox becomes one ``Sandbox`` object named ``{workspace}--{name}``
+(``object_name``), labelled ``openshell.ai/sandbox-id=<id>``, ``openshell.ai/managed-by=shellgate``
+and ``openshell.ai/gateway-id=<installation>``. Its ``spec.podTemplate`` carries one container
+built from the spec: the image (``spec.template.image``, else the gateway's
+``--sandbox-image``), the command, the environment (template entries overridden by
+``spec.environment``, as the local driver does) and the resources (``spec.template.resources``
+as a Kubernetes ``ResourceRequirements`` map with quantities as strings, plus
+``nvidia.com/gpu`` from ``spec.resource_requirements``), hardened by the operator's
+``PodSettings`` (``pod_template``). Intent is ``spec.operatingMode`` on v1beta1 and
+``spec.replicas`` on v1alpha1; the version of an existing object is read from its own
+``apiVersion``, never assumed.
 
 **Reading.** An object we did not label ``managed-by=shellgate``, or that has no sandbox id,
 is not ours and yields no snapshot. ``metadata.resourceVersion`` read as a decimal integer is
 the snapshot's revision; anything else (kmock assigns none) is ``None``, which the reconciler
-applies in arrival order, unguarded. The pod facts come from ``status``: the pod is named by
+applies in arrival order, unguarded. The snapshot also carries the spec's intent,
+``metadata.generation``, each condition's ``observedGeneration`` and (v1alpha1)
+``status.replicas``, from which the phase logic tells a current status from one written for
+an older spec. The pod facts come from ``status``: the pod is named by
 the ``agents.x-k8s.io/pod-name`` annotation, else after the object, and is reported only while
 ``status`` shows one (an IP, a node, or a ``PodScheduled`` condition).
 """
 
 from __future__ import annotations
 
+import copy
 import datetime
+import decimal
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -31,6 +39,8 @@ from google.protobuf import json_format
 
 from shellgate.api import openshell_pb2
 from shellgate.controller.drivers.base import PlatformEvent
+from shellgate.reconcilers.phase import COMPLETED, ERROR, STOPPING, derive_backend_phase
+from shellgate.reconcilers.pod_policy import PodSettings
 from shellgate.reconcilers.snapshot import DriverCondition, DriverSnapshot, InstanceFacts
 
 Body = dict[str, Any]
@@ -47,6 +57,11 @@ SUPPORTED_VERSIONS = (V1BETA1, V1ALPHA1)
 SANDBOX_ID_LABEL = "openshell.ai/sandbox-id"
 MANAGED_BY_LABEL = "openshell.ai/managed-by"
 MANAGED_BY = "shellgate"
+GATEWAY_ID_LABEL = "openshell.ai/gateway-id"
+DEFAULT_WORKSPACE = "default"
+MAX_OBJECT_NAME = 63
+"""Object names stay DNS labels in length: the pod and any Service are named after them."""
+HASH_CHARS = 10
 MANAGED_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
 POD_NAME_ANNOTATION = "agents.x-k8s.io/pod-name"
 CONTAINER_NAME = "sandbox"
@@ -56,6 +71,14 @@ RUNNING, SUSPENDED = "Running", "Suspended"
 REPORTED_CONDITIONS = ("Ready", "Suspended", "PodScheduled", "Finished")
 """The agent-sandbox conditions a snapshot carries (docs/kubernetes.md lists them); others
 are ignored, so a condition type added upstream changes nothing until we choose to read it."""
+
+
+RESTART_POLICIES: dict[int, str] = {
+    openshell_pb2.SANDBOX_RESTART_POLICY_NEVER: "Never",
+    openshell_pb2.SANDBOX_RESTART_POLICY_ON_FAILURE: "OnFailure",
+    openshell_pb2.SANDBOX_RESTART_POLICY_ALWAYS: "Always",
+}
+"""``spec.restart_policy`` as a pod ``restartPolicy``; unspecified is ``Never``."""
 
 
 class ManifestError(ValueError):
@@ -80,13 +103,44 @@ def object_path(body: Body) -> str:
     return f"/apis/{group_version}/namespaces/{meta.get('namespace', '')}/{PLURAL}/{meta['name']}"
 
 
+def object_name(workspace: str, name: str) -> str:
+    """The ``Sandbox`` object's name: ``{workspace}--{name}``, hashed when that is too long.
+
+    Names are unique per workspace only, so the workspace is part of the object's name; the
+    same name in two workspaces gets two objects. agent-sandbox names the pod after the object
+    and adopts an unowned pod of that name, so the name must also never be one the caller
+    picks freely: a bare sandbox name could be the gateway's own pod's. The result is a
+    DNS-1123 subdomain of at most ``MAX_OBJECT_NAME`` characters; a longer one keeps a readable
+    start and ends in a hash of the full pair, so distinct pairs stay distinct. A workspace
+    that itself contains ``--`` is always hashed: ``a--b`` + ``c`` and ``a`` + ``b--c`` would
+    otherwise both be ``a--b--c``.
+    """
+    workspace = workspace or DEFAULT_WORKSPACE
+    plain = f"{workspace}--{name}"
+    if len(plain) <= MAX_OBJECT_NAME and "--" not in workspace:
+        return plain
+    digest = hashlib.sha256(f"{workspace}/{name}".encode()).hexdigest()[:HASH_CHARS]
+    head = plain[: MAX_OBJECT_NAME - HASH_CHARS - 1].rstrip("-.")
+    return f"{head}-{digest}"
+
+
 def sandbox_object(
-    sandbox: openshell_pb2.Sandbox, *, version: str, namespace: str, default_image: str
+    sandbox: openshell_pb2.Sandbox,
+    *,
+    version: str,
+    namespace: str,
+    default_image: str,
+    settings: PodSettings | None = None,
 ) -> Body:
     """The ``Sandbox`` object that runs ``sandbox`` (see the module docstring)."""
+    settings = settings or PodSettings()
     meta = sandbox.metadata
-    labels = {SANDBOX_ID_LABEL: meta.id, MANAGED_BY_LABEL: MANAGED_BY}
-    spec: Body = {"podTemplate": pod_template(sandbox, labels, default_image)}
+    labels = {
+        SANDBOX_ID_LABEL: meta.id,
+        MANAGED_BY_LABEL: MANAGED_BY,
+        GATEWAY_ID_LABEL: settings.gateway_id,
+    }
+    spec: Body = {"podTemplate": pod_template(sandbox, labels, default_image, settings)}
     if version == V1ALPHA1:
         spec["replicas"] = 1
     else:
@@ -94,15 +148,39 @@ def sandbox_object(
     return {
         "apiVersion": api_version(version),
         "kind": KIND,
-        "metadata": {"name": meta.name, "namespace": namespace, "labels": labels},
+        "metadata": {
+            "name": object_name(meta.workspace, meta.name),
+            "namespace": namespace,
+            "labels": labels,
+        },
         "spec": spec,
     }
 
 
-def pod_template(sandbox: openshell_pb2.Sandbox, labels: Mapping[str, str], image: str) -> Body:
-    """``spec.podTemplate``: the template's labels and annotations plus ours, one container."""
+def pod_template(
+    sandbox: openshell_pb2.Sandbox,
+    labels: Mapping[str, str],
+    image: str,
+    settings: PodSettings | None = None,
+) -> Body:
+    """``spec.podTemplate``: the template's labels and annotations plus ours, one container.
+
+    The pod is hardened whatever the caller sends: no service-account token (a sandbox runs
+    untrusted code and must not hold the namespace's credentials), the operator's security
+    contexts (``restricted``-compatible by default), and a restart policy from the spec
+    (``Never`` unless asked, so an exited command completes instead of restarting in a loop).
+    Runtime class and ``hostUsers`` pass only when the operator's policy allows them, which
+    the driver checks before it builds anything.
+    """
+    settings = settings or PodSettings()
     template = sandbox.spec.template
-    pod_spec: Body = {"containers": [container(sandbox, image)]}
+    pod_spec: Body = {
+        "restartPolicy": RESTART_POLICIES.get(sandbox.spec.restart_policy, "Never"),
+        "automountServiceAccountToken": False,
+        "containers": [container(sandbox, image, settings)],
+    }
+    if settings.pod_security_context:
+        pod_spec["securityContext"] = copy.deepcopy(dict(settings.pod_security_context))
     if template.runtime_class_name:
         pod_spec["runtimeClassName"] = template.runtime_class_name
     if template.HasField("user_namespaces"):
@@ -113,7 +191,10 @@ def pod_template(sandbox: openshell_pb2.Sandbox, labels: Mapping[str, str], imag
     return {"metadata": metadata, "spec": pod_spec}
 
 
-def container(sandbox: openshell_pb2.Sandbox, default_image: str) -> Body:
+def container(
+    sandbox: openshell_pb2.Sandbox, default_image: str, settings: PodSettings | None = None
+) -> Body:
+    settings = settings or PodSettings()
     spec = sandbox.spec
     image = spec.template.image or default_image
     if not image:
@@ -130,6 +211,8 @@ def container(sandbox: openshell_pb2.Sandbox, default_image: str) -> Body:
     resources = container_resources(spec)
     if resources:
         built["resources"] = resources
+    if settings.container_security_context:
+        built["securityContext"] = copy.deepcopy(dict(settings.container_security_context))
     if spec.tty:
         built["tty"] = True
         built["stdin"] = True  # Kubernetes requires stdin for a TTY
@@ -137,16 +220,35 @@ def container(sandbox: openshell_pb2.Sandbox, default_image: str) -> Body:
 
 
 def container_resources(spec: openshell_pb2.SandboxSpec) -> Body:
-    """``spec.template.resources`` as given, plus the GPU count as an extended-resource limit."""
+    """``spec.template.resources`` with quantities as strings, plus the GPU count as an
+    extended-resource limit.
+
+    The template's resources arrive as a protobuf ``Struct``, where every number is a double:
+    ``cpu: 0.5`` would reach the API server as the float 0.5, which the CRD's int-or-string
+    check refuses. Quantities are therefore sent as their decimal strings ("0.5", "2").
+    """
     resources: Body = {}
     if spec.template.HasField("resources"):
         resources = json_format.MessageToDict(spec.template.resources)
+        for key in ("limits", "requests"):
+            if isinstance(resources.get(key), dict):
+                resources[key] = {k: quantity(v) for k, v in resources[key].items()}
     gpu = spec.resource_requirements.gpu
     if spec.resource_requirements.HasField("gpu") and gpu.HasField("count") and gpu.count:
         limits = dict(resources.get("limits") or {})
-        limits[GPU_RESOURCE] = gpu.count
+        limits[GPU_RESOURCE] = str(gpu.count)
         resources["limits"] = limits
     return resources
+
+
+def quantity(value: object) -> object:
+    """A number as a Kubernetes quantity string; anything else as given (the API server
+    judges it)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return format(decimal.Decimal(repr(value)), "f")
 
 
 def lifecycle_patch(body: Body, *, running: bool) -> Body | None:
@@ -176,6 +278,25 @@ def lifecycle_patch(body: Body, *, running: bool) -> Body | None:
     return patch
 
 
+def start_patch(body: Body) -> Body | None:
+    """The merge patch a start sends to ``body``; None when there is nothing to do.
+
+    A stopped object is set running. A running object whose pod has ended (failed, evicted,
+    or succeeded) is stopped first: agent-sandbox never replaces an ended pod, so only a stop
+    (the controller deletes the pod) and then a start (it creates a new one) runs the sandbox
+    again. The reconcile loop sends the second half once the stop is confirmed; until then
+    (the old pod is still terminating) a start changes nothing, since running the object
+    again then would let the controller find the old pod once more.
+    """
+    snapshot = snapshot_of(body)
+    backend = derive_backend_phase(snapshot) if snapshot is not None else None
+    if not desired_running(body):
+        return None if backend == STOPPING else lifecycle_patch(body, running=True)
+    if backend in (ERROR, COMPLETED):
+        return lifecycle_patch(body, running=False)
+    return None
+
+
 # ---- reading -------------------------------------------------------------------------------
 
 
@@ -187,6 +308,23 @@ def version_of(body: Body) -> str:
 def is_managed(body: Body) -> bool:
     labels = body.get("metadata", {}).get("labels") or {}
     return bool(labels.get(MANAGED_BY_LABEL) == MANAGED_BY and labels.get(SANDBOX_ID_LABEL))
+
+
+def belongs_to(body: Body, gateway_id: str) -> bool:
+    """An object of this installation: labelled with its gateway id, or with none at all.
+
+    Several installations may share a namespace; each acts only on its own objects. Objects
+    written before installations were labelled carry no gateway id; they can only be from the
+    one installation that used the namespace then, which keeps them.
+    """
+    labels = body.get("metadata", {}).get("labels") or {}
+    return str(labels.get(GATEWAY_ID_LABEL, gateway_id)) == gateway_id
+
+
+def labelled_for(body: Body, gateway_id: str) -> bool:
+    """Labelled with exactly this installation's gateway id (no label does not count)."""
+    labels = body.get("metadata", {}).get("labels") or {}
+    return str(labels.get(GATEWAY_ID_LABEL, "")) == gateway_id
 
 
 def sandbox_id_of(body: Body) -> str | None:
@@ -218,7 +356,35 @@ def snapshot_of(body: Body) -> DriverSnapshot | None:
         deleting=bool(body.get("metadata", {}).get("deletionTimestamp")),
         has_status=bool(status),
         instance=instance_of(body),
+        generation=_count(body.get("metadata", {}).get("generation")) or None,
+        desired_running=desired_running(body),
+        workload_count=workload_count(body),
     )
+
+
+def desired_running(body: Body) -> bool:
+    """What the spec asks for: v1beta1 ``operatingMode`` (Running by default), v1alpha1
+    ``replicas`` (1 by default)."""
+    spec = body.get("spec") or {}
+    if version_of(body) == V1ALPHA1:
+        return _count(spec.get("replicas", 1)) != 0
+    return str(spec.get("operatingMode", RUNNING)) != SUSPENDED
+
+
+def workload_count(body: Body) -> int | None:
+    """v1alpha1 ``status.replicas`` (omitted by the controller when 0); None on v1beta1,
+    which has no such field, and before the controller wrote any status."""
+    status = body.get("status") or {}
+    if version_of(body) != V1ALPHA1 or not status:
+        return None
+    return _count(status.get("replicas", 0))
+
+
+def _count(raw: object) -> int:
+    """A non-negative integer field; anything else reads as 0."""
+    if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
+        return raw
+    return 0
 
 
 def conditions_of(status: Body) -> tuple[DriverCondition, ...]:
@@ -233,6 +399,7 @@ def conditions_of(status: Body) -> tuple[DriverCondition, ...]:
                 reason=str(raw.get("reason") or ""),
                 message=str(raw.get("message") or ""),
                 last_transition_time_ms=time_ms(raw.get("lastTransitionTime")),
+                observed_generation=_count(raw.get("observedGeneration")),
             )
         )
     return tuple(found)
