@@ -23,10 +23,10 @@ from shellgate.api import openshell_pb2
 from shellgate.controller.drivers.base import DriverError, DriverNotOwner
 from shellgate.controller.gateway import Gateway
 from shellgate.controller.service.errors import not_found
+from shellgate.controller.service.names import NAME_ATTEMPTS, readable_name
 from shellgate.controller.service.requests import (
     delete_target,
     find_sandbox,
-    generated_name,
     page_query,
     single_workspace,
 )
@@ -34,11 +34,12 @@ from shellgate.reconcilers import sandbox as sandbox_rules
 from shellgate.reconcilers.errors import InvalidArgument
 from shellgate.reconcilers.ownership import record_owner
 from shellgate.reconcilers.phase import STARTING, STOPPING
+from shellgate.reconcilers.policy import require_acceptable_policy
 from shellgate.reconcilers.validation import (
     require_valid,
     validate_sandbox_for_create,
 )
-from shellgate.store import NotFound, StoreError
+from shellgate.store import NotFound, StoreError, UniqueViolation
 from shellgate.store.repositories import SANDBOX_TYPE
 
 log = logging.getLogger(__name__)
@@ -53,14 +54,23 @@ def build_sandbox(request: openshell_pb2.CreateSandboxRequest) -> Sandbox:
     sandbox = Sandbox()
     meta = sandbox.metadata
     meta.id = str(uuid.uuid4())
-    meta.name = request.name or generated_name("sandbox")
+    meta.name = request.name or readable_name(0)
     meta.workspace = single_workspace(request.workspace_scope)
     meta.labels.update(request.labels)
     meta.annotations.update(request.annotations)
     sandbox.spec.CopyFrom(request.spec)
     sandbox.status.phase = openshell_pb2.SANDBOX_PHASE_PROVISIONING
     require_valid(validate_sandbox_for_create(sandbox))
+    require_safe_spec_policy(sandbox.spec)
     return sandbox
+
+
+def require_safe_spec_policy(spec: openshell_pb2.SandboxSpec) -> None:
+    """The checks UpdateConfig applies to a policy, applied at create too: a sandbox must not
+    start with a policy it could never be given later (root, ``..``, a read-write ``/``,
+    endpoints whose metadata the proxy could not choose between)."""
+    if spec.HasField("policy"):
+        require_acceptable_policy(spec.policy, "spec.policy")
 
 
 async def create_sandbox(
@@ -73,7 +83,7 @@ async def create_sandbox(
     workspace = candidate.metadata.workspace
     providers = list(dict.fromkeys(candidate.spec.providers))
     await gw.repos.providers.require(providers, workspace)
-    created = await gw.repos.sandboxes.create(candidate)
+    created = await _insert(gw, candidate, name_generated=not request.name)
     try:
         await gw.repos.sandboxes.fence_providers(created.metadata.id, providers, workspace)
         await gw.driver.create_sandbox(created)
@@ -82,6 +92,19 @@ async def create_sandbox(
         raise
     log.info("created sandbox %s (%s) in %s", created.metadata.name, created.metadata.id, workspace)
     return openshell_pb2.SandboxResponse(sandbox=created)
+
+
+async def _insert(gw: Gateway, candidate: Sandbox, *, name_generated: bool) -> Sandbox:
+    """MUST_CREATE the row. A name the caller chose that is taken is ALREADY_EXISTS; a
+    generated one that is taken is replaced by a suffixed one and tried again."""
+    for attempt in range(1, NAME_ATTEMPTS + 1):
+        try:
+            return await gw.repos.sandboxes.create(candidate)
+        except UniqueViolation:
+            if not name_generated or attempt == NAME_ATTEMPTS:
+                raise
+            candidate.metadata.name = readable_name(attempt)
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 async def get_sandbox(
