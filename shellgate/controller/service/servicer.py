@@ -130,6 +130,7 @@ class OpenShellService(openshell_pb2_grpc.OpenShellServicer):
 
     UpdateConfig = rpc("UpdateConfig", update_config)
     GetSandboxConfig = rpc("GetSandboxConfig", config.get_sandbox_config)
+    GetGatewayConfig = rpc("GetGatewayConfig", config.get_gateway_config)
     ListSandboxPolicies = rpc("ListSandboxPolicies", policies.list_sandbox_policies)
     GetSandboxPolicyStatus = rpc("GetSandboxPolicyStatus", policies.get_sandbox_policy_status)
     ReportPolicyStatus = rpc("ReportPolicyStatus", policies.report_policy_status)
