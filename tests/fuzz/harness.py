@@ -51,6 +51,7 @@ UNSERVED = sorted(set(SERVICE.methods_by_name) - set(SERVED))
 ROW_CREATORS: dict[str, set[str]] = {
     "sandbox": {"CreateSandbox"},
     "provider": {"CreateProvider"},
+    "sandbox_template": {"CreateSandboxTemplate"},
     "gateway_settings": {"UpdateConfig"},
     "sandbox_settings": {"UpdateConfig"},
     "draft_policy_chunk": {"SubmitPolicyAnalysis"},
@@ -69,7 +70,7 @@ ROW_CREATORS: dict[str, set[str]] = {
         "GetDraftPolicy",
     },
 }
-UNSCOPED = {"sandbox", "provider", "gateway_settings"}
+UNSCOPED = {"sandbox", "provider", "gateway_settings", "sandbox_template"}
 
 
 def request_class(method: str) -> type[Message]:

@@ -35,7 +35,12 @@ from shellgate.store import (
     UniqueViolation,
 )
 from shellgate.store.errors import quoted
-from shellgate.store.repositories import ProviderInUse, ProviderMissing
+from shellgate.store.repositories import (
+    ProviderInUse,
+    ProviderMissing,
+    TemplateInUse,
+    TemplateMissing,
+)
 from shellgate.store.secrets import SecretError
 
 log = logging.getLogger(__name__)
@@ -84,6 +89,10 @@ def _rich_status(error: BaseException, operation: str) -> status_pb2.Status:
             return _failed_precondition(FailedPrecondition(str(error), "PROVIDER_MISSING"))
         case ProviderInUse():
             return _failed_precondition(FailedPrecondition(str(error), "PROVIDER_IN_USE"))
+        case TemplateMissing():
+            return _failed_precondition(FailedPrecondition(str(error), "TEMPLATE_MISSING"))
+        case TemplateInUse():
+            return _failed_precondition(FailedPrecondition(str(error), "TEMPLATE_IN_USE"))
         case SecretError():
             log.error("%s: %s", operation, error)  # names the key id and row, never a value
             return _failed_precondition(

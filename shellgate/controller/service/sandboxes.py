@@ -35,8 +35,10 @@ from shellgate.reconcilers.errors import InvalidArgument
 from shellgate.reconcilers.ownership import record_owner
 from shellgate.reconcilers.phase import STARTING, STOPPING
 from shellgate.reconcilers.policy import require_acceptable_policy
+from shellgate.reconcilers.templates import merge_over_template, record_provenance
 from shellgate.reconcilers.validation import (
     require_valid,
+    validate_object_name,
     validate_sandbox_for_create,
 )
 from shellgate.store import NotFound, StoreError, UniqueViolation
@@ -78,6 +80,7 @@ async def create_sandbox(
 ) -> openshell_pb2.SandboxResponse:
     """Validate → MUST_CREATE → fence providers → driver create; undo the row on failure."""
     candidate = build_sandbox(request)
+    template = await _apply_template(gw, candidate, request.workload_template)
     if gw.driver.routes_by_owner:
         record_owner(candidate, gw.replica_id)  # the row, not a file, says who runs it
     workspace = candidate.metadata.workspace
@@ -86,12 +89,28 @@ async def create_sandbox(
     created = await _insert(gw, candidate, name_generated=not request.name)
     try:
         await gw.repos.sandboxes.fence_providers(created.metadata.id, providers, workspace)
+        if template is not None:
+            await gw.repos.sandboxes.fence_template(created.metadata.id, template, workspace)
         await gw.driver.create_sandbox(created)
     except BaseException:
         await _undo_create(gw, created)
         raise
     log.info("created sandbox %s (%s) in %s", created.metadata.name, created.metadata.id, workspace)
     return openshell_pb2.SandboxResponse(sandbox=created)
+
+
+async def _apply_template(gw: Gateway, candidate: Sandbox, name: str) -> str | None:
+    """Lay the candidate's spec over the named template and record which template (and which
+    version of it) it came from; the merged sandbox passes the create checks again. Returns
+    the template's name, or None when the request names none."""
+    if not name:
+        return None
+    require_valid(validate_object_name(name, "workload_template"))
+    template = await gw.repos.templates.require(name, candidate.metadata.workspace)
+    candidate.spec.CopyFrom(merge_over_template(candidate.spec, template))
+    record_provenance(candidate, template)
+    require_valid(validate_sandbox_for_create(candidate))
+    return name
 
 
 async def _insert(gw: Gateway, candidate: Sandbox, *, name_generated: bool) -> Sandbox:

@@ -23,9 +23,10 @@ from shellgate.controller.service import (
     policies,
     providers,
     sandboxes,
+    templates,
     watch_sandbox,
 )
-from shellgate.controller.service.errors import status_for
+from shellgate.controller.service.errors import RequestError, status_for
 from shellgate.controller.service.requests import find_live_sandbox, single_workspace
 from shellgate.reconcilers.settings import UpdateKind, classify_update, is_global
 from shellgate.store.deadline import deadline_in
@@ -60,7 +61,26 @@ def rpc(method: str, handler: GatewayHandler[Req, Resp]) -> Method[Req, Resp]:
             metrics.grpc_duration.labels(method=method).observe(time.perf_counter() - started)
 
     serve.__name__ = serve.__qualname__ = method
+    serve.not_served = getattr(handler, "not_served", False)  # type: ignore[attr-defined]
     return serve
+
+
+def not_served(reason: str) -> GatewayHandler[Any, Any]:
+    """A handler for an RPC shellgate deliberately does not serve: UNIMPLEMENTED with the
+    reason, after the same shell as every other RPC (the generated base class would answer
+    UNIMPLEMENTED too, but without saying why)."""
+
+    async def refuse(_gw: Gateway, _request: Any) -> Any:
+        raise RequestError(grpc.StatusCode.UNIMPLEMENTED, reason)
+
+    refuse.not_served = True  # type: ignore[attr-defined]
+    return refuse
+
+
+ROOTFS_STAGING_UNSERVED = (
+    "BeginRootfsTarStaging is not served: shellgate has no image staging; "
+    "name an image a registry serves in the template or the sandbox spec"
+)
 
 
 async def health(gw: Gateway, request: openshell_pb2.HealthRequest) -> openshell_pb2.HealthResponse:
@@ -117,6 +137,14 @@ class OpenShellService(openshell_pb2_grpc.OpenShellServicer):
     ) -> Any:
         async for event in watch_sandbox.watch_sandbox(self.gateway, request, context):
             yield event
+
+    # ----- sandbox templates --------------------------------------------------------------
+
+    CreateSandboxTemplate = rpc("CreateSandboxTemplate", templates.create_sandbox_template)
+    GetSandboxTemplate = rpc("GetSandboxTemplate", templates.get_sandbox_template)
+    ListSandboxTemplates = rpc("ListSandboxTemplates", templates.list_sandbox_templates)
+    DeleteSandboxTemplate = rpc("DeleteSandboxTemplate", templates.delete_sandbox_template)
+    BeginRootfsTarStaging = rpc("BeginRootfsTarStaging", not_served(ROOTFS_STAGING_UNSERVED))
 
     # ----- providers ----------------------------------------------------------------------
 

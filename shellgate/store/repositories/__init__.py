@@ -13,7 +13,13 @@ from __future__ import annotations
 
 from shellgate.store.base import Store
 from shellgate.store.repositories.chunks import CHUNK_TYPE, ChunkRepository, StoredDraftChunk
-from shellgate.store.repositories.errors import ProviderInUse, ProviderMissing, VersionTaken
+from shellgate.store.repositories.errors import (
+    ProviderInUse,
+    ProviderMissing,
+    TemplateInUse,
+    TemplateMissing,
+    VersionTaken,
+)
 from shellgate.store.repositories.hooks import Hook, no_hook
 from shellgate.store.repositories.providers import PROVIDER_TYPE, Provider, ProviderRepository
 from shellgate.store.repositories.replicas import REPLICA_TYPE, ReplicaRepository
@@ -31,6 +37,11 @@ from shellgate.store.repositories.settings import (
     SettingsRepository,
     sandbox_settings_id,
 )
+from shellgate.store.repositories.templates import (
+    TEMPLATE_TYPE,
+    SandboxWorkloadTemplate,
+    TemplateRepository,
+)
 from shellgate.store.secrets import SecretSealer
 
 
@@ -45,8 +56,12 @@ class Repositories:
         self.chunks = ChunkRepository(store)
         self.providers = ProviderRepository(store, sealer)
         self.replicas = ReplicaRepository(store)
+        self.templates = TemplateRepository(store)
         self.sandboxes = SandboxRepository(
-            store, self.providers, owned=(self.settings, self.revisions, self.chunks)
+            store,
+            self.providers,
+            owned=(self.settings, self.revisions, self.chunks),
+            templates=self.templates,
         )
 
 
@@ -58,6 +73,7 @@ __all__ = [
     "REVISION_TYPE",
     "SANDBOX_SETTINGS_TYPE",
     "SANDBOX_TYPE",
+    "TEMPLATE_TYPE",
     "ChunkRepository",
     "GatewaySettings",
     "Hook",
@@ -71,9 +87,13 @@ __all__ = [
     "Sandbox",
     "SandboxRepository",
     "SandboxSettings",
+    "SandboxWorkloadTemplate",
     "SettingsRepository",
     "StoredDraftChunk",
     "StoredPolicyRevision",
+    "TemplateInUse",
+    "TemplateMissing",
+    "TemplateRepository",
     "VersionTaken",
     "no_hook",
     "sandbox_settings_id",

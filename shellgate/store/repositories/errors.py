@@ -30,3 +30,21 @@ class ProviderInUse(StoreError):
         super().__init__(f"provider {name!r} is attached to sandboxes: {shown}")
         self.name = name
         self.sandboxes = list(sandboxes)
+
+
+class TemplateMissing(StoreError):
+    """A sandbox was to be built from a template that does not exist (any more)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"sandbox template {name!r} not found")
+        self.name = name
+
+
+class TemplateInUse(StoreError):
+    """DeleteSandboxTemplate found sandboxes built from the template."""
+
+    def __init__(self, name: str, sandboxes: Sequence[str]) -> None:
+        shown = ", ".join(sorted(sandboxes)[:10])
+        super().__init__(f"sandbox template {name!r} is in use by sandboxes: {shown}")
+        self.name = name
+        self.sandboxes = list(sandboxes)
