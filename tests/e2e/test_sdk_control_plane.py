@@ -70,3 +70,7 @@ async def test_sdk_clients_drive_the_control_plane(store_url: str, tmp_path: Pat
     )
     assert steps["template-deleted"] == "COMPLETED"
     assert steps["template-absent"] == "ALREADY_ABSENT"
+    assert steps["service-exposed"] == {"key": "svc--web", "rv": [1, 2], "port": 9090}
+    assert steps["service-read"] == {"port": 9090, "listed": 1}
+    assert steps["service-invalid"] == "INVALID_ARGUMENT: name must not contain '--'"
+    assert steps["service-after-sandbox-delete"] == 0

@@ -52,6 +52,7 @@ ROW_CREATORS: dict[str, set[str]] = {
     "sandbox": {"CreateSandbox"},
     "provider": {"CreateProvider"},
     "sandbox_template": {"CreateSandboxTemplate"},
+    "service_endpoint": {"ExposeService"},
     "gateway_settings": {"UpdateConfig"},
     "sandbox_settings": {"UpdateConfig"},
     "draft_policy_chunk": {"SubmitPolicyAnalysis"},

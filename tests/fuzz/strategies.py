@@ -432,6 +432,10 @@ def create_from_template(n: str, ws: D.WorkspaceSelector, template: str) -> P.Cr
     )
 
 
+def expose_service(n: str, ws: D.WorkspaceSelector, port: int) -> P.ExposeServiceRequest:
+    return P.ExposeServiceRequest(sandbox=n, name="web", target_port=port, workspace_scope=ws)
+
+
 def update_setting(n: str, ws: D.WorkspaceSelector, is_global: bool) -> P.UpdateConfigRequest:
     if is_global:
         request = P.UpdateConfigRequest(setting_key="log_level", **{"global": True})

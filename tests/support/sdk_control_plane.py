@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from typing import Any
 
 import grpc
@@ -76,6 +77,42 @@ def templates(client: SandboxClient, stub: Any) -> None:
     step("template-absent", absent.outcome.name)
 
 
+def services(client: SandboxClient, stub: Any) -> None:
+    """The SDK has no service client of its own: its generated stub on its own transport."""
+    client.create(workspace=WS, name="svc")
+    made = stub.ExposeService(
+        openshell_pb2.ExposeServiceRequest(sandbox="svc", name="web", target_port=8080), timeout=30
+    )
+    moved = stub.ExposeService(
+        openshell_pb2.ExposeServiceRequest(sandbox="svc", name="web", target_port=9090), timeout=30
+    )
+    step(
+        "service-exposed",
+        {
+            "key": made.endpoint.metadata.name,
+            "rv": [
+                made.endpoint.metadata.resource_version,
+                moved.endpoint.metadata.resource_version,
+            ],
+            "port": moved.endpoint.target_port,
+        },
+    )
+    got = stub.GetService(openshell_pb2.GetServiceRequest(sandbox="svc", name="web"), timeout=30)
+    listed = stub.ListServices(openshell_pb2.ListServicesRequest(sandbox="svc"), timeout=30)
+    step("service-read", {"port": got.endpoint.target_port, "listed": len(listed.services)})
+    bad = openshell_pb2.ExposeServiceRequest(sandbox="svc", name="a--b", target_port=1)
+    step("service-invalid", code_of(lambda: stub.ExposeService(bad, timeout=30)))
+    client.delete("svc", workspace=WS)
+    client.wait_deleted("svc", workspace=WS, timeout_seconds=60)
+    left = -1
+    for _ in range(100):  # the cascade follows the sandbox row's removal
+        left = len(stub.ListServices(openshell_pb2.ListServicesRequest(), timeout=30).services)
+        if left == 0:
+            break
+        time.sleep(0.1)
+    step("service-after-sandbox-delete", left)
+
+
 def main() -> None:
     address = sys.argv[1]
     channel = _error_mapping_channel(grpc.insecure_channel(address))
@@ -83,6 +120,7 @@ def main() -> None:
     with SandboxClient(address, timeout=30) as client:
         gateway_config(stub)
         templates(client, stub)
+        services(client, stub)
     print("done", flush=True)
 
 

@@ -23,6 +23,7 @@ from shellgate.controller.service import (
     policies,
     providers,
     sandboxes,
+    services,
     templates,
     watch_sandbox,
 )
@@ -145,6 +146,13 @@ class OpenShellService(openshell_pb2_grpc.OpenShellServicer):
     ListSandboxTemplates = rpc("ListSandboxTemplates", templates.list_sandbox_templates)
     DeleteSandboxTemplate = rpc("DeleteSandboxTemplate", templates.delete_sandbox_template)
     BeginRootfsTarStaging = rpc("BeginRootfsTarStaging", not_served(ROOTFS_STAGING_UNSERVED))
+
+    # ----- service endpoints --------------------------------------------------------------
+
+    ExposeService = rpc("ExposeService", services.expose_service)
+    GetService = rpc("GetService", services.get_service)
+    ListServices = rpc("ListServices", services.list_services)
+    DeleteService = rpc("DeleteService", services.delete_service)
 
     # ----- providers ----------------------------------------------------------------------
 

@@ -29,6 +29,11 @@ from shellgate.store.repositories.revisions import (
     StoredPolicyRevision,
 )
 from shellgate.store.repositories.sandboxes import SANDBOX_TYPE, Sandbox, SandboxRepository
+from shellgate.store.repositories.services import (
+    SERVICE_TYPE,
+    ServiceEndpoint,
+    ServiceRepository,
+)
 from shellgate.store.repositories.settings import (
     GATEWAY_SETTINGS_TYPE,
     SANDBOX_SETTINGS_TYPE,
@@ -57,10 +62,11 @@ class Repositories:
         self.providers = ProviderRepository(store, sealer)
         self.replicas = ReplicaRepository(store)
         self.templates = TemplateRepository(store)
+        self.services = ServiceRepository(store)
         self.sandboxes = SandboxRepository(
             store,
             self.providers,
-            owned=(self.settings, self.revisions, self.chunks),
+            owned=(self.settings, self.revisions, self.chunks, self.services),
             templates=self.templates,
         )
 
@@ -73,6 +79,7 @@ __all__ = [
     "REVISION_TYPE",
     "SANDBOX_SETTINGS_TYPE",
     "SANDBOX_TYPE",
+    "SERVICE_TYPE",
     "TEMPLATE_TYPE",
     "ChunkRepository",
     "GatewaySettings",
@@ -88,6 +95,8 @@ __all__ = [
     "SandboxRepository",
     "SandboxSettings",
     "SandboxWorkloadTemplate",
+    "ServiceEndpoint",
+    "ServiceRepository",
     "SettingsRepository",
     "StoredDraftChunk",
     "StoredPolicyRevision",
