@@ -13,13 +13,18 @@ from collections import defaultdict
 
 import pytest
 
-from shellgate.api import openshell_pb2
+from shellgate.api import datamodel_pb2, openshell_pb2
 from shellgate.controller.service import templates
 from shellgate.store import Store
 from shellgate.store.repositories import TEMPLATE_TYPE
 from shellgate.store.secrets import KEY_BYTES
 from tests.support.racing import run_in_processes
-from tests.support.replica_races import replica, run_replica, workload_template
+from tests.support.replica_races import (
+    custom_profile,
+    replica,
+    run_replica,
+    workload_template,
+)
 
 pytestmark = pytest.mark.slow
 P = openshell_pb2
@@ -106,3 +111,47 @@ async def test_delete_versus_create_dangles_without_its_guard(
 ) -> None:
     with pytest.raises(AssertionError, match=r"deleted templates|round"):
         await delete_versus_create(store, store_url, unguard)
+
+
+# --- profile delete versus provider create ----------------------------------------------------
+
+
+async def profile_versus_provider(store: Store, store_url: str, unguard: str) -> None:
+    key = secrets.token_bytes(KEY_BYTES)
+    gw = replica(store, key, "setup")
+    for round_ in range(ROUNDS):
+        await gw.repos.profiles.create(custom_profile(round_), "default")
+    plan = [("delete-profile", 0), ("create-provider", 1), ("create-provider", 2)]
+    codes = await race(store_url, plan, ROUNDS, unguard, key)
+    existing = {p.id for p in await gw.repos.profiles.list_all("default")}
+    made, _ = await store.list_messages(datamodel_pb2.Provider, workspace=None, limit=1000)
+    users = {
+        f"acme{round_}"
+        for round_, by_client in codes.items()
+        for (kind, _), code in by_client.items()
+        if code == "OK:custom"
+    }
+    kept = {p.type for p in made}
+    orphaned = (users & kept) - existing
+    assert not orphaned, f"providers of deleted profiles: {sorted(orphaned)}"
+    for round_, by_client in sorted(codes.items()):
+        deleted = by_client[("delete-profile", 0)] == "OK"
+        used = [by_client[("create-provider", c)] == "OK:custom" for c in (1, 2)]
+        assert not (deleted and any(used)), f"round {round_}: {by_client}"
+        allowed = {"OK", "OK:custom", "OK:free", "ProfileMissing", "ProfileInUse", "Conflict"}
+        assert set(by_client.values()) <= allowed, by_client
+    print(f"profile/provider rounds: { {r: dict(c) for r, c in sorted(codes.items())} }")
+
+
+async def test_profile_delete_versus_provider_create_never_orphans(
+    store: Store, store_url: str
+) -> None:
+    await profile_versus_provider(store, store_url, "")
+
+
+@pytest.mark.parametrize("unguard", ["no-profile-fence", "profile-delete-at-current-version"])
+async def test_profile_delete_versus_provider_create_orphans_without_its_guard(
+    store: Store, store_url: str, unguard: str
+) -> None:
+    with pytest.raises(AssertionError, match=r"deleted profiles|round"):
+        await profile_versus_provider(store, store_url, unguard)

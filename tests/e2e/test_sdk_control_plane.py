@@ -74,3 +74,13 @@ async def test_sdk_clients_drive_the_control_plane(store_url: str, tmp_path: Pat
     assert steps["service-read"] == {"port": 9090, "listed": 1}
     assert steps["service-invalid"] == "INVALID_ARGUMENT: name must not contain '--'"
     assert steps["service-after-sandbox-delete"] == 0
+    assert steps["profiles"] == {
+        "lint": True,
+        "imported": True,
+        "listed": ["github", "nvidia", "pypi", "acme"],
+    }
+    assert steps["profile-updated"] == {"rv": 2, "desc": "v2"}
+    assert steps["profile-in-use"] == (
+        "FAILED_PRECONDITION: provider profile 'acme' is in use by providers: acme-one"
+    )
+    assert steps["profile-deleted"] == openshell_pb2.DELETION_OUTCOME_COMPLETED

@@ -53,6 +53,7 @@ ROW_CREATORS: dict[str, set[str]] = {
     "provider": {"CreateProvider"},
     "sandbox_template": {"CreateSandboxTemplate"},
     "service_endpoint": {"ExposeService"},
+    "provider_profile": {"ImportProviderProfiles"},
     "gateway_settings": {"UpdateConfig"},
     "sandbox_settings": {"UpdateConfig"},
     "draft_policy_chunk": {"SubmitPolicyAnalysis"},
@@ -71,7 +72,7 @@ ROW_CREATORS: dict[str, set[str]] = {
         "GetDraftPolicy",
     },
 }
-UNSCOPED = {"sandbox", "provider", "gateway_settings", "sandbox_template"}
+UNSCOPED = {"sandbox", "provider", "gateway_settings", "sandbox_template", "provider_profile"}
 
 
 def request_class(method: str) -> type[Message]:

@@ -436,6 +436,13 @@ def expose_service(n: str, ws: D.WorkspaceSelector, port: int) -> P.ExposeServic
     return P.ExposeServiceRequest(sandbox=n, name="web", target_port=port, workspace_scope=ws)
 
 
+def import_profile(n: str, ws: D.WorkspaceSelector) -> P.ImportProviderProfilesRequest:
+    made = P.ProviderProfile(id=n, display_name=n)
+    made.credentials.add(name="token", env_vars=["TOKEN"])
+    item = P.ProviderProfileImportItem(profile=made, source=f"{n}.yaml")
+    return P.ImportProviderProfilesRequest(profiles=[item], workspace_scope=ws)
+
+
 def update_setting(n: str, ws: D.WorkspaceSelector, is_global: bool) -> P.UpdateConfigRequest:
     if is_global:
         request = P.UpdateConfigRequest(setting_key="log_level", **{"global": True})

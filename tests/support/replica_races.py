@@ -17,13 +17,13 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from shellgate.api import openshell_pb2
+from shellgate.api import datamodel_pb2, openshell_pb2
 from shellgate.controller.gateway import Gateway
 from shellgate.controller.metrics import Metrics
-from shellgate.controller.service import sandboxes, templates
+from shellgate.controller.service import profiles, providers, sandboxes, templates
 from shellgate.store import Store, connect, sql
 from shellgate.store.records import ObjectRecord
-from shellgate.store.repositories import TEMPLATE_TYPE
+from shellgate.store.repositories import PROFILE_TYPE, TEMPLATE_TYPE
 from shellgate.store.secrets import Keyring, SecretSealer
 from tests.support.fake_driver import FakeDriver
 from tests.support.racing import wait_for_the_others
@@ -80,7 +80,30 @@ def _template_delete_at_current_version(gw: Gateway) -> None:
 
 
 BEFORE_CONNECT = {"create-replaces"}
+
+
+def _no_profile_fence(gw: Gateway) -> None:
+    async def no_fence(_id: str, _workspace: str) -> None:
+        return None
+
+    gw.repos.profiles.fence = no_fence  # type: ignore[method-assign]
+
+
+def _profile_delete_at_current_version(gw: Gateway) -> None:
+    repository = gw.repos.profiles
+
+    async def delete_current(record: ObjectRecord) -> bool:
+        fresh = await repository.store.get(PROFILE_TYPE, record.id)
+        if fresh is None:
+            return False
+        return await repository.store.delete_if(PROFILE_TYPE, fresh.id, fresh.resource_version)
+
+    repository._delete_at_version_read = delete_current  # type: ignore[method-assign]
+
+
 UNGUARD: dict[str, Callable[[Gateway], None]] = {
+    "no-profile-fence": _no_profile_fence,
+    "profile-delete-at-current-version": _profile_delete_at_current_version,
     "": lambda _gw: None,
     "create-replaces": lambda _gw: None,
     "no-template-fence": _no_template_fence,
@@ -119,7 +142,42 @@ async def create_from_template(gw: Gateway, round_: int, client: int) -> Any:
     return await sandboxes.create_sandbox(gw, request)
 
 
+def custom_profile(round_: int) -> P.ProviderProfile:
+    made = P.ProviderProfile(id=f"acme{round_}", display_name="Acme")
+    made.credentials.add(name="token", env_vars=["ACME_TOKEN"])
+    return made
+
+
+async def delete_profile(gw: Gateway, round_: int, _client: int) -> Any:
+    request = P.DeleteProviderProfileRequest(id=f"acme{round_}")
+    return await profiles.delete_provider_profile(gw, request)
+
+
+async def create_provider(gw: Gateway, round_: int, client: int) -> Any:
+    """Starts at a random moment within two windows (see ``create_from_template``)."""
+    await asyncio.sleep(random.uniform(0, 2 * WIDEN_SECONDS))
+    made = datamodel_pb2.Provider(type=f"acme{round_}", credentials={"ACME_TOKEN": "x"})
+    made.metadata.name = f"p{round_}-{client}"
+    seen: list[bool] = []
+    check = gw.repos.profiles.is_custom
+
+    async def recording(profile_id: str, workspace: str) -> bool:
+        seen.append(await check(profile_id, workspace))
+        return seen[-1]
+
+    gw.repos.profiles.is_custom = recording  # type: ignore[method-assign]
+    try:
+        await providers.create_provider(gw, P.CreateProviderRequest(provider=made))
+    finally:
+        gw.repos.profiles.is_custom = check  # type: ignore[method-assign]
+    # Types are free-form: a create that found no custom profile (the delete came first)
+    # simply makes a provider of an unknown type. Only one that used the profile counts.
+    return "custom" if seen and seen[-1] else "free"
+
+
 CALLS: dict[str, Callable[[Gateway, int, int], Awaitable[Any]]] = {
+    "delete-profile": delete_profile,
+    "create-provider": create_provider,
     "create-template": create_template,
     "delete-template": delete_template,
     "create-from-template": create_from_template,
@@ -129,6 +187,7 @@ CALLS: dict[str, Callable[[Gateway, int, int], Awaitable[Any]]] = {
 def _widen_windows(gw: Gateway) -> None:
     """Pause every protocol at the point its guard covers (see ``WIDEN_SECONDS``)."""
     gw.repos.templates.hooks.after_reference_scan = widen
+    gw.repos.profiles.hooks.after_reference_scan = widen
 
 
 def run_replica(
@@ -149,8 +208,9 @@ def run_replica(
             for round_ in range(rounds):
                 wait_for_the_others()
                 try:
-                    await CALLS[kind](gw, round_, client)
-                    outcomes.append((round_, "OK"))
+                    result = await CALLS[kind](gw, round_, client)
+                    marker = f":{result}" if isinstance(result, str) else ""
+                    outcomes.append((round_, "OK" + marker))
                 except Exception as error:  # the race test judges every outcome
                     outcomes.append((round_, type(error).__name__))
         finally:

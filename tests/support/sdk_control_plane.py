@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 from openshell import SandboxClient, SandboxTemplateClient
-from openshell._proto import openshell_pb2, openshell_pb2_grpc, sandbox_pb2
+from openshell._proto import datamodel_pb2, openshell_pb2, openshell_pb2_grpc, sandbox_pb2
 from openshell.errors import GatewayError, _error_mapping_channel
 
 WS = "default"
@@ -113,6 +113,47 @@ def services(client: SandboxClient, stub: Any) -> None:
     step("service-after-sandbox-delete", left)
 
 
+def profiles(stub: Any) -> None:
+    """The SDK has no profile client: its generated stub on its own transport."""
+    profile = openshell_pb2.ProviderProfile(id="acme", display_name="Acme")
+    profile.credentials.add(name="token", env_vars=["ACME_TOKEN"])
+    item = openshell_pb2.ProviderProfileImportItem(profile=profile, source="acme.yaml")
+    lint = stub.LintProviderProfiles(
+        openshell_pb2.LintProviderProfilesRequest(profiles=[item]), timeout=30
+    )
+    imported = stub.ImportProviderProfiles(
+        openshell_pb2.ImportProviderProfilesRequest(profiles=[item]), timeout=30
+    )
+    listed = stub.ListProviderProfiles(openshell_pb2.ListProviderProfilesRequest(), timeout=30)
+    step(
+        "profiles",
+        {
+            "lint": lint.valid,
+            "imported": imported.imported,
+            "listed": [p.id for p in listed.profiles],
+        },
+    )
+    profile.description = "v2"
+    profile.resource_version = imported.profiles[0].resource_version
+    updated = stub.UpdateProviderProfiles(
+        openshell_pb2.UpdateProviderProfilesRequest(
+            id="acme", profile=openshell_pb2.ProviderProfileImportItem(profile=profile)
+        ),
+        timeout=30,
+    )
+    got = stub.GetProviderProfile(openshell_pb2.GetProviderProfileRequest(id="acme"), timeout=30)
+    step(
+        "profile-updated", {"rv": updated.profile.resource_version, "desc": got.profile.description}
+    )
+    provider = datamodel_pb2.Provider(type="acme", credentials={"ACME_TOKEN": "t"})
+    provider.metadata.name = "acme-one"
+    stub.CreateProvider(openshell_pb2.CreateProviderRequest(provider=provider), timeout=30)
+    delete = openshell_pb2.DeleteProviderProfileRequest(id="acme")
+    step("profile-in-use", code_of(lambda: stub.DeleteProviderProfile(delete, timeout=30)))
+    stub.DeleteProvider(openshell_pb2.DeleteProviderRequest(name="acme-one"), timeout=30)
+    step("profile-deleted", stub.DeleteProviderProfile(delete, timeout=30).outcome)
+
+
 def main() -> None:
     address = sys.argv[1]
     channel = _error_mapping_channel(grpc.insecure_channel(address))
@@ -121,6 +162,7 @@ def main() -> None:
         gateway_config(stub)
         templates(client, stub)
         services(client, stub)
+        profiles(stub)
     print("done", flush=True)
 
 

@@ -36,6 +36,8 @@ from shellgate.store import (
 )
 from shellgate.store.errors import quoted
 from shellgate.store.repositories import (
+    ProfileInUse,
+    ProfileMissing,
     ProviderInUse,
     ProviderMissing,
     TemplateInUse,
@@ -89,6 +91,10 @@ def _rich_status(error: BaseException, operation: str) -> status_pb2.Status:
             return _failed_precondition(FailedPrecondition(str(error), "PROVIDER_MISSING"))
         case ProviderInUse():
             return _failed_precondition(FailedPrecondition(str(error), "PROVIDER_IN_USE"))
+        case ProfileMissing():
+            return _failed_precondition(FailedPrecondition(str(error), "PROFILE_MISSING"))
+        case ProfileInUse():
+            return _failed_precondition(FailedPrecondition(str(error), "PROFILE_IN_USE"))
         case TemplateMissing():
             return _failed_precondition(FailedPrecondition(str(error), "TEMPLATE_MISSING"))
         case TemplateInUse():

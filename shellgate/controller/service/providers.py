@@ -9,6 +9,7 @@ order closes the race).
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 
 from shellgate.api import datamodel_pb2, openshell_pb2
@@ -22,12 +23,14 @@ from shellgate.controller.service.requests import (
     page_query,
     single_workspace,
 )
+from shellgate.reconcilers.profiles import profile_type
 from shellgate.reconcilers.provider import (
     merge_provider_update,
     new_provider_for_create,
     redact_credentials,
 )
 from shellgate.reconcilers.validation import effective_page_size
+from shellgate.store import StoreError
 from shellgate.store.paging import decode_offset_token, encode_offset_token
 from shellgate.store.repositories import PROVIDER_TYPE
 
@@ -58,7 +61,24 @@ async def create_provider(
     candidate = new_provider_for_create(
         incoming, new_id=str(uuid.uuid4()), random_name=generated_name("provider")
     )
-    return response(await gw.repos.providers.create(candidate))
+    profile = profile_type(candidate.type)
+    custom = await gw.repos.profiles.is_custom(profile, candidate.metadata.workspace)
+    created = await gw.repos.providers.create(candidate)
+    if custom:
+        await _fence_profile(gw, created, profile)
+    return response(created)
+
+
+async def _fence_profile(gw: Gateway, created: Provider, profile: str) -> None:
+    """A provider of a custom profile's type fences the profile after its insert (see the
+    profile repository); if the profile is gone, the provider is taken back out."""
+    try:
+        await gw.repos.profiles.fence(profile, created.metadata.workspace)
+    except BaseException:
+        meta = created.metadata
+        with contextlib.suppress(StoreError):
+            await gw.store.delete_if(PROVIDER_TYPE, meta.id, meta.resource_version)
+        raise
 
 
 async def list_providers(

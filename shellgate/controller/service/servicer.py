@@ -21,6 +21,7 @@ from shellgate.controller.service import (
     config,
     drafts,
     policies,
+    profiles,
     providers,
     sandboxes,
     services,
@@ -161,6 +162,15 @@ class OpenShellService(openshell_pb2_grpc.OpenShellServicer):
     ListProviders = rpc("ListProviders", providers.list_providers)
     UpdateProvider = rpc("UpdateProvider", providers.update_provider)
     DeleteProvider = rpc("DeleteProvider", providers.delete_provider)
+
+    # ----- provider profiles --------------------------------------------------------------
+
+    ListProviderProfiles = rpc("ListProviderProfiles", profiles.list_provider_profiles)
+    GetProviderProfile = rpc("GetProviderProfile", profiles.get_provider_profile)
+    ImportProviderProfiles = rpc("ImportProviderProfiles", profiles.import_provider_profiles)
+    UpdateProviderProfiles = rpc("UpdateProviderProfiles", profiles.update_provider_profiles)
+    LintProviderProfiles = rpc("LintProviderProfiles", profiles.lint_provider_profiles)
+    DeleteProviderProfile = rpc("DeleteProviderProfile", profiles.delete_provider_profile)
 
     # ----- config, policies and draft chunks ----------------------------------------------
 

@@ -21,6 +21,12 @@ from shellgate.store.repositories.errors import (
     VersionTaken,
 )
 from shellgate.store.repositories.hooks import Hook, no_hook
+from shellgate.store.repositories.profiles import (
+    PROFILE_TYPE,
+    ProfileInUse,
+    ProfileMissing,
+    ProfileRepository,
+)
 from shellgate.store.repositories.providers import PROVIDER_TYPE, Provider, ProviderRepository
 from shellgate.store.repositories.replicas import REPLICA_TYPE, ReplicaRepository
 from shellgate.store.repositories.revisions import (
@@ -63,6 +69,7 @@ class Repositories:
         self.replicas = ReplicaRepository(store)
         self.templates = TemplateRepository(store)
         self.services = ServiceRepository(store)
+        self.profiles = ProfileRepository(store)
         self.sandboxes = SandboxRepository(
             store,
             self.providers,
@@ -74,6 +81,7 @@ class Repositories:
 __all__ = [
     "CHUNK_TYPE",
     "GATEWAY_SETTINGS_TYPE",
+    "PROFILE_TYPE",
     "PROVIDER_TYPE",
     "REPLICA_TYPE",
     "REVISION_TYPE",
@@ -84,6 +92,9 @@ __all__ = [
     "ChunkRepository",
     "GatewaySettings",
     "Hook",
+    "ProfileInUse",
+    "ProfileMissing",
+    "ProfileRepository",
     "Provider",
     "ProviderInUse",
     "ProviderMissing",
