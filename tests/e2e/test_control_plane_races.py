@@ -13,10 +13,10 @@ from collections import defaultdict
 
 import pytest
 
-from shellgate.api import datamodel_pb2, openshell_pb2
-from shellgate.controller.service import templates
-from shellgate.store import Store
-from shellgate.store.repositories import TEMPLATE_TYPE
+from shellgate.api import datamodel_pb2, internal_pb2, openshell_pb2
+from shellgate.controller.service import credentials, providers, templates
+from shellgate.store import Store, decode
+from shellgate.store.repositories import REFRESH_TYPE, TEMPLATE_TYPE
 from shellgate.store.secrets import KEY_BYTES
 from tests.support.racing import run_in_processes
 from tests.support.replica_races import (
@@ -155,3 +155,44 @@ async def test_profile_delete_versus_provider_create_orphans_without_its_guard(
 ) -> None:
     with pytest.raises(AssertionError, match=r"deleted profiles|round"):
         await profile_versus_provider(store, store_url, unguard)
+
+
+# --- concurrent rotation requests with one request id -----------------------------------------
+
+
+async def same_rotation_request(store: Store, store_url: str, unguard: str) -> None:
+    key = secrets.token_bytes(KEY_BYTES)
+    gw = replica(store, key, "setup")
+    made = datamodel_pb2.Provider(type="github", credentials={"TOKEN": "x"})
+    made.metadata.name = "rotating"
+    await providers.create_provider(gw, P.CreateProviderRequest(provider=made))
+    configure = P.ConfigureProviderRefreshRequest(
+        provider="rotating",
+        credential_key="TOKEN",
+        strategy=P.PROVIDER_CREDENTIAL_REFRESH_STRATEGY_EXTERNAL,
+    )
+    await credentials.configure_provider_refresh(gw, configure)
+    plan = [("rotate", 0), ("rotate", 1), ("rotate", 2)]
+    codes = await race(store_url, plan, ROUNDS, unguard, key)
+    for round_, by_client in sorted(codes.items()):
+        assert set(by_client.values()) == {"OK"}, f"round {round_}: {by_client}"
+    status = await credentials.get_provider_refresh_status(
+        gw, P.GetProviderRefreshStatusRequest(provider="rotating")
+    )
+    page = await store.list(REFRESH_TYPE, workspace=None, limit=10)
+    (row,) = [decode(internal_pb2.ProviderRefreshConfig, r) for r in page.records]
+    assert row.rotations == ROUNDS, f"{row.rotations} rotations for {ROUNDS} request ids"
+    assert status.credentials[0].status == "rotation_requested"
+
+
+async def test_one_request_id_from_three_replicas_rotates_once(
+    store: Store, store_url: str
+) -> None:
+    await same_rotation_request(store, store_url, "")
+
+
+async def test_without_the_request_id_check_replicas_rotate_more_than_once(
+    store: Store, store_url: str
+) -> None:
+    with pytest.raises(AssertionError, match="rotations for"):
+        await same_rotation_request(store, store_url, "rotation-without-id-check")

@@ -84,3 +84,16 @@ async def test_sdk_clients_drive_the_control_plane(store_url: str, tmp_path: Pat
         "FAILED_PRECONDITION: provider profile 'acme' is in use by providers: acme-one"
     )
     assert steps["profile-deleted"] == openshell_pb2.DELETION_OUTCOME_COMPLETED
+    assert steps["credentials"] == {"GITHUB_TOKEN": "tok-123"}
+    assert steps["refresh"] == {
+        "configured": "configured",
+        "rotated": "rotation_requested",
+        "listed": ["GITHUB_TOKEN"],
+        "deleted": openshell_pb2.DELETION_OUTCOME_COMPLETED,
+    }
+    assert steps["provider-status"] == {
+        "state": openshell_pb2.PROVIDER_READINESS_STATE_PERSISTED,
+        "provider": "creds",
+    }
+    assert "provider credentials read: provider=creds" in gateway.log_text()
+    assert "tok-123" not in gateway.log_text()

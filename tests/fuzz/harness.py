@@ -54,6 +54,8 @@ ROW_CREATORS: dict[str, set[str]] = {
     "sandbox_template": {"CreateSandboxTemplate"},
     "service_endpoint": {"ExposeService"},
     "provider_profile": {"ImportProviderProfiles"},
+    "provider_refresh": {"ConfigureProviderRefresh"},
+    "provider_rotation": {"RotateProviderCredential"},
     "gateway_settings": {"UpdateConfig"},
     "sandbox_settings": {"UpdateConfig"},
     "draft_policy_chunk": {"SubmitPolicyAnalysis"},
@@ -72,7 +74,16 @@ ROW_CREATORS: dict[str, set[str]] = {
         "GetDraftPolicy",
     },
 }
-UNSCOPED = {"sandbox", "provider", "gateway_settings", "sandbox_template", "provider_profile"}
+UNSCOPED = {
+    "sandbox",
+    "provider",
+    "gateway_settings",
+    "sandbox_template",
+    "provider_profile",
+    # scoped to their provider, not to a sandbox
+    "provider_refresh",
+    "provider_rotation",
+}
 
 
 def request_class(method: str) -> type[Message]:

@@ -443,6 +443,24 @@ def import_profile(n: str, ws: D.WorkspaceSelector) -> P.ImportProviderProfilesR
     return P.ImportProviderProfilesRequest(profiles=[item], workspace_scope=ws)
 
 
+def configure_refresh(n: str, ws: D.WorkspaceSelector) -> P.ConfigureProviderRefreshRequest:
+    return P.ConfigureProviderRefreshRequest(
+        provider=n,
+        credential_key="TOKEN",
+        strategy=P.PROVIDER_CREDENTIAL_REFRESH_STRATEGY_EXTERNAL,
+        material={"token_url": "https://example.com/token"},
+        workspace_scope=ws,
+    )
+
+
+def rotate_credential(
+    n: str, ws: D.WorkspaceSelector, request: str
+) -> P.RotateProviderCredentialRequest:
+    return P.RotateProviderCredentialRequest(
+        provider=n, credential_key="TOKEN", request_id=request, workspace_scope=ws
+    )
+
+
 def update_setting(n: str, ws: D.WorkspaceSelector, is_global: bool) -> P.UpdateConfigRequest:
     if is_global:
         request = P.UpdateConfigRequest(setting_key="log_level", **{"global": True})

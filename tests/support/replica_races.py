@@ -20,7 +20,8 @@ from typing import Any
 from shellgate.api import datamodel_pb2, openshell_pb2
 from shellgate.controller.gateway import Gateway
 from shellgate.controller.metrics import Metrics
-from shellgate.controller.service import profiles, providers, sandboxes, templates
+from shellgate.controller.service import credentials, profiles, providers, sandboxes, templates
+from shellgate.reconcilers import refresh as refresh_rules
 from shellgate.store import Store, connect, sql
 from shellgate.store.records import ObjectRecord
 from shellgate.store.repositories import PROFILE_TYPE, TEMPLATE_TYPE
@@ -101,7 +102,20 @@ def _profile_delete_at_current_version(gw: Gateway) -> None:
     repository._delete_at_version_read = delete_current  # type: ignore[method-assign]
 
 
+def _rotation_without_id_check(_gw: Gateway) -> None:
+    """Every rotation counts, whether the row already recorded its request id or not."""
+
+    original = refresh_rules.RotationChange.__call__
+
+    def count_always(self: refresh_rules.RotationChange, config: Any) -> Any:
+        del config.applied_request_ids[:]  # the history the check consults, forgotten
+        return original(self, config)
+
+    refresh_rules.RotationChange.__call__ = count_always  # type: ignore[method-assign]
+
+
 UNGUARD: dict[str, Callable[[Gateway], None]] = {
+    "rotation-without-id-check": _rotation_without_id_check,
     "no-profile-fence": _no_profile_fence,
     "profile-delete-at-current-version": _profile_delete_at_current_version,
     "": lambda _gw: None,
@@ -175,7 +189,16 @@ async def create_provider(gw: Gateway, round_: int, client: int) -> Any:
     return "custom" if seen and seen[-1] else "free"
 
 
+async def rotate(gw: Gateway, round_: int, _client: int) -> Any:
+    """Every client sends the round's one request id."""
+    request = P.RotateProviderCredentialRequest(
+        provider="rotating", credential_key="TOKEN", request_id=f"req{round_}"
+    )
+    return await credentials.rotate_provider_credential(gw, request)
+
+
 CALLS: dict[str, Callable[[Gateway, int, int], Awaitable[Any]]] = {
+    "rotate": rotate,
     "delete-profile": delete_profile,
     "create-provider": create_provider,
     "create-template": create_template,
@@ -188,6 +211,7 @@ def _widen_windows(gw: Gateway) -> None:
     """Pause every protocol at the point its guard covers (see ``WIDEN_SECONDS``)."""
     gw.repos.templates.hooks.after_reference_scan = widen
     gw.repos.profiles.hooks.after_reference_scan = widen
+    gw.repos.refresh.hooks.before_rotation = widen
 
 
 def run_replica(

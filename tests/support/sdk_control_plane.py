@@ -154,6 +154,51 @@ def profiles(stub: Any) -> None:
     step("profile-deleted", stub.DeleteProviderProfile(delete, timeout=30).outcome)
 
 
+def credentials(client: SandboxClient, stub: Any) -> None:
+    """The SDK's ProviderClient for credentials; its stub for the refresh RPCs."""
+    provider = datamodel_pb2.Provider(type="github", credentials={"GITHUB_TOKEN": "tok-123"})
+    provider.metadata.name = "creds"
+    stub.CreateProvider(openshell_pb2.CreateProviderRequest(provider=provider), timeout=30)
+    values = client.providers().get_credentials("creds", ["GITHUB_TOKEN"], workspace=WS)
+    step("credentials", {k: v.value for k, v in values.items()})
+    configure = openshell_pb2.ConfigureProviderRefreshRequest(
+        provider="creds",
+        credential_key="GITHUB_TOKEN",
+        strategy=openshell_pb2.PROVIDER_CREDENTIAL_REFRESH_STRATEGY_EXTERNAL,
+        material={"hint": "m"},
+    )
+    configured = stub.ConfigureProviderRefresh(configure, timeout=30).status
+    rotate = openshell_pb2.RotateProviderCredentialRequest(
+        provider="creds", credential_key="GITHUB_TOKEN", request_id="once"
+    )
+    stub.RotateProviderCredential(rotate, timeout=30)
+    rotated = stub.RotateProviderCredential(rotate, timeout=30).status
+    status = stub.GetProviderRefreshStatus(
+        openshell_pb2.GetProviderRefreshStatusRequest(provider="creds"), timeout=30
+    )
+    deleted = stub.DeleteProviderRefresh(
+        openshell_pb2.DeleteProviderRefreshRequest(provider="creds", credential_key="GITHUB_TOKEN"),
+        timeout=30,
+    )
+    step(
+        "refresh",
+        {
+            "configured": configured.status,
+            "rotated": rotated.status,
+            "listed": [s.credential_key for s in status.credentials],
+            "deleted": deleted.outcome,
+        },
+    )
+    client.create(
+        workspace=WS, name="withprov", spec=openshell_pb2.SandboxSpec(providers=["creds"])
+    )
+    readiness = stub.GetSandboxProviderStatus(
+        openshell_pb2.GetSandboxProviderStatusRequest(sandbox="withprov", provider="creds"),
+        timeout=30,
+    ).status
+    step("provider-status", {"state": readiness.state, "provider": readiness.receipt.provider})
+
+
 def main() -> None:
     address = sys.argv[1]
     channel = _error_mapping_channel(grpc.insecure_channel(address))
@@ -163,6 +208,7 @@ def main() -> None:
         templates(client, stub)
         services(client, stub)
         profiles(stub)
+        credentials(client, stub)
     print("done", flush=True)
 
 

@@ -19,6 +19,7 @@ from shellgate.api import openshell_pb2, openshell_pb2_grpc
 from shellgate.controller.gateway import Gateway
 from shellgate.controller.service import (
     config,
+    credentials,
     drafts,
     policies,
     profiles,
@@ -162,6 +163,23 @@ class OpenShellService(openshell_pb2_grpc.OpenShellServicer):
     ListProviders = rpc("ListProviders", providers.list_providers)
     UpdateProvider = rpc("UpdateProvider", providers.update_provider)
     DeleteProvider = rpc("DeleteProvider", providers.delete_provider)
+
+    # ----- provider credentials and refresh ------------------------------------------------
+
+    GetProviderCredentials = rpc("GetProviderCredentials", credentials.get_provider_credentials)
+    GetSandboxProviderStatus = rpc(
+        "GetSandboxProviderStatus", credentials.get_sandbox_provider_status
+    )
+    ConfigureProviderRefresh = rpc(
+        "ConfigureProviderRefresh", credentials.configure_provider_refresh
+    )
+    GetProviderRefreshStatus = rpc(
+        "GetProviderRefreshStatus", credentials.get_provider_refresh_status
+    )
+    RotateProviderCredential = rpc(
+        "RotateProviderCredential", credentials.rotate_provider_credential
+    )
+    DeleteProviderRefresh = rpc("DeleteProviderRefresh", credentials.delete_provider_refresh)
 
     # ----- provider profiles --------------------------------------------------------------
 

@@ -28,6 +28,11 @@ from shellgate.store.repositories.profiles import (
     ProfileRepository,
 )
 from shellgate.store.repositories.providers import PROVIDER_TYPE, Provider, ProviderRepository
+from shellgate.store.repositories.refresh import (
+    REFRESH_TYPE,
+    ROTATION_TYPE,
+    RefreshRepository,
+)
 from shellgate.store.repositories.replicas import REPLICA_TYPE, ReplicaRepository
 from shellgate.store.repositories.revisions import (
     REVISION_TYPE,
@@ -70,6 +75,7 @@ class Repositories:
         self.templates = TemplateRepository(store)
         self.services = ServiceRepository(store)
         self.profiles = ProfileRepository(store)
+        self.refresh = RefreshRepository(store, sealer)
         self.sandboxes = SandboxRepository(
             store,
             self.providers,
@@ -83,8 +89,10 @@ __all__ = [
     "GATEWAY_SETTINGS_TYPE",
     "PROFILE_TYPE",
     "PROVIDER_TYPE",
+    "REFRESH_TYPE",
     "REPLICA_TYPE",
     "REVISION_TYPE",
+    "ROTATION_TYPE",
     "SANDBOX_SETTINGS_TYPE",
     "SANDBOX_TYPE",
     "SERVICE_TYPE",
@@ -99,6 +107,7 @@ __all__ = [
     "ProviderInUse",
     "ProviderMissing",
     "ProviderRepository",
+    "RefreshRepository",
     "ReplicaRepository",
     "Repositories",
     "RevisionRepository",
