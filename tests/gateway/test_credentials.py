@@ -16,9 +16,10 @@ import pytest
 from google.protobuf import timestamp_pb2
 
 from shellgate.api import datamodel_pb2, internal_pb2, openshell_pb2
+from shellgate.controller.service import credentials
 from shellgate.reconcilers import refresh as refresh_rules
 from shellgate.store import decode
-from shellgate.store.repositories import REFRESH_TYPE
+from shellgate.store.repositories import REFRESH_TYPE, ROTATION_TYPE
 from tests.config.helpers import create_sandbox, failure
 from tests.support.gateway import Running
 from tests.support.hooks import Gate
@@ -257,3 +258,50 @@ async def test_many_arrivals_of_one_request_id_rotate_once(gw: Running) -> None:
     await gw.stub.ConfigureProviderRefresh(configure())
     await asyncio.gather(*(gw.stub.RotateProviderCredential(rotate("burst")) for _ in range(8)))
     assert (await refresh_row(gw)).rotations == 1
+
+
+async def test_deleting_the_provider_removes_its_refresh_and_rotation_rows(gw: Running) -> None:
+    await make_provider(gw)
+    await gw.stub.ConfigureProviderRefresh(configure())
+    await gw.stub.RotateProviderCredential(rotate("r1"))
+    await gw.stub.DeleteProvider(P.DeleteProviderRequest(name="gh"))
+    for kind in (REFRESH_TYPE, ROTATION_TYPE):
+        page = await gw.gateway.store.list(kind, workspace=None, limit=10)
+        assert list(page.records) == [], kind
+
+
+async def provider_removed_inside_configure(gw: Running) -> tuple[Any, list[Any]]:
+    """ConfigureProviderRefresh found the provider and waits before its write; DeleteProvider
+    runs to completion (its cascade finds nothing yet)."""
+    await make_provider(gw)
+    gate = Gate()
+    gw.gateway.repos.refresh.hooks.before_configure_write = gate
+    configuring = await gate.hold(gw.stub.ConfigureProviderRefresh(configure()))
+    await gw.stub.DeleteProvider(P.DeleteProviderRequest(name="gh"))
+    gate.release()
+    try:
+        answer: Any = await configuring
+    except grpc.aio.AioRpcError as error:
+        answer = error
+    page = await gw.gateway.store.list(REFRESH_TYPE, workspace=None, limit=10)
+    return answer, list(page.records)
+
+
+def check_no_orphan(answer: Any, left: list[Any]) -> None:
+    assert left == [], "a refresh row outlived its provider"
+    assert isinstance(answer, grpc.aio.AioRpcError) and answer.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_configure_racing_the_provider_delete_leaves_no_orphan(gw: Running) -> None:
+    check_no_orphan(*await provider_removed_inside_configure(gw))
+
+
+async def test_without_the_recheck_the_refresh_row_is_orphaned(
+    gw: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def no_check(*_args: object) -> None:
+        return None
+
+    monkeypatch.setattr(credentials, "_after_write_provider_is_there", no_check)
+    with pytest.raises(AssertionError, match="outlived"):
+        check_no_orphan(*await provider_removed_inside_configure(gw))

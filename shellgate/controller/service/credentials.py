@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 
 from shellgate.api import datamodel_pb2, internal_pb2, openshell_pb2
 from shellgate.controller.auth.principal import current_principal
@@ -46,6 +47,19 @@ Provider = datamodel_pb2.Provider
 
 async def _provider(gw: Gateway, name: str, selector: datamodel_pb2.WorkspaceSelector) -> Provider:
     return await find_named(gw, Provider, name, single_workspace(selector), "provider")
+
+
+async def _after_write_provider_is_there(
+    gw: Gateway, provider: Provider, undo: Callable[[], Awaitable[object]]
+) -> None:
+    """DeleteProvider removes the provider's row, then its refresh and rotation rows; a
+    write made here after that removal would stay behind. So after writing, read the provider
+    again: if it is gone (or replaced), undo the write and answer NOT_FOUND."""
+    meta = provider.metadata
+    current = await gw.repos.providers.find(meta.name, meta.workspace)
+    if current is None or current.metadata.id != meta.id:
+        await undo()
+        raise not_found("provider", meta.name)
 
 
 def _public(config: internal_pb2.ProviderRefreshConfig) -> P.ProviderCredentialRefreshStatus:
@@ -140,6 +154,9 @@ async def configure_provider_refresh(
     now = gw.clock_ms()
     candidate = new_config(request, provider, now)
     written = await gw.repos.refresh.configure(candidate, ConfigureChange(request, now))
+    await _after_write_provider_is_there(
+        gw, provider, lambda: gw.repos.refresh.delete(written.metadata.id)
+    )
     return P.ConfigureProviderRefreshResponse(status=_public(written))
 
 
@@ -192,6 +209,9 @@ async def rotate_provider_credential(
     row.metadata.id = rotation_row_id(provider.metadata.id, request.credential_key, request_id)
     row.metadata.workspace = provider.metadata.workspace
     recorded = await gw.repos.refresh.request_rotation(row)
+    await _after_write_provider_is_there(
+        gw, provider, lambda: gw.repos.refresh.delete_rotation(recorded.metadata.id)
+    )
     written = await gw.repos.refresh.rotate(
         refresh_id, recorded, RotationChange(request_id, gw.clock_ms()), mark_applied
     )

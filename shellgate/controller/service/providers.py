@@ -111,7 +111,10 @@ async def delete_provider(
 ) -> openshell_pb2.DeleteProviderResponse:
     """Refused (FAILED_PRECONDITION, naming the sandboxes) while any sandbox references it."""
     name, workspace = delete_target(request)
+    found = await gw.repos.providers.find(name, workspace)
     if await gw.repos.providers.delete_unreferenced(name, workspace):
+        if found is not None:  # its refresh configuration and rotation requests go with it
+            await gw.repos.refresh.remove_owned(found.metadata.id)
         return openshell_pb2.DeleteProviderResponse(
             outcome=openshell_pb2.DELETION_OUTCOME_COMPLETED
         )

@@ -38,6 +38,8 @@ register_object_type(RotationRequest.DESCRIPTOR.full_name, ROTATION_TYPE)
 
 @dataclass
 class RefreshHooks:
+    before_configure_write: Hook = no_hook
+    """ConfigureProviderRefresh found its provider and writes the refresh row next."""
     before_rotation: Hook = no_hook
     """RotateProviderCredential has its request row and records the rotation next."""
 
@@ -60,6 +62,7 @@ class RefreshRepository:
     ) -> RefreshConfig:
         """Create ``candidate`` (sealed) or apply ``change`` to the row there (sealed again)."""
         row_id = candidate.metadata.id
+        await self.hooks.before_configure_write(row_id)
 
         def sealed(config: RefreshConfig) -> RefreshConfig:
             self.sealer.open_map(config.material, row_id)
@@ -124,6 +127,18 @@ class RefreshRepository:
             await self.store.update_message_cas(RotationRequest, request.metadata.id, applied)
         written: RefreshConfig = outcome.message
         return written
+
+    async def delete_rotation(self, row_id: str) -> bool:
+        record = await self.store.get(ROTATION_TYPE, row_id)
+        return record is not None and await delete_row(self.store, record)
+
+    async def remove_owned(self, provider_id: str) -> int:
+        """Remove a deleted provider's refresh and rotation rows, each at the version read."""
+        removed = 0
+        for object_type in (REFRESH_TYPE, ROTATION_TYPE):
+            for record in await scan_scope(self.store, object_type, provider_id):
+                removed += await delete_row(self.store, record)
+        return removed
 
     async def delete(self, row_id: str) -> bool:
         record = await self.store.get(REFRESH_TYPE, row_id)
