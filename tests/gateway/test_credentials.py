@@ -305,3 +305,18 @@ async def test_without_the_recheck_the_refresh_row_is_orphaned(
     monkeypatch.setattr(credentials, "_after_write_provider_is_there", no_check)
     with pytest.raises(AssertionError, match="outlived"):
         check_no_orphan(*await provider_removed_inside_configure(gw))
+
+
+async def test_the_same_configuration_again_writes_nothing(gw: Running) -> None:
+    await make_provider(gw)
+    await gw.stub.ConfigureProviderRefresh(configure())
+    await gw.stub.ConfigureProviderRefresh(configure())
+    assert (await refresh_row(gw)).metadata.resource_version == 1
+
+
+async def test_an_overlong_request_id_is_refused(gw: Running) -> None:
+    await make_provider(gw)
+    await gw.stub.ConfigureProviderRefresh(configure())
+    error = await failure(gw.stub.RotateProviderCredential(rotate("x" * 129)))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (await refresh_row(gw)).rotations == 0

@@ -25,6 +25,7 @@ from shellgate.controller.service.errors import not_found
 from shellgate.controller.service.requests import find_named, find_sandbox, single_workspace
 from shellgate.reconcilers.errors import FailedPrecondition
 from shellgate.reconcilers.refresh import (
+    MAX_REQUEST_ID_LEN,
     ConfigureChange,
     RotationChange,
     mark_applied,
@@ -37,7 +38,7 @@ from shellgate.reconcilers.refresh import (
     validate_configure,
     validate_credential_key,
 )
-from shellgate.reconcilers.validation import require_valid
+from shellgate.reconcilers.validation import require_valid, validate_max_len
 from shellgate.store.repositories import REFRESH_TYPE
 
 log = logging.getLogger(__name__)
@@ -191,7 +192,10 @@ async def rotate_provider_credential(
 ) -> P.RotateProviderCredentialResponse:
     """Idempotent by ``request_id``: its first arrival records one rotation, a repeat (on any
     replica, at any time while the id is among the row's latest) records none."""
-    require_valid(validate_credential_key(request.credential_key))
+    require_valid(
+        validate_credential_key(request.credential_key)
+        + validate_max_len(request.request_id, "request_id", MAX_REQUEST_ID_LEN)
+    )
     provider = await _provider(gw, request.provider, request.workspace_scope)
     refresh_id = refresh_row_id(provider.metadata.id, request.credential_key)
     if await gw.repos.refresh.get(refresh_id) is None:

@@ -24,7 +24,7 @@ from shellgate.store.messages import register_object_type
 from shellgate.store.records import DEFAULT_WORKSPACE, WriteCondition
 from shellgate.store.repositories.hooks import Hook, no_hook
 from shellgate.store.repositories.rows import delete_row, scan_scope
-from shellgate.store.secrets import SecretSealer
+from shellgate.store.secrets import SecretSealer, is_sealed
 
 M = TypeVar("M", internal_pb2.ProviderRefreshConfig, internal_pb2.ProviderRotationRequest)
 RefreshConfig = internal_pb2.ProviderRefreshConfig
@@ -65,9 +65,15 @@ class RefreshRepository:
         await self.hooks.before_configure_write(row_id)
 
         def sealed(config: RefreshConfig) -> RefreshConfig:
+            stored = dict(config.material)
             self.sealer.open_map(config.material, row_id)
+            opened = dict(config.material)
             changed = change(config)
-            self.sealer.seal_map(changed.material, row_id)
+            if dict(changed.material) == opened and all(map(is_sealed, stored.values())):
+                changed.material.clear()
+                changed.material.update(stored)  # unchanged: the same bytes, so no write
+            else:
+                self.sealer.seal_map(changed.material, row_id)
             return changed
 
         async def attempt() -> RefreshConfig:
