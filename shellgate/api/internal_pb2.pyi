@@ -138,3 +138,40 @@ class StoredDraftChunk(_message.Message):
     applied_addition: AppliedAddition
     decided_at_version: int
     def __init__(self, metadata: _Optional[_Union[_datamodel_pb2.ObjectMeta, _Mapping]] = ..., sandbox_id: _Optional[str] = ..., chunk: _Optional[_Union[_openshell_pb2.PolicyChunk, _Mapping]] = ..., draft_version: _Optional[int] = ..., dedup_key: _Optional[str] = ..., review_seq: _Optional[int] = ..., effect: _Optional[_Union[ChunkEffect, str]] = ..., applied_rule_name: _Optional[str] = ..., applied_version: _Optional[int] = ..., history: _Optional[_Iterable[_Union[_openshell_pb2.DraftHistoryEntry, _Mapping]]] = ..., applied_addition: _Optional[_Union[AppliedAddition, _Mapping]] = ..., decided_at_version: _Optional[int] = ...) -> None: ...
+
+class ProviderRefreshConfig(_message.Message):
+    __slots__ = ("metadata", "status", "material", "secret_material_keys", "rotations", "applied_request_ids")
+    class MaterialEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    MATERIAL_FIELD_NUMBER: _ClassVar[int]
+    SECRET_MATERIAL_KEYS_FIELD_NUMBER: _ClassVar[int]
+    ROTATIONS_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
+    metadata: _datamodel_pb2.ObjectMeta
+    status: _openshell_pb2.ProviderCredentialRefreshStatus
+    material: _containers.ScalarMap[str, str]
+    secret_material_keys: _containers.RepeatedScalarFieldContainer[str]
+    rotations: int
+    applied_request_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, metadata: _Optional[_Union[_datamodel_pb2.ObjectMeta, _Mapping]] = ..., status: _Optional[_Union[_openshell_pb2.ProviderCredentialRefreshStatus, _Mapping]] = ..., material: _Optional[_Mapping[str, str]] = ..., secret_material_keys: _Optional[_Iterable[str]] = ..., rotations: _Optional[int] = ..., applied_request_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ProviderRotationRequest(_message.Message):
+    __slots__ = ("metadata", "provider_id", "credential_key", "request_id", "applied")
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_ID_FIELD_NUMBER: _ClassVar[int]
+    CREDENTIAL_KEY_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    metadata: _datamodel_pb2.ObjectMeta
+    provider_id: str
+    credential_key: str
+    request_id: str
+    applied: bool
+    def __init__(self, metadata: _Optional[_Union[_datamodel_pb2.ObjectMeta, _Mapping]] = ..., provider_id: _Optional[str] = ..., credential_key: _Optional[str] = ..., request_id: _Optional[str] = ..., applied: _Optional[bool] = ...) -> None: ...

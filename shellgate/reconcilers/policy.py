@@ -22,6 +22,7 @@ import ipaddress
 from collections.abc import Callable, Iterable
 
 from shellgate.api import internal_pb2, openshell_pb2, sandbox_pb2
+from shellgate.reconcilers.ambiguity import require_unambiguous_endpoints
 from shellgate.reconcilers.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from shellgate.reconcilers.validation import MAX_POLICY_SIZE, validate_encoded_size
 
@@ -219,6 +220,13 @@ def require_valid_policy(policy: SandboxPolicy, field: str = "policy") -> None:
         raise InvalidArgument(violations)
 
 
+def require_acceptable_policy(policy: SandboxPolicy, field: str = "policy") -> None:
+    """Everything a policy must pass to be stored, in the reference's order: the safety
+    checks (INVALID_ARGUMENT), then endpoint ambiguity (FAILED_PRECONDITION)."""
+    require_valid_policy(policy, field)
+    require_unambiguous_endpoints(policy)
+
+
 def _missing(before: Iterable[str], after: Iterable[str]) -> list[str]:
     kept = set(after)
     return [path for path in before if path not in kept]
@@ -327,7 +335,7 @@ def next_revision(
     digest = policy_hash(policy)
     if latest is not None and latest.revision.policy_hash == digest and reusable(latest):
         return None
-    require_valid_policy(policy)
+    require_acceptable_policy(policy)
     return new_revision(
         revision_id=revision_id,
         sandbox_id=scope,

@@ -229,6 +229,21 @@ def effective_settings(
     return effective
 
 
+def global_settings_view(global_settings: GatewaySettings | None) -> dict[str, SettingValue]:
+    """GetGatewayConfig's map: every registered key, with its global value or an empty value
+    when none is set globally, so a client sees every key it could set. The policy is not a
+    setting here (it has its own RPCs), and a stored key that is no longer registered is left
+    out rather than shown with a type nobody checks any more."""
+    stored = global_settings.settings if global_settings is not None else {}
+    view: dict[str, SettingValue] = {}
+    for key in sorted(REGISTERED_SETTINGS):
+        value = SettingValue()
+        if key in stored:
+            value.CopyFrom(stored[key])
+        view[key] = value
+    return view
+
+
 def config_revision(
     policy_hash: str, policy_source: int, settings: Mapping[str, EffectiveSetting]
 ) -> int:

@@ -13,6 +13,7 @@ import asyncio
 import grpc
 
 from shellgate.api import internal_pb2
+from shellgate.reconcilers.settings import REGISTERED_SETTINGS
 from shellgate.store.repositories import sandbox_settings_id
 from tests.config.helpers import (
     P,
@@ -188,3 +189,41 @@ async def test_concurrent_global_updates_count_exactly(gw: Running) -> None:
     assert sorted(r.settings_revision for r in results) == [1, 2, 3, 4]
     stored = await gw.gateway.repos.settings.load_gateway()
     assert stored is not None and stored.revision == 4 and set(stored.settings) == set(keys)
+
+
+# --- GetGatewayConfig -------------------------------------------------------------------------
+
+
+async def gateway_config(gw: Running) -> S.GetGatewayConfigResponse:
+    return await gw.stub.GetGatewayConfig(S.GetGatewayConfigRequest())
+
+
+async def test_gateway_config_shows_every_key_and_what_update_config_stored(
+    gw: Running,
+) -> None:
+    empty = await gateway_config(gw)
+    assert empty.settings_revision == 0
+    assert sorted(empty.settings) == sorted(REGISTERED_SETTINGS)
+    assert all(v.WhichOneof("value") is None for v in empty.settings.values())
+
+    await gw.stub.UpdateConfig(global_setting("dummy_bool", bool_value(True)))
+    await gw.stub.UpdateConfig(global_setting("dummy_int", S.SettingValue(int_value=7)))
+    await create_sandbox(gw, "alpha")
+    await gw.stub.UpdateConfig(setting("alpha", "ocsf_json_enabled", bool_value(True)))
+    stored = await gateway_config(gw)
+    assert stored.settings_revision == 2
+    assert stored.settings["dummy_bool"].bool_value is True
+    assert stored.settings["dummy_int"].int_value == 7
+    # a sandbox's own setting is not a gateway setting
+    assert stored.settings["ocsf_json_enabled"].WhichOneof("value") is None
+
+    await gw.stub.UpdateConfig(global_setting("dummy_int", delete_setting=True))
+    after = await gateway_config(gw)
+    assert after.settings_revision == 3 and after.settings["dummy_int"].WhichOneof("value") is None
+
+
+async def test_gateway_config_leaves_the_global_policy_out(gw: Running) -> None:
+    request = P.UpdateConfigRequest(policy=S.SandboxPolicy(version=1), **{"global": True})
+    await gw.stub.UpdateConfig(request)
+    response = await gateway_config(gw)
+    assert "policy" not in response.settings and response.settings_revision == 1

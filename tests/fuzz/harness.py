@@ -54,6 +54,11 @@ ROW_CREATORS: dict[str, set[str]] = {
     # A platform admin's create in a missing workspace makes the workspace.
     "workspace": {"CreateWorkspace", "CreateSandbox", "CreateProvider"},
     "workspace_member": {"AddWorkspaceMember"},
+    "sandbox_template": {"CreateSandboxTemplate"},
+    "service_endpoint": {"ExposeService"},
+    "provider_profile": {"ImportProviderProfiles"},
+    "provider_refresh": {"ConfigureProviderRefresh"},
+    "provider_rotation": {"RotateProviderCredential"},
     "gateway_settings": {"UpdateConfig"},
     "sandbox_settings": {"UpdateConfig"},
     "draft_policy_chunk": {"SubmitPolicyAnalysis"},
@@ -72,7 +77,18 @@ ROW_CREATORS: dict[str, set[str]] = {
         "GetDraftPolicy",
     },
 }
-UNSCOPED = {"sandbox", "provider", "gateway_settings", "workspace", "workspace_member"}
+UNSCOPED = {
+    "sandbox",
+    "provider",
+    "gateway_settings",
+    "workspace",
+    "workspace_member",
+    "sandbox_template",
+    "provider_profile",
+    # scoped to their provider, not to a sandbox
+    "provider_refresh",
+    "provider_rotation",
+}
 
 
 def request_class(method: str) -> type[Message]:

@@ -418,6 +418,49 @@ def create_provider(n: str, ws: D.WorkspaceSelector) -> P.CreateProviderRequest:
     return P.CreateProviderRequest(provider=made, workspace_scope=ws)
 
 
+def create_template(n: str, ws: D.WorkspaceSelector) -> P.CreateSandboxTemplateRequest:
+    made = P.SandboxWorkloadTemplate()
+    made.metadata.name = n
+    made.spec.workload.image = "busybox"
+    made.spec.workload.environment["MODE"] = n
+    return P.CreateSandboxTemplateRequest(template=made, workspace_scope=ws)
+
+
+def create_from_template(n: str, ws: D.WorkspaceSelector, template: str) -> P.CreateSandboxRequest:
+    return P.CreateSandboxRequest(
+        name=f"{n}-from", spec=P.SandboxSpec(), workspace_scope=ws, workload_template=template
+    )
+
+
+def expose_service(n: str, ws: D.WorkspaceSelector, port: int) -> P.ExposeServiceRequest:
+    return P.ExposeServiceRequest(sandbox=n, name="web", target_port=port, workspace_scope=ws)
+
+
+def import_profile(n: str, ws: D.WorkspaceSelector) -> P.ImportProviderProfilesRequest:
+    made = P.ProviderProfile(id=n, display_name=n)
+    made.credentials.add(name="token", env_vars=["TOKEN"])
+    item = P.ProviderProfileImportItem(profile=made, source=f"{n}.yaml")
+    return P.ImportProviderProfilesRequest(profiles=[item], workspace_scope=ws)
+
+
+def configure_refresh(n: str, ws: D.WorkspaceSelector) -> P.ConfigureProviderRefreshRequest:
+    return P.ConfigureProviderRefreshRequest(
+        provider=n,
+        credential_key="TOKEN",
+        strategy=P.PROVIDER_CREDENTIAL_REFRESH_STRATEGY_EXTERNAL,
+        material={"token_url": "https://example.com/token"},
+        workspace_scope=ws,
+    )
+
+
+def rotate_credential(
+    n: str, ws: D.WorkspaceSelector, request: str
+) -> P.RotateProviderCredentialRequest:
+    return P.RotateProviderCredentialRequest(
+        provider=n, credential_key="TOKEN", request_id=request, workspace_scope=ws
+    )
+
+
 def update_setting(n: str, ws: D.WorkspaceSelector, is_global: bool) -> P.UpdateConfigRequest:
     if is_global:
         request = P.UpdateConfigRequest(setting_key="log_level", **{"global": True})
@@ -442,6 +485,7 @@ def first_valid_requests() -> dict[str, Message]:
     return {
         "CreateSandbox": create_sandbox(NAMES[0], default, True),
         "CreateProvider": create_provider(NAMES[0], default),
+        "CreateSandboxTemplate": create_template(NAMES[0], default),
         "UpdateConfig": update_policy(NAMES[0], default),
         "SubmitPolicyAnalysis": submit_analysis(NAMES[0], default, "github.com"),
     }
@@ -453,7 +497,11 @@ def valid_requests() -> dict[str, st.SearchStrategy[Message]]:
     workspace = st.sampled_from(WORKSPACES).map(lambda w: D.WorkspaceSelector(workspace=w))
     hosts = st.sampled_from(["github.com", "pypi.org", "example.com"])
     return {
-        "CreateSandbox": st.builds(create_sandbox, name, workspace, st.booleans()),
+        "CreateSandbox": st.one_of(
+            st.builds(create_sandbox, name, workspace, st.booleans()),
+            st.builds(create_from_template, name, workspace, name),
+        ),
+        "CreateSandboxTemplate": st.builds(create_template, name, workspace),
         "CreateProvider": st.builds(create_provider, name, workspace),
         "UpdateConfig": st.one_of(
             st.builds(update_setting, name, workspace, st.booleans()),

@@ -7,12 +7,12 @@ from pathlib import Path
 
 from shellgate.controller.app.options import LIMIT_FLAGS
 from shellgate.controller.limits import Limits
-from shellgate.controller.service import errors
-from shellgate.reconcilers import validation
+from shellgate.controller.service import errors, names
+from shellgate.reconcilers import profiles, refresh, templates, validation
 from shellgate.store import paging, selectors
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "api.md"
-SOURCES = (validation, paging, selectors, errors)
+SOURCES = (validation, paging, selectors, errors, templates, profiles, refresh, names)
 
 
 def test_every_documented_constant_has_its_value_in_the_code() -> None:

@@ -46,7 +46,8 @@ async def test_create_returns_version_one_and_becomes_ready(gw: Running) -> None
 
 async def test_create_generates_a_name_when_none_is_given(gw: Running) -> None:
     response = await gw.stub.CreateSandbox(P.CreateSandboxRequest(spec=P.SandboxSpec()))
-    assert response.sandbox.metadata.name.startswith("sandbox-")
+    name = response.sandbox.metadata.name
+    assert len(name.split("-")) == 2 and name.replace("-", "").isalpha()
 
 
 async def test_duplicate_create_is_already_exists(gw: Running) -> None:

@@ -24,6 +24,7 @@ from shellgate.reconcilers.settings import (
     config_revision,
     delete_setting,
     effective_settings,
+    global_settings_view,
     require_not_global,
     require_registered,
     set_setting,
@@ -108,4 +109,18 @@ async def get_sandbox_config(
     response.config_revision = config_revision(
         response.policy_hash, response.policy_source, response.settings
     )
+    return response
+
+
+async def get_gateway_config(
+    gw: Gateway, request: sandbox_pb2.GetGatewayConfigRequest
+) -> sandbox_pb2.GetGatewayConfigResponse:
+    """The global settings UpdateConfig stores, with the revision a client sends back to see
+    whether anything changed (0 before the first global write)."""
+    gateway = await gw.repos.settings.load_gateway()
+    response = sandbox_pb2.GetGatewayConfigResponse(
+        settings_revision=gateway.revision if gateway is not None else 0
+    )
+    for key, value in global_settings_view(gateway).items():
+        response.settings[key].CopyFrom(value)
     return response

@@ -37,8 +37,12 @@ from shellgate.store import (
 )
 from shellgate.store.errors import quoted
 from shellgate.store.repositories import (
+    ProfileInUse,
+    ProfileMissing,
     ProviderInUse,
     ProviderMissing,
+    TemplateInUse,
+    TemplateMissing,
     WorkspaceMissing,
     WorkspaceNotEmpty,
     WorkspaceTerminating,
@@ -99,6 +103,14 @@ def _rich_status(error: BaseException, operation: str) -> status_pb2.Status:
             return _failed_precondition(FailedPrecondition(str(error), "PROVIDER_MISSING"))
         case ProviderInUse():
             return _failed_precondition(FailedPrecondition(str(error), "PROVIDER_IN_USE"))
+        case ProfileMissing():
+            return _failed_precondition(FailedPrecondition(str(error), "PROFILE_MISSING"))
+        case ProfileInUse():
+            return _failed_precondition(FailedPrecondition(str(error), "PROFILE_IN_USE"))
+        case TemplateMissing():
+            return _failed_precondition(FailedPrecondition(str(error), "TEMPLATE_MISSING"))
+        case TemplateInUse():
+            return _failed_precondition(FailedPrecondition(str(error), "TEMPLATE_IN_USE"))
         case SecretError():
             log.error("%s: %s", operation, error)  # names the key id and row, never a value
             return _failed_precondition(

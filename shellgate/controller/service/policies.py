@@ -36,7 +36,7 @@ from shellgate.reconcilers.policy import (
     policy_base,
     raise_current_version,
     report_status,
-    require_valid_policy,
+    require_acceptable_policy,
     revision_status,
     supersede,
     validate_static_fields,
@@ -112,7 +112,11 @@ async def set_sandbox_policy(
     """
     require_no_global_policy(await gw.repos.settings.load_gateway())
     candidate = with_default_identity(policy)
-    require_valid_policy(candidate)
+    if sandbox.spec.HasField("policy"):
+        # The reference reports a change to a field fixed at start before anything else
+        # wrong with the policy; the CAS below checks it again on the row it writes.
+        validate_static_fields(sandbox.spec.policy, candidate)
+    require_acceptable_policy(candidate)
     await gw.repos.sandboxes.update(
         sandbox.metadata.id, backfill_policy(candidate), expected_version
     )
@@ -149,7 +153,7 @@ async def set_global_policy(gw: Gateway, policy: SandboxPolicy) -> UpdateConfigR
     repaired by repeating the request: the unchanged hash finds the revision, and the
     pointer is written then."""
     candidate = with_default_identity(policy)
-    require_valid_policy(candidate)
+    require_acceptable_policy(candidate)
     revision = await commit_revision(
         gw,
         GLOBAL_SCOPE,

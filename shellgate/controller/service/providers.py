@@ -9,6 +9,7 @@ order closes the race).
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 
 from shellgate.api import datamodel_pb2, openshell_pb2
@@ -24,12 +25,14 @@ from shellgate.controller.service.requests import (
     page_query,
     single_workspace,
 )
+from shellgate.reconcilers.profiles import profile_type
 from shellgate.reconcilers.provider import (
     merge_provider_update,
     new_provider_for_create,
     redact_credentials,
 )
 from shellgate.reconcilers.validation import effective_page_size
+from shellgate.store import StoreError
 from shellgate.store.paging import decode_offset_token, encode_offset_token
 from shellgate.store.repositories import PROVIDER_TYPE
 from shellgate.store.repositories.rows import delete_row
@@ -63,12 +66,16 @@ async def create_provider(
     )
     workspace = candidate.metadata.workspace
     await admit_into_workspace(gw, workspace)
+    profile = profile_type(candidate.type)
+    custom = await gw.repos.profiles.is_custom(profile, workspace)
     created = await gw.repos.providers.create(candidate)
     try:
         await confirm_in_workspace(gw, workspace)  # the workspace fence, after the write
     except BaseException:
         await remove_provider_row(gw, created.metadata.id)
         raise
+    if custom:
+        await _fence_profile(gw, created, profile)
     return response(created)
 
 
@@ -77,6 +84,18 @@ async def remove_provider_row(gw: Gateway, provider_id: str) -> None:
     record = await gw.store.get(PROVIDER_TYPE, provider_id)
     if record is not None:
         await delete_row(gw.store, record)
+
+
+async def _fence_profile(gw: Gateway, created: Provider, profile: str) -> None:
+    """A provider of a custom profile's type fences the profile after its insert (see the
+    profile repository); if the profile is gone, the provider is taken back out."""
+    try:
+        await gw.repos.profiles.fence(profile, created.metadata.workspace)
+    except BaseException:
+        meta = created.metadata
+        with contextlib.suppress(StoreError):
+            await gw.store.delete_if(PROVIDER_TYPE, meta.id, meta.resource_version)
+        raise
 
 
 async def list_providers(
@@ -109,7 +128,10 @@ async def delete_provider(
 ) -> openshell_pb2.DeleteProviderResponse:
     """Refused (FAILED_PRECONDITION, naming the sandboxes) while any sandbox references it."""
     name, workspace = delete_target(request)
+    found = await gw.repos.providers.find(name, workspace)
     if await gw.repos.providers.delete_unreferenced(name, workspace):
+        if found is not None:  # its refresh configuration and rotation requests go with it
+            await gw.repos.refresh.remove_owned(found.metadata.id)
         return openshell_pb2.DeleteProviderResponse(
             outcome=openshell_pb2.DELETION_OUTCOME_COMPLETED
         )

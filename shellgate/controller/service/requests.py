@@ -80,7 +80,9 @@ def delete_target(
 
 
 def page_query(
-    request: openshell_pb2.ListSandboxesRequest | openshell_pb2.ListProvidersRequest,
+    request: openshell_pb2.ListSandboxesRequest
+    | openshell_pb2.ListProvidersRequest
+    | openshell_pb2.ListSandboxTemplatesRequest,
 ) -> dict[str, Any]:
     """A list request's workspace, selector and page, as a repository's ``list_page`` takes
     them (the page size clamped the one way every list uses)."""

@@ -23,12 +23,12 @@ from shellgate.api import openshell_pb2
 from shellgate.controller.drivers.base import DriverError, DriverNotOwner
 from shellgate.controller.gateway import Gateway
 from shellgate.controller.service.errors import not_found
+from shellgate.controller.service.names import NAME_ATTEMPTS, readable_name
 from shellgate.controller.service.requests import (
     admit_into_workspace,
     confirm_in_workspace,
     delete_target,
     find_sandbox,
-    generated_name,
     page_query,
     single_workspace,
 )
@@ -36,11 +36,14 @@ from shellgate.reconcilers import sandbox as sandbox_rules
 from shellgate.reconcilers.errors import InvalidArgument
 from shellgate.reconcilers.ownership import record_owner
 from shellgate.reconcilers.phase import STARTING, STOPPING
+from shellgate.reconcilers.policy import require_acceptable_policy
+from shellgate.reconcilers.templates import merge_over_template, record_provenance
 from shellgate.reconcilers.validation import (
     require_valid,
+    validate_object_name,
     validate_sandbox_for_create,
 )
-from shellgate.store import NotFound, StoreError
+from shellgate.store import NotFound, StoreError, UniqueViolation
 from shellgate.store.repositories import SANDBOX_TYPE
 
 log = logging.getLogger(__name__)
@@ -55,14 +58,23 @@ def build_sandbox(request: openshell_pb2.CreateSandboxRequest) -> Sandbox:
     sandbox = Sandbox()
     meta = sandbox.metadata
     meta.id = str(uuid.uuid4())
-    meta.name = request.name or generated_name("sandbox")
+    meta.name = request.name or readable_name(0)
     meta.workspace = single_workspace(request.workspace_scope)
     meta.labels.update(request.labels)
     meta.annotations.update(request.annotations)
     sandbox.spec.CopyFrom(request.spec)
     sandbox.status.phase = openshell_pb2.SANDBOX_PHASE_PROVISIONING
     require_valid(validate_sandbox_for_create(sandbox))
+    require_safe_spec_policy(sandbox.spec)
     return sandbox
+
+
+def require_safe_spec_policy(spec: openshell_pb2.SandboxSpec) -> None:
+    """The checks UpdateConfig applies to a policy, applied at create too: a sandbox must not
+    start with a policy it could never be given later (root, ``..``, a read-write ``/``,
+    endpoints whose metadata the proxy could not choose between)."""
+    if spec.HasField("policy"):
+        require_acceptable_policy(spec.policy, "spec.policy")
 
 
 async def create_sandbox(
@@ -71,22 +83,52 @@ async def create_sandbox(
     """Validate → admit into the workspace → MUST_CREATE → confirm the workspace → fence
     providers → driver create; undo the row on failure."""
     candidate = build_sandbox(request)
+    template = await _apply_template(gw, candidate, request.workload_template)
     if gw.driver.routes_by_owner:
         record_owner(candidate, gw.replica_id)  # the row, not a file, says who runs it
     workspace = candidate.metadata.workspace
     providers = list(dict.fromkeys(candidate.spec.providers))
     await gw.repos.providers.require(providers, workspace)
     await admit_into_workspace(gw, workspace)
-    created = await gw.repos.sandboxes.create(candidate)
+    created = await _insert(gw, candidate, name_generated=not request.name)
     try:
         await confirm_in_workspace(gw, workspace)  # the workspace fence, after the write
         await gw.repos.sandboxes.fence_providers(created.metadata.id, providers, workspace)
+        if template is not None:
+            await gw.repos.sandboxes.fence_template(created.metadata.id, template, workspace)
         await gw.driver.create_sandbox(created)
     except BaseException:
         await _undo_create(gw, created)
         raise
     log.info("created sandbox %s (%s) in %s", created.metadata.name, created.metadata.id, workspace)
     return openshell_pb2.SandboxResponse(sandbox=created)
+
+
+async def _apply_template(gw: Gateway, candidate: Sandbox, name: str) -> str | None:
+    """Lay the candidate's spec over the named template and record which template (and which
+    version of it) it came from; the merged sandbox passes the create checks again. Returns
+    the template's name, or None when the request names none."""
+    if not name:
+        return None
+    require_valid(validate_object_name(name, "workload_template"))
+    template = await gw.repos.templates.require(name, candidate.metadata.workspace)
+    candidate.spec.CopyFrom(merge_over_template(candidate.spec, template))
+    record_provenance(candidate, template)
+    require_valid(validate_sandbox_for_create(candidate))
+    return name
+
+
+async def _insert(gw: Gateway, candidate: Sandbox, *, name_generated: bool) -> Sandbox:
+    """MUST_CREATE the row. A name the caller chose that is taken is ALREADY_EXISTS; a
+    generated one that is taken is replaced by a suffixed one and tried again."""
+    for attempt in range(1, NAME_ATTEMPTS + 1):
+        try:
+            return await gw.repos.sandboxes.create(candidate)
+        except UniqueViolation:
+            if not name_generated or attempt == NAME_ATTEMPTS:
+                raise
+            candidate.metadata.name = readable_name(attempt)
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 async def get_sandbox(

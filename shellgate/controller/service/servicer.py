@@ -26,15 +26,19 @@ from shellgate.controller.auth.authorize import authorize, enforceable_rule
 from shellgate.controller.gateway import Gateway
 from shellgate.controller.service import (
     config,
+    credentials,
     drafts,
     identity,
     policies,
+    profiles,
     providers,
     sandboxes,
+    services,
+    templates,
     watch_sandbox,
     workspaces,
 )
-from shellgate.controller.service.errors import status_for
+from shellgate.controller.service.errors import RequestError, status_for
 from shellgate.controller.service.requests import find_live_sandbox, single_workspace
 from shellgate.reconcilers.settings import UpdateKind, classify_update, is_global
 from shellgate.store.deadline import deadline_in
@@ -72,6 +76,7 @@ def rpc(method: str, handler: GatewayHandler[Req, Resp]) -> Method[Req, Resp]:
 
     serve.__name__ = serve.__qualname__ = method
     serve.authorization_rule = rule  # type: ignore[attr-defined]
+    serve.not_served = getattr(handler, "not_served", False)  # type: ignore[attr-defined]
     return serve
 
 
@@ -99,6 +104,24 @@ def stream(method: str, handler: StreamHandler[Req, Resp]) -> Callable[..., Asyn
     serve.__name__ = serve.__qualname__ = method
     serve.authorization_rule = rule  # type: ignore[attr-defined]
     return serve
+
+
+def not_served(reason: str) -> GatewayHandler[Any, Any]:
+    """A handler for an RPC shellgate deliberately does not serve: UNIMPLEMENTED with the
+    reason, after the same shell as every other RPC (the generated base class would answer
+    UNIMPLEMENTED too, but without saying why)."""
+
+    async def refuse(_gw: Gateway, _request: Any) -> Any:
+        raise RequestError(grpc.StatusCode.UNIMPLEMENTED, reason)
+
+    refuse.not_served = True  # type: ignore[attr-defined]
+    return refuse
+
+
+ROOTFS_STAGING_UNSERVED = (
+    "BeginRootfsTarStaging is not served: shellgate has no image staging; "
+    "name an image a registry serves in the template or the sandbox spec"
+)
 
 
 async def health(gw: Gateway, request: openshell_pb2.HealthRequest) -> openshell_pb2.HealthResponse:
@@ -160,6 +183,21 @@ class OpenShellService(openshell_pb2_grpc.OpenShellServicer):
 
     WatchSandbox = stream("WatchSandbox", watch_sandbox.watch_sandbox)
 
+    # ----- sandbox templates --------------------------------------------------------------
+
+    CreateSandboxTemplate = rpc("CreateSandboxTemplate", templates.create_sandbox_template)
+    GetSandboxTemplate = rpc("GetSandboxTemplate", templates.get_sandbox_template)
+    ListSandboxTemplates = rpc("ListSandboxTemplates", templates.list_sandbox_templates)
+    DeleteSandboxTemplate = rpc("DeleteSandboxTemplate", templates.delete_sandbox_template)
+    BeginRootfsTarStaging = rpc("BeginRootfsTarStaging", not_served(ROOTFS_STAGING_UNSERVED))
+
+    # ----- service endpoints --------------------------------------------------------------
+
+    ExposeService = rpc("ExposeService", services.expose_service)
+    GetService = rpc("GetService", services.get_service)
+    ListServices = rpc("ListServices", services.list_services)
+    DeleteService = rpc("DeleteService", services.delete_service)
+
     # ----- providers ----------------------------------------------------------------------
 
     CreateProvider = rpc("CreateProvider", providers.create_provider)
@@ -168,10 +206,37 @@ class OpenShellService(openshell_pb2_grpc.OpenShellServicer):
     UpdateProvider = rpc("UpdateProvider", providers.update_provider)
     DeleteProvider = rpc("DeleteProvider", providers.delete_provider)
 
+    # ----- provider credentials and refresh ------------------------------------------------
+
+    GetProviderCredentials = rpc("GetProviderCredentials", credentials.get_provider_credentials)
+    GetSandboxProviderStatus = rpc(
+        "GetSandboxProviderStatus", credentials.get_sandbox_provider_status
+    )
+    ConfigureProviderRefresh = rpc(
+        "ConfigureProviderRefresh", credentials.configure_provider_refresh
+    )
+    GetProviderRefreshStatus = rpc(
+        "GetProviderRefreshStatus", credentials.get_provider_refresh_status
+    )
+    RotateProviderCredential = rpc(
+        "RotateProviderCredential", credentials.rotate_provider_credential
+    )
+    DeleteProviderRefresh = rpc("DeleteProviderRefresh", credentials.delete_provider_refresh)
+
+    # ----- provider profiles --------------------------------------------------------------
+
+    ListProviderProfiles = rpc("ListProviderProfiles", profiles.list_provider_profiles)
+    GetProviderProfile = rpc("GetProviderProfile", profiles.get_provider_profile)
+    ImportProviderProfiles = rpc("ImportProviderProfiles", profiles.import_provider_profiles)
+    UpdateProviderProfiles = rpc("UpdateProviderProfiles", profiles.update_provider_profiles)
+    LintProviderProfiles = rpc("LintProviderProfiles", profiles.lint_provider_profiles)
+    DeleteProviderProfile = rpc("DeleteProviderProfile", profiles.delete_provider_profile)
+
     # ----- config, policies and draft chunks ----------------------------------------------
 
     UpdateConfig = rpc("UpdateConfig", update_config)
     GetSandboxConfig = rpc("GetSandboxConfig", config.get_sandbox_config)
+    GetGatewayConfig = rpc("GetGatewayConfig", config.get_gateway_config)
     ListSandboxPolicies = rpc("ListSandboxPolicies", policies.list_sandbox_policies)
     GetSandboxPolicyStatus = rpc("GetSandboxPolicyStatus", policies.get_sandbox_policy_status)
     ReportPolicyStatus = rpc("ReportPolicyStatus", policies.report_policy_status)

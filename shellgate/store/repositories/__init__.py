@@ -16,13 +16,26 @@ from shellgate.store.repositories.chunks import CHUNK_TYPE, ChunkRepository, Sto
 from shellgate.store.repositories.errors import (
     ProviderInUse,
     ProviderMissing,
+    TemplateInUse,
+    TemplateMissing,
     VersionTaken,
     WorkspaceMissing,
     WorkspaceNotEmpty,
     WorkspaceTerminating,
 )
 from shellgate.store.repositories.hooks import Hook, no_hook
+from shellgate.store.repositories.profiles import (
+    PROFILE_TYPE,
+    ProfileInUse,
+    ProfileMissing,
+    ProfileRepository,
+)
 from shellgate.store.repositories.providers import PROVIDER_TYPE, Provider, ProviderRepository
+from shellgate.store.repositories.refresh import (
+    REFRESH_TYPE,
+    ROTATION_TYPE,
+    RefreshRepository,
+)
 from shellgate.store.repositories.replicas import REPLICA_TYPE, ReplicaRepository
 from shellgate.store.repositories.revisions import (
     REVISION_TYPE,
@@ -30,6 +43,11 @@ from shellgate.store.repositories.revisions import (
     StoredPolicyRevision,
 )
 from shellgate.store.repositories.sandboxes import SANDBOX_TYPE, Sandbox, SandboxRepository
+from shellgate.store.repositories.services import (
+    SERVICE_TYPE,
+    ServiceEndpoint,
+    ServiceRepository,
+)
 from shellgate.store.repositories.settings import (
     GATEWAY_SETTINGS_TYPE,
     SANDBOX_SETTINGS_TYPE,
@@ -37,6 +55,11 @@ from shellgate.store.repositories.settings import (
     SandboxSettings,
     SettingsRepository,
     sandbox_settings_id,
+)
+from shellgate.store.repositories.templates import (
+    TEMPLATE_TYPE,
+    SandboxWorkloadTemplate,
+    TemplateRepository,
 )
 from shellgate.store.repositories.workspaces import (
     MEMBER_TYPE,
@@ -60,8 +83,15 @@ class Repositories:
         self.providers = ProviderRepository(store, sealer)
         self.replicas = ReplicaRepository(store)
         self.workspaces = WorkspaceRepository(store)
+        self.templates = TemplateRepository(store)
+        self.services = ServiceRepository(store)
+        self.profiles = ProfileRepository(store)
+        self.refresh = RefreshRepository(store, sealer)
         self.sandboxes = SandboxRepository(
-            store, self.providers, owned=(self.settings, self.revisions, self.chunks)
+            store,
+            self.providers,
+            owned=(self.settings, self.revisions, self.chunks, self.services),
+            templates=self.templates,
         )
 
 
@@ -69,28 +99,43 @@ __all__ = [
     "CHUNK_TYPE",
     "GATEWAY_SETTINGS_TYPE",
     "MEMBER_TYPE",
+    "PROFILE_TYPE",
     "PROVIDER_TYPE",
+    "REFRESH_TYPE",
     "REPLICA_TYPE",
     "REVISION_TYPE",
+    "ROTATION_TYPE",
     "SANDBOX_SETTINGS_TYPE",
     "SANDBOX_TYPE",
+    "SERVICE_TYPE",
+    "TEMPLATE_TYPE",
     "WORKSPACE_TYPE",
     "ChunkRepository",
     "GatewaySettings",
     "Hook",
+    "ProfileInUse",
+    "ProfileMissing",
+    "ProfileRepository",
     "Provider",
     "ProviderInUse",
     "ProviderMissing",
     "ProviderRepository",
+    "RefreshRepository",
     "ReplicaRepository",
     "Repositories",
     "RevisionRepository",
     "Sandbox",
     "SandboxRepository",
     "SandboxSettings",
+    "SandboxWorkloadTemplate",
+    "ServiceEndpoint",
+    "ServiceRepository",
     "SettingsRepository",
     "StoredDraftChunk",
     "StoredPolicyRevision",
+    "TemplateInUse",
+    "TemplateMissing",
+    "TemplateRepository",
     "VersionTaken",
     "Workspace",
     "WorkspaceMember",

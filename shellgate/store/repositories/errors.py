@@ -55,3 +55,21 @@ class WorkspaceNotEmpty(StoreError):
         super().__init__(f"workspace {name!r} still contains: {', '.join(kinds)}")
         self.name = name
         self.kinds = list(kinds)
+
+
+class TemplateMissing(StoreError):
+    """A sandbox was to be built from a template that does not exist (any more)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"sandbox template {name!r} not found")
+        self.name = name
+
+
+class TemplateInUse(StoreError):
+    """DeleteSandboxTemplate found sandboxes built from the template."""
+
+    def __init__(self, name: str, sandboxes: Sequence[str]) -> None:
+        shown = ", ".join(sorted(sandboxes)[:10])
+        super().__init__(f"sandbox template {name!r} is in use by sandboxes: {shown}")
+        self.name = name
+        self.sandboxes = list(sandboxes)

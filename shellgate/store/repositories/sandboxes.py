@@ -27,6 +27,7 @@ from shellgate.store.messages import register_object_type
 from shellgate.store.records import CasOutcome, ObjectRecord, Page, WriteCondition
 from shellgate.store.repositories.hooks import Hook, no_hook
 from shellgate.store.repositories.providers import ProviderRepository
+from shellgate.store.repositories.templates import TemplateRepository
 
 log = logging.getLogger(__name__)
 
@@ -56,17 +57,26 @@ class SandboxHooks:
     """An attach checked its provider exists and is about to write the sandbox."""
     before_fence: Hook = no_hook
     """A sandbox now references a provider (attach or create) that is not fenced yet."""
+    before_create_write: Hook = no_hook
+    """A create checked what the sandbox names (providers, template) and inserts next."""
+    before_template_fence: Hook = no_hook
+    """A sandbox built from a template is written; the template is not fenced yet."""
 
 
 class SandboxRepository:
     object_type = SANDBOX_TYPE
 
     def __init__(
-        self, store: Store, providers: ProviderRepository, owned: Sequence[OwnedRows] = ()
+        self,
+        store: Store,
+        providers: ProviderRepository,
+        owned: Sequence[OwnedRows] = (),
+        templates: TemplateRepository | None = None,
     ) -> None:
         self.store = store
         self.providers = providers
         self.owned = list(owned)
+        self.templates = templates or TemplateRepository(store)
         self.hooks = SandboxHooks()
 
     # ----- reads ------------------------------------------------------------------------
@@ -89,6 +99,7 @@ class SandboxRepository:
     # ----- writes -----------------------------------------------------------------------
 
     async def create(self, candidate: Sandbox) -> Sandbox:
+        await self.hooks.before_create_write(candidate.metadata.id)
         return await self.store.create_message(candidate, status=phase_word(candidate))
 
     async def update(
@@ -148,6 +159,11 @@ class SandboxRepository:
         await self.hooks.before_fence(sandbox_id)
         for name in names:
             await self.providers.fence(name, workspace)
+
+    async def fence_template(self, sandbox_id: str, name: str, workspace: str) -> None:
+        """Fence the template a freshly written sandbox was built from (see ``templates``)."""
+        await self.hooks.before_template_fence(sandbox_id)
+        await self.templates.fence(name, workspace)
 
     async def attach(
         self,
