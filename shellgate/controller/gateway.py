@@ -31,6 +31,8 @@ class Gateway:
     events: PlatformEventBus = field(default_factory=lambda: PlatformEventBus())
     clock_ms: Callable[[], int] = wall_clock_ms
     limits: Limits = field(default_factory=Limits)
+    grpc_address: str = ""
+    """Where other replicas reach this one's gRPC server (recorded in its heartbeat row)."""
     watch_slots: Slots = field(init=False)
     repos: Repositories = field(init=False)
 
