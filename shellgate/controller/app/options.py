@@ -31,6 +31,7 @@ class ServeOptions:
     sandbox_image: str = ""
     sweep_interval: float = 60.0
     encryption_key_file: str = ""
+    advertise_address: str = ""
     limits: Limits = field(default_factory=Limits)
 
 
@@ -90,6 +91,13 @@ def add_serve_command(commands: Any, run: Callable[[argparse.Namespace], int]) -
             "",
             "keys that seal provider credentials (SQLite: generated beside the database if unset)",
         ),
+        (
+            "--advertise-address",
+            "SHELLGATE_ADVERTISE_ADDRESS",
+            "",
+            "HOST:PORT other replicas reach this one's gRPC at (default: --listen's host, or "
+            "this host's name when that is a wildcard, with the bound port)",
+        ),
     ]
     for name, flag, text in LIMIT_FLAGS:
         options.append((flag, limit_env(flag), str(getattr(_DEFAULT_LIMITS, name)), text))
@@ -111,6 +119,8 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
         raise ConfigurationError(f"--sweep-interval must be a number: {exc}") from None
     for flag, address in (("--listen", args.listen), ("--http-listen", args.http_listen)):
         split_address(address, flag)
+    if args.advertise_address:
+        split_address(args.advertise_address, "--advertise-address")
     return ServeOptions(
         database_url=args.database_url,
         listen=args.listen,
@@ -123,6 +133,7 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
         sandbox_image=args.sandbox_image,
         sweep_interval=sweep,
         encryption_key_file=args.encryption_key_file,
+        advertise_address=args.advertise_address,
         limits=limits_from_args(args),
     )
 
@@ -143,3 +154,14 @@ def split_address(address: str, flag: str) -> tuple[str, int]:
     if not host or not port.isdigit():
         raise ConfigurationError(f"{flag} must be HOST:PORT, got {address!r}")
     return host.strip("[]"), int(port)
+
+
+def advertised_address(config: ServeOptions, bound_port: int) -> str:
+    """Where other replicas reach this one: ``--advertise-address``, else the listen host
+    (this host's name for a wildcard) with the port actually bound."""
+    if config.advertise_address:
+        return config.advertise_address
+    host, _port = split_address(config.listen, "--listen")
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.gethostname()
+    return f"[{host}]:{bound_port}" if ":" in host else f"{host}:{bound_port}"

@@ -20,6 +20,7 @@ from shellgate.controller.gateway import Gateway
 from shellgate.controller.service import (
     config,
     drafts,
+    exec,
     policies,
     providers,
     sandboxes,
@@ -117,6 +118,23 @@ class OpenShellService(openshell_pb2_grpc.OpenShellServicer):
     ) -> Any:
         async for event in watch_sandbox.watch_sandbox(self.gateway, request, context):
             yield event
+
+    # ----- exec and logs (exec.py) ----------------------------------------------------------
+
+    async def ExecSandbox(
+        self, request: openshell_pb2.ExecSandboxRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        async for event in exec.exec_sandbox(self.gateway, request, context):
+            yield event
+
+    async def ExecSandboxInteractive(self, requests: Any, context: grpc.aio.ServicerContext) -> Any:
+        async for event in exec.exec_sandbox_interactive(self.gateway, requests, context):
+            yield event
+
+    async def GetSandboxLogs(
+        self, request: openshell_pb2.GetSandboxLogsRequest, context: grpc.aio.ServicerContext
+    ) -> openshell_pb2.GetSandboxLogsResponse:
+        return await exec.get_sandbox_logs(self.gateway, request, context)
 
     # ----- providers ----------------------------------------------------------------------
 
