@@ -169,3 +169,37 @@ async def test_interactive_pty_disconnect_and_sandbox_context(
         assert context["context-exec"]["stdout"].startswith("from-context\n")
         assert context["context-python"]["stdout"] == "5\n"
         assert "context-closed" in context
+
+
+async def test_exec_and_logs_through_replicas_that_do_not_own_the_sandbox(
+    store_url: str, tmp_path: Path
+) -> None:
+    """Each replica has its own state directory, so only the owner's driver knows the
+    sandbox: what the others answer can only have come from the owner."""
+    replicas = [
+        GatewayProcess(store_url, tmp_path / f"state{n}", replica_id=f"r{n}") for n in (1, 2, 3)
+    ]
+    owner, second, third = replicas
+    async with gateways(replicas):
+        await sdk(owner.address, "create", "owned")
+        workdir = sandbox_dir(owner.state_dir)
+        for other in (second, third):
+            steps = await sdk(other.address, "remote", "owned")
+            assert steps["remote-exec"] == {
+                "step": "remote-exec",
+                "exit_code": 4,
+                "stdout": f"{workdir}\nrelayed stdin",
+                "stderr": "err\n",
+            }
+            assert steps["remote-python"]["stdout"] == "3\n"
+            assert steps["remote-timeout"]["code"] == "DEADLINE_EXCEEDED"
+            assert "owner-main" in [line["message"] for line in steps["logs"]["lines"]]
+        interactive = await sdk(third.address, "interactive", "owned")
+        assert "size 43 132" in interactive["interactive"]["output"]
+        assert interactive["interactive"]["exit_code"] == 7
+
+        await owner.stop()
+        down = await sdk(second.address, "remote-down", "owned")
+    for step in ("owner-down", "owner-down-logs"):
+        assert down[step]["code"] == "UNAVAILABLE", down[step]
+        assert "replica 'r1'" in down[step]["details"], down[step]

@@ -192,9 +192,9 @@ def scenario_remote(address: str, name: str) -> None:
     with SandboxClient(address, timeout=30) as client:
         res = client.exec(
             name,
-            ["sh", "-c", "echo $SHELLGATE_SANDBOX_RUN | wc -c; echo err >&2"],
+            ["sh", "-c", "pwd; cat; echo err >&2; exit 4"],
             workspace=WS,
-            stdin=b"",
+            stdin=b"relayed stdin",
         )
         report("remote-exec", **result(res))
         res = client.exec_python(name, add, workspace=WS, args=(1, 2))
@@ -247,17 +247,17 @@ def scenario_sandbox_context(address: str) -> None:
     report("context-closed")
 
 
-WINDOW_PROGRAM = (
+WINDOW_PROGRAM = (  # os.write in the handler: a print could be interrupted by it (reentrant)
     "import os, signal, sys\n"
     "def show(*_):\n"
     "    cols, rows = os.get_terminal_size(0)\n"
-    "    print(f'size {rows} {cols}', flush=True)\n"
+    "    os.write(1, f'size {rows} {cols}\\n'.encode())\n"
     "signal.signal(signal.SIGWINCH, show)\n"
     "show()\n"
     "for line in sys.stdin:\n"
     "    if line.strip() == 'quit':\n"
     "        sys.exit(7)\n"
-    "    print('got', line.strip(), flush=True)\n"
+    "    os.write(1, f'got {line.strip()}\\n'.encode())\n"
 )
 
 

@@ -35,9 +35,10 @@ class ReplicaRepository:
 
     async def beat(self, replica_id: str, grpc_address: str = "") -> int:
         """Create or bump this replica's heartbeat row, recording where it serves gRPC;
-        returns the time it was written."""
+        returns the time it was written. An empty address (not known yet: a beat before the
+        server is bound) keeps the recorded one, so a beat that was under way when the
+        address was first written cannot erase it."""
         row_id = heartbeat_id(replica_id)
-        payload = json.dumps({"replica_id": replica_id, "grpc_address": grpc_address}).encode()
 
         async def attempt() -> int:
             current = await self.store.get(REPLICA_TYPE, row_id)
@@ -46,6 +47,8 @@ class ReplicaRepository:
                 if current is None
                 else WriteCondition.match(current.resource_version)
             )
+            address = grpc_address or (_address_in(current.payload) if current else None) or ""
+            payload = json.dumps({"replica_id": replica_id, "grpc_address": address}).encode()
             written = await self.store.put_if(REPLICA_TYPE, row_id, None, payload, {}, condition)
             return written.updated_at_ms
 
@@ -61,11 +64,13 @@ class ReplicaRepository:
     async def address_of(self, replica_id: str) -> str | None:
         """Where the replica last said it serves gRPC; None if unknown."""
         record = await self.store.get(REPLICA_TYPE, heartbeat_id(replica_id))
-        if record is None:
-            return None
-        try:
-            fields = json.loads(record.payload)
-        except ValueError:
-            return None  # written before addresses were recorded
-        address = fields.get("grpc_address") if isinstance(fields, dict) else None
-        return address if isinstance(address, str) and address else None
+        return None if record is None else _address_in(record.payload)
+
+
+def _address_in(payload: bytes) -> str | None:
+    try:
+        fields = json.loads(payload)
+    except ValueError:
+        return None  # written before addresses were recorded: the bare replica id
+    address = fields.get("grpc_address") if isinstance(fields, dict) else None
+    return address if isinstance(address, str) and address else None
