@@ -81,6 +81,7 @@ async def test_sdk_exec_on_one_replica(store_url: str, tmp_path: Path) -> None:
     async with gateways([gateway]):
         steps = await sdk(gateway.address, "single")
         workdir = sandbox_dir(state)
+        main_env_text = (workdir / "main.env").read_text()
 
     assert steps["exit-and-streams"] == {
         "step": "exit-and-streams",
@@ -93,7 +94,11 @@ async def test_sdk_exec_on_one_replica(store_url: str, tmp_path: Path) -> None:
     assert steps["no-shell"]["stdout"] == "$HOME; echo injected `id`\n"
 
     env = dict(line.split("=", 1) for line in steps["env"]["stdout"].splitlines())
-    assert PLANTED not in env  # the gateway's environment stays out of the sandbox
+    main_env = dict(line.split("=", 1) for line in main_env_text.splitlines())
+    for seen in (env, main_env):  # exec and main process: the gateway's environment stays out
+        assert PLANTED not in seen
+        assert not any("database-password" in value for value in seen.values())
+        assert seen["HOME"] == str(workdir)
     assert set(env) <= {"PATH", "HOME", "LANG", "PWD", "SHELLGATE_SANDBOX_RUN"}, env
     assert env["HOME"] == str(workdir)
     assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)

@@ -159,7 +159,11 @@ def logs(client: SandboxClient, name: str) -> None:
 def scenario_single(address: str) -> None:
     with SandboxClient(address, timeout=30) as client:
         spec = openshell_pb2.SandboxSpec(
-            command=["sh", "-c", "echo main-started; echo main-warning >&2; exec sleep 600"]
+            command=[
+                "sh",
+                "-c",
+                "env > main.env; echo main-started; echo main-warning >&2; exec sleep 600",
+            ]
         )
         client.create(workspace=WS, name="ex", spec=spec)
         client.wait_ready("ex", workspace=WS, timeout_seconds=60)
