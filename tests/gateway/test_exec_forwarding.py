@@ -10,10 +10,12 @@ in the metrics.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 import pytest
@@ -33,6 +35,7 @@ from tests.support.sealing import new_sealer
 from tests.support.wait import eventually
 
 P = openshell_pb2
+T = TypeVar("T")
 pytestmark = pytest.mark.timeout(60)
 
 
@@ -51,6 +54,36 @@ class RecordingAuthenticator:
 class Replica:
     gateway: Gateway
     stub: openshell_pb2_grpc.OpenShellStub
+    channel: grpc.aio.Channel
+
+
+async def frames(*payloads: bytes) -> AsyncIterator[bytes]:
+    for payload in payloads:
+        yield payload
+        await asyncio.sleep(0.2)  # the first is under way before the next arrives
+
+
+def now(function: Callable[[], T]) -> Callable[[], Awaitable[T]]:
+    async def probe() -> T:
+        return function()
+
+    return probe
+
+
+def counts(replica: Replica) -> dict[tuple[str, str], float]:
+    """``shellgate_grpc_requests_total`` by (method, code)."""
+    return {
+        (sample.labels["method"], sample.labels["code"]): sample.value
+        for metric in replica.gateway.metrics.registry.collect()
+        if metric.name == "shellgate_grpc_requests"
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+    }
+
+
+def sandbox_id(replica: Replica, name: str) -> str:
+    driver = replica.gateway.driver
+    return next(i for i, e in driver._sandboxes.items() if e.message.metadata.name == name)  # type: ignore[attr-defined]
 
 
 @contextlib.asynccontextmanager
@@ -68,7 +101,7 @@ async def replica(
     await record_address(gateway, f"127.0.0.1:{port}")
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:
-        yield Replica(gateway, openshell_pb2_grpc.OpenShellStub(channel))
+        yield Replica(gateway, openshell_pb2_grpc.OpenShellStub(channel), channel)
     finally:
         await channel.close()
         await server.stop(0)
@@ -128,15 +161,27 @@ async def test_forwarding_carries_credentials_and_never_travels_twice(
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
         assert len([m for m in seen_by_owner.seen if FORWARDED_TO in m]) == 2  # r9's only
 
-        samples = {
-            (s.labels["method"], s.labels["code"]): s.value
-            for metric in owner.gateway.metrics.registry.collect()
-            if metric.name == "shellgate_grpc_requests"
-            for s in metric.samples
-            if s.name.endswith("_total")
-        }
+        # ExecSandboxInteractive whose second message does not decode: INVALID_ARGUMENT from
+        # the owner and from a relaying replica alike, and the command is gone.
+        start = P.ExecSandboxInput(
+            start=P.ExecSandboxRequest(sandbox="fwd", command=["sleep", "60"])
+        ).SerializeToString()
+        for target in (owner, other):
+            method = "/openshell.v1.OpenShell/ExecSandboxInteractive"
+            call = target.channel.stream_stream(method)(frames(start, b"\x0a\x02\xff\xfe"))
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                async for _ in call:
+                    pass
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value
+        entry = owner.gateway.driver._sandboxes[sandbox_id(owner, "fwd")]  # type: ignore[attr-defined]
+        await eventually(now(lambda: len(entry.execs)), lambda n: n == 0)
+
+        samples = counts(owner)
         assert samples[("ExecSandbox", "OK")] == 1
         assert samples[("ExecSandbox", "UNAVAILABLE")] == 1
+        assert samples[("ExecSandboxInteractive", "INVALID_ARGUMENT")] == 1  # the direct call
+        assert samples[("ExecSandboxInteractive", "CANCELLED")] == 1  # the relay cancelled it
+        assert counts(other)[("ExecSandboxInteractive", "INVALID_ARGUMENT")] == 1
 
 
 async def test_logs_filters_and_the_gateways_events(

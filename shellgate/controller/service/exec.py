@@ -23,6 +23,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import timestamp_pb2
+from google.protobuf.message import DecodeError
 
 from shellgate.api import openshell_pb2
 from shellgate.controller.drivers.base import PlatformEvent
@@ -209,7 +210,10 @@ async def exec_sandbox_interactive(
 async def _interactive(
     gw: Gateway, requests: AsyncIterator[openshell_pb2.ExecSandboxInput], context: Any
 ) -> AsyncIterator[Event]:
-    first = await anext(aiter(requests), None)
+    try:
+        first = await anext(aiter(requests), None)
+    except DecodeError as exc:
+        raise _undecodable() from exc
     if first is None or first.WhichOneof("payload") != "start":
         raise InvalidArgument.single("start", "the first message must be start")
     start = first.start
@@ -220,19 +224,33 @@ async def _interactive(
             yield event
         return
     session = await _open(gw, sandbox, spec)
-    pumping = asyncio.create_task(_pump_input(session, start.stdin, requests))
+    refused: list[Exception] = []
+    pumping = asyncio.create_task(_pump_input(session, start.stdin, requests, refused))
     try:
         async for event in _run(session, _timeout_seconds(start), spec.request_id):
+            if refused:
+                raise refused[0]
             yield event
     finally:
         pumping.cancel()
         await session.kill()
 
 
+def _undecodable() -> RequestError:
+    return RequestError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "a message does not decode as a valid ExecSandboxInput",
+    )
+
+
 async def _pump_input(
-    session: ExecSession, first: bytes, requests: AsyncIterator[openshell_pb2.ExecSandboxInput]
+    session: ExecSession,
+    first: bytes,
+    requests: AsyncIterator[openshell_pb2.ExecSandboxInput],
+    refused: list[Exception],
 ) -> None:
-    """stdin and window sizes as the client sends them; its half-close ends the input."""
+    """stdin and window sizes as the client sends them; its half-close ends the input. A
+    message that does not decode ends the call: recorded in ``refused``, command killed."""
     try:
         await session.write_stdin(first)
         async for message in requests:
@@ -248,6 +266,9 @@ async def _pump_input(
         await session.close_stdin()
     except (OSError, grpc.RpcError) as exc:  # the command or the client went away
         log.debug("exec input ended: %s", exc)
+    except DecodeError:
+        refused.append(_undecodable())
+        await session.kill()
 
 
 async def _forward_interactive(
@@ -257,15 +278,29 @@ async def _forward_interactive(
     requests: AsyncIterator[openshell_pb2.ExecSandboxInput],
     context: Any,
 ) -> AsyncIterator[Event]:
+    refused: list[Exception] = []
+    calls: list[Any] = []
+
     async def inputs() -> AsyncIterator[openshell_pb2.ExecSandboxInput]:
         yield first
-        async for message in requests:
-            yield message
+        try:
+            async for message in requests:
+                yield message
+        except DecodeError:
+            refused.append(_undecodable())
+            calls[0].cancel()  # the owner kills the command
 
     async with Owner(gw, sandbox, context) as (owner, stub):
         call = stub.ExecSandboxInteractive(inputs(), **owner.call_options())
-        async for event in relay_stream(owner, call):
-            yield event
+        calls.append(call)
+        try:
+            async for event in relay_stream(owner, call):
+                yield event
+        except (PeerStatus, RequestError, asyncio.CancelledError):
+            if not refused:  # a locally cancelled call raises CancelledError when read
+                raise
+        if refused:
+            raise refused[0]
 
 
 # ---- GetSandboxLogs ------------------------------------------------------------------------
