@@ -122,12 +122,13 @@ def basics(client: SandboxClient, name: str) -> None:
 def cancel(client: SandboxClient, name: str) -> None:
     """A cancelled call kills its command: the SDK's own stub, cancelled mid-stream."""
     request = openshell_pb2.ExecSandboxRequest(
-        sandbox=name, command=["sh", "-c", "echo $$ > cancel.pid; echo started; exec sleep 60"]
+        sandbox=name, command=["sh", "-c", "echo $$ > cancel.pid; exec yes started"]
     )
     call = client._stub.ExecSandbox(request, timeout=30)
     first = next(call)
+    time.sleep(1)  # the command floods the stream meanwhile: the gateway's queue is full
     call.cancel()
-    report("cancel-started", data=first.stdout.data.decode())
+    report("cancel-started", data=first.stdout.data.decode()[:8])
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         res = client.exec(

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import shutil
 import signal
@@ -37,6 +38,8 @@ from pathlib import Path
 from typing import Literal
 
 from shellgate.controller.drivers.exec import CommandNotStarted, ExecOutput, ExecSpec
+
+log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 64 * 1024
 QUEUE_CHUNKS = 16
@@ -83,14 +86,23 @@ class LocalExecSession:
         return self._process.pid
 
     async def output(self) -> AsyncIterator[ExecOutput]:
-        """Chunks as the command produces them, until every output stream has ended."""
+        """Chunks as the command produces them, until every output stream has ended.
+
+        Closing it early (the caller went away) stops the readers: with nobody taking chunks
+        off the full queue they would wait forever, and so would the reaping of the command.
+        """
         open_streams = len(self._readers)
-        while open_streams:
-            item = await self._queue.get()
-            if item is None:
-                open_streams -= 1
-            else:
-                yield item
+        try:
+            while open_streams:
+                item = await self._queue.get()
+                if item is None:
+                    open_streams -= 1
+                else:
+                    yield item
+        finally:
+            if open_streams:
+                for reader in self._readers:
+                    reader.cancel()
 
     async def write_stdin(self, data: bytes) -> None:
         if self._stdin_fd is None or not data:
@@ -156,10 +168,12 @@ class LocalExecSession:
         try:
             async for chunk in read_chunks(fd):
                 await self._queue.put(ExecOutput(stream, chunk))
+        except OSError as exc:
+            log.warning("exec %d: reading %s failed: %s", self._process.pid, stream, exc)
         finally:
             if fd != self._pty_fd:
                 os.close(fd)
-            await self._queue.put(None)
+        await self._queue.put(None)  # not when cancelled: then nobody reads the queue
 
     def _close_stdin_fd(self) -> None:
         fd, self._stdin_fd = self._stdin_fd, None

@@ -174,8 +174,9 @@ async def _run(
 
     loop = asyncio.get_running_loop()
     timer = loop.call_later(timeout_s, expire) if timeout_s is not None else None
+    outputs = session.output()
     try:
-        async for output in session.output():
+        async for output in outputs:
             for start in range(0, len(output.data), CHUNK_BYTES):
                 chunk = output.data[start : start + CHUNK_BYTES]
                 if output.stream == "stderr":
@@ -186,6 +187,9 @@ async def _run(
     finally:
         if timer is not None:
             timer.cancel()
+        close = getattr(outputs, "aclose", None)
+        if close is not None:  # now, not when collected: the caller went away mid-output
+            await close()
     if killing:
         log.info("exec (request %s) killed after its %.1f s timeout", request_id or "-", timeout_s)
         raise RequestError(
