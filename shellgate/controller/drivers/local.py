@@ -38,8 +38,9 @@ gateway's Python (in a virtualenv, the one with ``cloudpickle``, which the SDK's
 **Exec.** ``open_exec`` runs a command in a running sandbox's working directory with that
 environment (``local_exec``: no shell, its own process group, optionally a pseudo-terminal).
 Its sessions are killed with the sandbox: on stop, delete, close, and when the main process
-exits. An exec carries the sandbox's run token, so a restarted driver kills those left behind
-too.
+exits. ``ExecSpec.login_shell`` is not honoured: a login shell would only add the system
+profile, which resets ``PATH`` and so would lose the gateway's Python. An exec carries the
+sandbox's run token, so a restarted driver kills those left behind too.
 
 **Processes.** Each process runs in a new session, so it leads its own process group, and
 signals go to the whole group: a shell's children go with it. One asyncio task per process waits
