@@ -41,6 +41,7 @@ LIMIT_FLAGS: list[tuple[str, str, str]] = [
     ("max_send_message_bytes", "--grpc-max-send-bytes", "largest response sent"),
     ("max_concurrent_rpcs", "--grpc-max-concurrent-rpcs", "RPCs in flight, streams included"),
     ("max_watch_streams", "--max-watch-streams", "open WatchSandbox streams"),
+    ("max_exec_sessions", "--max-exec-sessions", "open exec calls"),
     ("keepalive_seconds", "--grpc-keepalive-seconds", "server keepalive ping interval"),
     ("max_connection_age_seconds", "--grpc-max-connection-age-seconds", "connection lifetime"),
     (

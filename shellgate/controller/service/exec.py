@@ -72,7 +72,7 @@ Sandbox = openshell_pb2.Sandbox
 async def exec_sandbox(
     gw: Gateway, request: openshell_pb2.ExecSandboxRequest, context: Any
 ) -> AsyncIterator[Event]:
-    async with _Served(gw, "ExecSandbox", context):
+    async with _Served(gw, "ExecSandbox", context), _exec_slot(gw):
         async for event in _exec(gw, request, context):
             yield event
 
@@ -96,6 +96,21 @@ async def _exec(
     finally:
         feeding.cancel()
         await session.kill()
+
+
+@contextlib.asynccontextmanager
+async def _exec_slot(gw: Gateway) -> AsyncIterator[None]:
+    """One of the replica's ``--max-exec-sessions`` for the whole call, or RESOURCE_EXHAUSTED
+    at once (never queued)."""
+    if not gw.exec_slots.take():
+        raise RequestError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"this replica runs at most {gw.exec_slots.capacity} exec calls; retry later",
+        )
+    try:
+        yield
+    finally:
+        gw.exec_slots.give_back()
 
 
 def exec_spec(request: openshell_pb2.ExecSandboxRequest) -> ExecSpec:
@@ -206,7 +221,7 @@ async def _run(
 async def exec_sandbox_interactive(
     gw: Gateway, requests: AsyncIterator[openshell_pb2.ExecSandboxInput], context: Any
 ) -> AsyncIterator[Event]:
-    async with _Served(gw, "ExecSandboxInteractive", context):
+    async with _Served(gw, "ExecSandboxInteractive", context), _exec_slot(gw):
         async for event in _interactive(gw, requests, context):
             yield event
 
