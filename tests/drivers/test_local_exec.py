@@ -158,6 +158,7 @@ async def test_execs_end_with_their_sandbox(driver: LocalDriver) -> None:
     assert await asyncio.wait_for(session.wait(), 5) == 137
 
 
+@pytest.mark.timeout(60)  # three interpreter starts; slow on a loaded machine
 async def test_a_pty_shows_its_size_and_a_resize_and_sees_input(driver: LocalDriver) -> None:
     box = sandbox()
     await driver.create_sandbox(box)
@@ -174,15 +175,21 @@ async def test_a_pty_shows_its_size_and_a_resize_and_sees_input(driver: LocalDri
     )
     seen = b""
     outputs = session.output()
-    while b"size 30 100" not in seen:
-        seen += (await anext(outputs)).data
+
+    async def read_until(expected: bytes) -> None:
+        nonlocal seen
+        while expected not in seen:
+            try:
+                seen += (await asyncio.wait_for(anext(outputs), 10)).data
+            except TimeoutError:
+                raise AssertionError(f"no {expected!r} within 10 s; saw {seen!r}") from None
+
+    await read_until(b"size 30 100")
     await session.resize(120, 40)
-    while b"size 40 120" not in seen:
-        seen += (await anext(outputs)).data
+    await read_until(b"size 40 120")
     await session.write_stdin(b"typed")
     await session.close_stdin()  # mid-line: the EOF character ends the line, then the input
-    async for chunk in outputs:
-        seen += chunk.data
+    await read_until(b"tty True")
     assert b"read typed tty True" in seen
     assert await session.wait() == 0
 
