@@ -33,11 +33,15 @@ class Gateway:
     limits: Limits = field(default_factory=Limits)
     auth_modes: tuple[str, ...] = ("none",)
     """How callers authenticate (GetGatewayInfo); set by ``start_grpc`` from its arguments."""
+    grpc_address: str = ""
+    """Where other replicas reach this one's gRPC server (recorded in its heartbeat row)."""
     watch_slots: Slots = field(init=False)
+    exec_slots: Slots = field(init=False)
     repos: Repositories = field(init=False)
 
     def __post_init__(self) -> None:
         self.watch_slots = Slots(self.limits.max_watch_streams)
+        self.exec_slots = Slots(self.limits.max_exec_sessions)
         self.repos = Repositories(self.store, self.sealer)
 
     def owned_elsewhere(self, sandbox: Sandbox) -> bool:

@@ -23,6 +23,9 @@ class Limits:
     max_watch_streams: int = 512
     """Open WatchSandbox streams on one replica; each holds a feed subscription. Half the
     RPC cap, so watches alone cannot leave no room for unary calls."""
+    max_exec_sessions: int = 256
+    """Open ExecSandbox and ExecSandboxInteractive calls on one replica (relayed ones
+    included); each holds a process, its pipes or a terminal."""
     keepalive_seconds: int = 60
     """The server pings an idle connection this often, to find dead peers."""
     max_connection_age_seconds: int = 3600

@@ -72,6 +72,24 @@ MAX_EXEC_ARG_LEN = 32 * 1024
 MAX_EXEC_WORKDIR_LEN = 4096
 """Exec working directory (bytes)."""
 
+# --- shellgate's bounds on exec and logs ------------------------------------------------------
+MAX_EXEC_STDIN = 1024 * 1024
+"""``stdin`` of one ExecSandbox request (bytes); more belongs in ExecSandboxInteractive."""
+MAX_EXEC_TIMEOUT_SECONDS = 24 * 3600
+"""``execution_timeout`` of one command."""
+MAX_TERMINAL_SIZE = 4096
+"""Terminal columns and rows (a window size is 16 bits per side in the kernel)."""
+MAX_REQUEST_ID_LEN = 128
+"""``request_id`` (bytes): it is logged, so it is short and printable."""
+MAX_LOG_LINES = 5000
+"""``lines`` of GetSandboxLogs (0 means ``DEFAULT_LOG_LINES``)."""
+DEFAULT_LOG_LINES = 1000
+"""Lines GetSandboxLogs answers when ``lines`` is 0."""
+MAX_LOG_BYTES = 4 * 1024 * 1024
+"""Message bytes in one GetSandboxLogs answer; the oldest selected lines go first."""
+MAX_LOG_SOURCES = 8
+"""Entries of ``sources`` in GetSandboxLogs."""
+
 # Not in the reference's table: a later upstream revision caps client-supplied annotations at 128.
 MAX_ANNOTATION_ENTRIES = 128
 """Entries of client-supplied metadata.annotations."""
@@ -506,3 +524,74 @@ def effective_page_size(page_size: int, field: str = "page_size") -> int:
     """The page size to use: 0 becomes 100; an invalid size raises ``InvalidArgument``."""
     require_valid(validate_page_size(page_size, field))
     return page_size or DEFAULT_PAGE_SIZE
+
+
+def validate_exec_command(command: Iterable[str], field: str = "command") -> list[FieldViolation]:
+    """An exec command: non-empty, at most 1024 arguments of at most 32 KiB each and 128 KiB
+    in all, a program first, no NUL."""
+    arguments = list(command)
+    if not arguments:
+        return [FieldViolation(field, f"{field} must not be empty")]
+    violations = validate_command(arguments, field)
+    if len(arguments) > MAX_EXEC_ARGS:
+        violations.append(_too_many(field, MAX_EXEC_ARGS, len(arguments)))
+    longest = max(_nbytes(argument) for argument in arguments)
+    if longest > MAX_EXEC_ARG_LEN:
+        violations.append(_too_long(f"{field} argument", MAX_EXEC_ARG_LEN, longest))
+    return violations
+
+
+def validate_exec_environment(environment: Mapping[str, str], field: str) -> list[FieldViolation]:
+    """Variables an exec adds: environment names, values of at most 32 KiB each (the SDK's
+    ``exec_python`` passes the pickled function in one), 256 KiB in all."""
+    violations: list[FieldViolation] = []
+    if len(environment) > MAX_ENVIRONMENT_ENTRIES:
+        violations.append(_too_many(field, MAX_ENVIRONMENT_ENTRIES, len(environment)))
+    if any(_nbytes(key) > MAX_MAP_KEY_LEN for key in environment):
+        violations.append(FieldViolation(field, f"{field} key exceeds maximum length"))
+    if any(_nbytes(value) > MAX_EXEC_ARG_LEN for value in environment.values()):
+        violations.append(_too_long(f"{field} value", MAX_EXEC_ARG_LEN, 0))
+    total = _total_bytes(environment)
+    if total > MAX_ENVIRONMENT_TOTAL:
+        violations.append(_too_long(field, MAX_ENVIRONMENT_TOTAL, total))
+    return violations + _environment_entries(environment, field)
+
+
+def validate_exec_request(request: openshell_pb2.ExecSandboxRequest) -> list[FieldViolation]:
+    """Everything of an ExecSandboxRequest but the sandbox's name (checked by the lookup)."""
+    violations = validate_exec_command(request.command)
+    violations += validate_exec_environment(request.environment, "environment")
+    violations += validate_max_len(request.workdir, "workdir", MAX_EXEC_WORKDIR_LEN)
+    if _has_nul(request.workdir):
+        violations.append(FieldViolation("workdir", "workdir must not contain NUL"))
+    if len(request.stdin) > MAX_EXEC_STDIN:
+        violations.append(_too_long("stdin", MAX_EXEC_STDIN, len(request.stdin)))
+    violations += validate_exec_timeout(request)
+    violations += validate_window_size(request.cols, request.rows)
+    violations += validate_max_len(request.request_id, "request_id", MAX_REQUEST_ID_LEN)
+    if not request.request_id.isprintable():
+        violations.append(FieldViolation("request_id", "request_id must be printable"))
+    return violations
+
+
+def validate_exec_timeout(request: openshell_pb2.ExecSandboxRequest) -> list[FieldViolation]:
+    timeout = request.execution_timeout
+    field = "execution_timeout"
+    if timeout.seconds < 0 or timeout.nanos < 0:
+        return [FieldViolation(field, f"{field} must not be negative")]
+    if timeout.seconds > MAX_EXEC_TIMEOUT_SECONDS:
+        return [
+            FieldViolation(
+                field,
+                f"{field} exceeds maximum of {MAX_EXEC_TIMEOUT_SECONDS} s (got {timeout.seconds})",
+            )
+        ]
+    return []
+
+
+def validate_window_size(cols: int, rows: int) -> list[FieldViolation]:
+    return [
+        FieldViolation(name, f"{name} exceeds maximum of {MAX_TERMINAL_SIZE} (got {value})")
+        for name, value in (("cols", cols), ("rows", rows))
+        if value > MAX_TERMINAL_SIZE
+    ]

@@ -47,6 +47,9 @@ FORBIDDEN = {
 SERVED = sorted(name for name in SERVICE.methods_by_name if name in vars(OpenShellService))
 """Every RPC the servicer defines; the rest answer UNIMPLEMENTED."""
 UNSERVED = sorted(set(SERVICE.methods_by_name) - set(SERVED))
+STREAMED_ANSWERS = {m for m in SERVED if SERVICE.methods_by_name[m].server_streaming}
+"""WatchSandbox, ExecSandbox, ExecSandboxInteractive: judged by their first event."""
+STREAMED_REQUESTS = {m for m in SERVED if SERVICE.methods_by_name[m].client_streaming}
 
 ROW_CREATORS: dict[str, set[str]] = {
     "sandbox": {"CreateSandbox"},
@@ -99,6 +102,11 @@ def response_class(method: str) -> type[Message]:
     return GetMessageClass(SERVICE.methods_by_name[method].output_type)  # type: ignore[no-any-return]
 
 
+async def _one(message: Any) -> Any:
+    """A request stream of one message, then the client's half-close."""
+    yield message
+
+
 @dataclass
 class Answer:
     code: grpc.StatusCode
@@ -143,7 +151,10 @@ class Fuzzer:
         """Bytes sent as the request, on a generic channel (no client-side encoding)."""
         channel = self.gw.channel
         try:
-            if method == "WatchSandbox":
+            if method in STREAMED_REQUESTS:
+                call = channel.stream_stream(PATH + method)(_one(payload))
+                answer = await self._watch(call)
+            elif method in STREAMED_ANSWERS:
                 answer = await self._watch(channel.unary_stream(PATH + method)(payload))
             else:
                 raw = await channel.unary_unary(PATH + method)(payload, timeout=CALL_TIMEOUT)
@@ -156,7 +167,9 @@ class Fuzzer:
     async def _send(self, method: str, request: Message) -> Answer:
         rpc = getattr(self.gw.stub, method)
         try:
-            if method == "WatchSandbox":
+            if method in STREAMED_REQUESTS:
+                return await self._watch(rpc(_one(request)))
+            if method in STREAMED_ANSWERS:
                 return await self._watch(rpc(request))
             return Answer(grpc.StatusCode.OK, response=await rpc(request, timeout=CALL_TIMEOUT))
         except grpc.aio.AioRpcError as error:

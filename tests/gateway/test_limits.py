@@ -85,3 +85,33 @@ def test_every_limit_has_a_flag_and_a_variable_and_bad_values_are_refused() -> N
     for bad in ("0", "-1", "many", "٣"):
         with pytest.raises(ConfigurationError, match="--max-watch-streams"):
             options_from_args(parser.parse_args(["serve", "--max-watch-streams", bad]))
+
+
+async def test_exec_calls_beyond_the_cap_are_resource_exhausted(store: Store, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from shellgate.controller.drivers.local import LocalDriver
+
+    driver = LocalDriver(state_dir=tmp_path / "state", replica_id="test", stop_grace_s=1)
+    async with running_gateway(store, driver, Limits(max_exec_sessions=1)) as gw:
+        spec = P.SandboxSpec(command=["sleep", "600"])
+        await gw.stub.CreateSandbox(P.CreateSandboxRequest(name="a", spec=spec))
+        for _ in range(250):
+            reply = await gw.stub.GetSandbox(P.GetSandboxRequest(name="a"))
+            if reply.sandbox.status.phase == P.SANDBOX_PHASE_READY:
+                break
+            await asyncio.sleep(0.02)
+        command = ["sh", "-c", "echo go; exec sleep 60"]
+        held = gw.stub.ExecSandbox(P.ExecSandboxRequest(sandbox="a", command=command))
+        await held.read()  # running: the call holds its slot
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await gw.stub.ExecSandbox(P.ExecSandboxRequest(sandbox="a", command=["true"])).read()
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        held.cancel()
+        for _ in range(100):  # the server frees the slot when it sees the cancellation
+            if gw.gateway.exec_slots.held == 0:
+                break
+            await asyncio.sleep(0.02)
+        events = [
+            e
+            async for e in gw.stub.ExecSandbox(P.ExecSandboxRequest(sandbox="a", command=["true"]))
+        ]
+        assert events[-1].exit.exit_code == 0

@@ -19,7 +19,7 @@ from kubernetes_asyncio import client as k8s
 
 from shellgate.api import openshell_pb2
 from shellgate.controller.drivers.base import DriverError
-from shellgate.controller.drivers.exec import ExecOutput, ExecSpec, LogQuery
+from shellgate.controller.drivers.exec import CommandNotStarted, ExecOutput, ExecSpec, LogQuery
 from shellgate.controller.drivers.kubernetes import KubernetesDriver
 from shellgate.controller.drivers.kubernetes.channel import V4_PROTOCOL, V5_PROTOCOL
 from shellgate.controller.drivers.kubernetes.client import configuration_for, fixed_login
@@ -340,7 +340,7 @@ async def test_a_pod_that_does_not_exist_is_a_driver_error(
 ) -> None:
     message = sandbox_message()
     await driver.create_sandbox(message)
-    with pytest.raises(DriverError, match=r"\(404\).* does not exist"):
+    with pytest.raises(CommandNotStarted, match=r"\(404\).* does not exist"):
         await driver.open_exec(message, ExecSpec(command=("true",)))
 
 
@@ -349,7 +349,7 @@ async def test_a_pod_not_running_yet_is_named_in_the_error(
 ) -> None:
     sandbox, pod = ready
     pod.phase = "Pending"
-    with pytest.raises(DriverError, match=r"\(400\).* is Pending"):
+    with pytest.raises(CommandNotStarted, match=r"\(400\).* is Pending"):
         await driver.open_exec(sandbox, ExecSpec(command=("true",)))
 
 

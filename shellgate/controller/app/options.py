@@ -50,6 +50,7 @@ class ServeOptions:
     sandbox_image: str = ""
     sweep_interval: float = 60.0
     encryption_key_file: str = ""
+    advertise_address: str = ""
     limits: Limits = field(default_factory=Limits)
     security: SecurityOptions = field(default_factory=SecurityOptions)
     pod_settings: PodSettings = field(default_factory=PodSettings)
@@ -81,6 +82,7 @@ LIMIT_FLAGS: list[tuple[str, str, str]] = [
     ("max_send_message_bytes", "--grpc-max-send-bytes", "largest response sent"),
     ("max_concurrent_rpcs", "--grpc-max-concurrent-rpcs", "RPCs in flight, streams included"),
     ("max_watch_streams", "--max-watch-streams", "open WatchSandbox streams"),
+    ("max_exec_sessions", "--max-exec-sessions", "open exec calls"),
     ("keepalive_seconds", "--grpc-keepalive-seconds", "server keepalive ping interval"),
     ("max_connection_age_seconds", "--grpc-max-connection-age-seconds", "connection lifetime"),
     (
@@ -131,6 +133,13 @@ def add_serve_command(commands: Any, run: Callable[[argparse.Namespace], int]) -
             "",
             "keys that seal provider credentials (SQLite: generated beside the database if unset)",
         ),
+        (
+            "--advertise-address",
+            "SHELLGATE_ADVERTISE_ADDRESS",
+            "",
+            "HOST:PORT other replicas reach this one's gRPC at (default: --listen's host, or "
+            "this host's name when that is a wildcard, with the bound port)",
+        ),
     ]
     options += KUBERNETES_FLAGS
     for name, flag, text in LIMIT_FLAGS:
@@ -161,6 +170,8 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
         raise ConfigurationError(f"--sweep-interval must be a number: {exc}") from None
     for flag, address in (("--listen", args.listen), ("--http-listen", args.http_listen)):
         split_address(address, flag)
+    if args.advertise_address:
+        split_address(args.advertise_address, "--advertise-address")
     return ServeOptions(
         database_url=args.database_url,
         listen=args.listen,
@@ -173,6 +184,7 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
         sandbox_image=args.sandbox_image,
         sweep_interval=sweep,
         encryption_key_file=args.encryption_key_file,
+        advertise_address=args.advertise_address,
         limits=limits_from_args(args),
         security=security_from_args(args),
         pod_settings=pod_settings_from_args(args),
@@ -245,3 +257,14 @@ def split_address(address: str, flag: str) -> tuple[str, int]:
     if not host or not port.isdigit():
         raise ConfigurationError(f"{flag} must be HOST:PORT, got {address!r}")
     return host.strip("[]"), int(port)
+
+
+def advertised_address(config: ServeOptions, bound_port: int) -> str:
+    """Where other replicas reach this one: ``--advertise-address``, else the listen host
+    (this host's name for a wildcard) with the port actually bound."""
+    if config.advertise_address:
+        return config.advertise_address
+    host, _port = split_address(config.listen, "--listen")
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.gethostname()
+    return f"[{host}]:{bound_port}" if ":" in host else f"{host}:{bound_port}"

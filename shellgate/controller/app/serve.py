@@ -30,6 +30,7 @@ from shellgate.controller.app.logs import configure_logging
 from shellgate.controller.app.options import (
     ServeOptions,
     add_serve_command,
+    advertised_address,
     options_from_args,
     split_address,
 )
@@ -212,7 +213,7 @@ async def _serve(
         loops.start(config.sweep_interval)
         tasks.append(asyncio.create_task(health_state.ping_forever(), name="store-ping"))
         tasks.append(asyncio.create_task(fill_phase_column(gw), name="fill-phase-column"))
-        server, health, _port = await start_grpc(
+        server, health, grpc_port = await start_grpc(
             gw,
             config.listen,
             authenticators=security.authenticators,
@@ -221,6 +222,7 @@ async def _serve(
         )
         if security.issuer_keys is not None:
             security.issuer_keys.prefetch()
+        await record_address(gw, advertised_address(config, grpc_port))
         host, port = split_address(config.http_listen, "--http-listen")
         runner = await start_http(health_state, host, port)
         log.info(
@@ -269,6 +271,18 @@ async def _shutdown(
     except TimeoutError:
         log.error("shutdown took longer than %.0f s; exiting anyway", SHUTDOWN_SECONDS)
     log.info("stopped")
+
+
+async def record_address(gw: Gateway, address: str) -> None:
+    """Write where this replica serves gRPC into its heartbeat row (by CAS, as every beat
+    does) at once, rather than at the next beat, so calls can be forwarded here."""
+    gw.grpc_address = address
+    if not gw.driver.routes_by_owner:
+        return  # any replica serves any sandbox: nothing is forwarded
+    try:
+        await gw.repos.replicas.beat(gw.replica_id, address)
+    except StoreError as exc:
+        log.warning("cannot record this replica's address yet (the next beat will): %s", exc)
 
 
 async def fill_phase_column(gw: Gateway) -> None:

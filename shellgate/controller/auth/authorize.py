@@ -45,6 +45,9 @@ WORKSPACE_BY_NAME = frozenset({"GetWorkspace", "DeleteWorkspace"})
 """Workspace RPCs whose target is the workspace their ``name`` field names."""
 OWN_MEMBERSHIPS = frozenset({"ListWorkspaces"})
 """Methods that answer only what the caller belongs to (the handler filters)."""
+DECIDED_ON_FIRST_MESSAGE = frozenset({"ExecSandboxInteractive"})
+"""Client-streaming methods whose first message (``start``) names the workspace: the handler
+authorizes on it before acting on anything."""
 
 
 class AccessDenied(Exception):
@@ -68,7 +71,8 @@ def enforceable_rule(method: str) -> Rule:
 
 def _names_a_workspace(method: str) -> bool:
     fields = SERVICE.methods_by_name[method].input_type.fields_by_name
-    return "workspace_scope" in fields or method in WORKSPACE_BY_NAME | OWN_MEMBERSHIPS
+    named_elsewhere = WORKSPACE_BY_NAME | OWN_MEMBERSHIPS | DECIDED_ON_FIRST_MESSAGE
+    return "workspace_scope" in fields or method in named_elsewhere
 
 
 def caller_of(principal: Principal) -> Caller | None:

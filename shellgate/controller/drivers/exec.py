@@ -11,9 +11,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 from shellgate.api import openshell_pb2
+from shellgate.controller.drivers.base import DriverError
+
+
+class CommandNotStarted(DriverError):
+    """The command cannot run as asked (no such program or working directory, the sandbox
+    is not running here): retrying the same request will not help, unlike other driver
+    failures, so the API answers FAILED_PRECONDITION rather than UNAVAILABLE."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +82,10 @@ class LogLine:
     target: str = ""
 
 
+@runtime_checkable
 class ExecDriver(Protocol):
-    """What a compute driver adds to run commands and read logs in its sandboxes."""
+    """What a compute driver adds to run commands and read logs in its sandboxes (checked
+    at run time, so a driver without it answers UNIMPLEMENTED instead of failing)."""
 
     async def open_exec(self, sandbox: openshell_pb2.Sandbox, spec: ExecSpec) -> ExecSession:
         """Start ``spec`` in the sandbox; raises ``DriverError`` when it cannot start."""

@@ -24,7 +24,23 @@ also the process's working directory and ``HOME``. It holds:
   finds what a predecessor killed between spawning and recording the pid left running.
 - ``pid``: ``<pid> <start time>``; the start time (Linux ``/proc``) tells a process left by a
   previous run apart from an unrelated one that reused the pid.
-- ``sandbox.log``: the process's stdout and stderr, appended.
+- ``sandbox.log``: the process's stdout and stderr, one timestamped record per line, rotated
+  to ``sandbox.log.1`` at 1 MiB (``local_logs``); what GetSandboxLogs reads.
+
+**Environment.** A sandbox process (the main one and every exec) gets nothing of the gateway's
+environment but ``PATH`` and ``LANG``, with ``HOME`` set to its working directory; the spec's
+template environment, then its environment, then (for an exec) the request's, go on top.
+Anything else the gateway holds (its database URL, cloud credentials) stays out. ``PATH``
+starts with the directory of the gateway's own interpreter, so ``python`` in a sandbox is the
+gateway's Python (in a virtualenv, the one with ``cloudpickle``, which the SDK's
+``exec_python`` needs).
+
+**Exec.** ``open_exec`` runs a command in a running sandbox's working directory with that
+environment (``local_exec``: no shell, its own process group, optionally a pseudo-terminal).
+Its sessions are killed with the sandbox: on stop, delete, close, and when the main process
+exits. ``ExecSpec.login_shell`` is not honoured: a login shell would only add the system
+profile, which resets ``PATH`` and so would lose the gateway's Python. An exec carries the
+sandbox's run token, so a restarted driver kills those left behind too.
 
 **Processes.** Each process runs in a new session, so it leads its own process group, and
 signals go to the whole group: a shell's children go with it. One asyncio task per process waits
@@ -68,7 +84,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from google.protobuf.message import DecodeError
@@ -82,7 +98,10 @@ from shellgate.controller.drivers.base import (
     PlatformEvent,
     SnapshotEvent,
 )
+from shellgate.controller.drivers.exec import CommandNotStarted, ExecSpec, LogLine, LogQuery
 from shellgate.controller.drivers.fanout import EventFanout, PublishesThroughFanout
+from shellgate.controller.drivers.local_exec import LocalExecSession, start_exec
+from shellgate.controller.drivers.local_logs import SandboxLogFile
 from shellgate.reconcilers.snapshot import DriverCondition, DriverSnapshot, InstanceFacts
 from shellgate.store.errors import quoted
 
@@ -108,6 +127,8 @@ class _Run:
     """One process of a sandbox and the task that waits for its exit."""
 
     process: asyncio.subprocess.Process
+    token: str = ""
+    captures: list[asyncio.Task[None]] = field(default_factory=list)
     waiter: asyncio.Task[None] | None = None
     terminating: bool = False  # set by stop/delete/close before signalling: they report the exit
 
@@ -119,6 +140,7 @@ class _Sandbox:
     state: str = _RUNNING
     run: _Run | None = None
     snapshot: DriverSnapshot | None = None
+    execs: set[LocalExecSession] = field(default_factory=set)
 
     @property
     def id(self) -> str:
@@ -301,12 +323,12 @@ class LocalDriver(PublishesThroughFanout):
             raise DriverError(f"cannot record the run: {exc}") from exc
         self._set_state(entry, _RUNNING)
         try:
-            process = await self._exec(entry, argv, token)
+            process, captures = await self._exec(entry, argv, token)
         except DriverError:
             self._set_state(entry, previous_state)
             raise
         # From here nothing may raise: the process runs and only its waiter will reap it.
-        run = _Run(process)
+        run = _Run(process, token=token, captures=captures)
         run.waiter = asyncio.create_task(self._wait(entry, run), name=f"local-sandbox-{entry.id}")
         entry.run = run
         try:
@@ -319,41 +341,77 @@ class LocalDriver(PublishesThroughFanout):
 
     async def _exec(
         self, entry: _Sandbox, argv: list[str], token: str
-    ) -> asyncio.subprocess.Process:
-        """The process itself, in a new session, its output appended to ``sandbox.log``."""
-        try:
-            log_fd = os.open(
-                entry.workdir / "sandbox.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
-            )
-        except OSError as exc:
-            raise DriverError(f"cannot open the log: {_reason(exc)}") from exc
+    ) -> tuple[asyncio.subprocess.Process, list[asyncio.Task[None]]]:
+        """The process itself, in a new session, its output captured into ``sandbox.log``."""
+        out_read, out_write = os.pipe()
+        err_read, err_write = os.pipe()
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv,
                 cwd=entry.workdir,
                 env=self._environment(entry, token),
                 stdin=asyncio.subprocess.DEVNULL,
-                stdout=log_fd,
-                stderr=asyncio.subprocess.STDOUT,
+                stdout=out_write,
+                stderr=err_write,
                 start_new_session=True,
             )
         except (OSError, ValueError) as exc:
+            os.close(out_read)
+            os.close(err_read)
             raise DriverError(f"cannot start {quoted(argv[0])}: {_reason(exc)}") from exc
         finally:
-            os.close(log_fd)
-        return process
+            os.close(out_write)
+            os.close(err_write)
+        log_file = SandboxLogFile(entry.workdir, self._clock)
+        captures = [
+            asyncio.create_task(log_file.capture(stream, fd), name=f"log-{entry.id}-{stream}")
+            for stream, fd in (("stdout", out_read), ("stderr", err_read))
+        ]
+        return process, captures
 
     def _environment(self, entry: _Sandbox, token: str) -> dict[str, str]:
         spec = entry.message.spec
-        env = {
-            "PATH": os.environ.get("PATH", os.defpath),
-            "HOME": str(entry.workdir),
-            "LANG": os.environ.get("LANG", "C.UTF-8"),
-        }
+        env = sandbox_base_environment(entry.workdir)
         env.update(spec.template.environment)
         env.update(spec.environment)
         env[RUN_TOKEN_ENV] = token  # last, so a spec cannot hide the process from a restart
         return env
+
+    # ---- exec and logs ---------------------------------------------------------------------
+
+    async def open_exec(self, sandbox: openshell_pb2.Sandbox, spec: ExecSpec) -> LocalExecSession:
+        """Run ``spec`` in the sandbox (see "Exec" in the module docstring)."""
+        sandbox_id = sandbox.metadata.id
+        self._refuse_foreign(sandbox_id)
+        async with self._lock(sandbox_id):  # not while a stop or delete is under way
+            entry = self._sandboxes.get(sandbox_id)
+            if entry is None or entry.run is None or self._closed:
+                raise CommandNotStarted(f"sandbox {sandbox_id} is not running on this replica")
+            env = self._environment(entry, entry.run.token)
+            env.update(spec.environment)
+            env[RUN_TOKEN_ENV] = entry.run.token
+            session = await start_exec(spec, workdir=entry.workdir / spec.workdir, environment=env)
+            entry.execs.add(session)
+        session.on_exit(lambda: entry.execs.discard(session))
+        log.info(
+            "sandbox %s: exec pid %d (request %s)", sandbox_id, session.pid, spec.request_id or "-"
+        )
+        return session
+
+    async def read_logs(self, sandbox: openshell_pb2.Sandbox, query: LogQuery) -> list[LogLine]:
+        """Every line the main process wrote that is still kept, oldest first (the handler
+        filters and bounds them)."""
+        sandbox_id = sandbox.metadata.id
+        self._refuse_foreign(sandbox_id)
+        entry = self._sandboxes.get(sandbox_id)
+        if entry is None:
+            return []
+        return await SandboxLogFile(entry.workdir, self._clock).read()
+
+    @staticmethod
+    async def _kill_execs(entry: _Sandbox) -> None:
+        sessions, entry.execs = list(entry.execs), set()
+        await asyncio.gather(*(s.kill() for s in sessions), return_exceptions=True)
 
     async def _wait(self, entry: _Sandbox, run: _Run) -> None:
         returncode = await run.process.wait()
@@ -361,6 +419,9 @@ class LocalDriver(PublishesThroughFanout):
         # while any member lives, so this reaches no one else unless the group is already empty
         # and a new session took the same id within these microseconds.
         _kill_group(run.process.pid, signal.SIGKILL)
+        await self._kill_execs(entry)  # an exec does not outlive its sandbox's process
+        if run.captures:
+            await asyncio.wait(run.captures, timeout=self._stop_grace_s)  # the last lines
         if entry.run is run:
             entry.run = None
         if run.terminating:
@@ -523,6 +584,18 @@ class LocalDriver(PublishesThroughFanout):
 
     def _emit(self, event: DriverEvent) -> None:
         self._fanout.publish(event)
+
+
+def sandbox_base_environment(workdir: Path) -> dict[str, str]:
+    """What a sandbox process gets before its spec's environment: the gateway's ``PATH``
+    (with its interpreter's directory first) and ``LANG``, and ``HOME`` in its workdir."""
+    interpreter_dir = str(Path(sys.executable).parent)
+    path = [p for p in os.environ.get("PATH", os.defpath).split(os.pathsep) if p]
+    return {
+        "PATH": os.pathsep.join([interpreter_dir, *(p for p in path if p != interpreter_dir)]),
+        "HOME": str(workdir),
+        "LANG": os.environ.get("LANG", "C.UTF-8"),
+    }
 
 
 def _describe_exit(returncode: int) -> tuple[int, str]:

@@ -55,7 +55,7 @@ class OwnerLiveness:
 
     async def beat(self) -> None:
         try:
-            written = await self.gw.repos.replicas.beat(self.gw.replica_id)
+            written = await self.gw.repos.replicas.beat(self.gw.replica_id, self.gw.grpc_address)
         except StoreError as exc:
             self._last_ok = False
             log.warning("cannot write the heartbeat of replica %s: %s", self.gw.replica_id, exc)

@@ -28,6 +28,7 @@ from shellgate.controller.service import (
     config,
     credentials,
     drafts,
+    exec,
     identity,
     policies,
     profiles,
@@ -197,6 +198,29 @@ class OpenShellService(openshell_pb2_grpc.OpenShellServicer):
     GetService = rpc("GetService", services.get_service)
     ListServices = rpc("ListServices", services.list_services)
     DeleteService = rpc("DeleteService", services.delete_service)
+
+    # ----- exec and logs (exec.py) ----------------------------------------------------------
+
+    async def ExecSandbox(
+        self, request: openshell_pb2.ExecSandboxRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        async for event in exec.exec_sandbox(self.gateway, request, context):
+            yield event
+
+    async def ExecSandboxInteractive(self, requests: Any, context: grpc.aio.ServicerContext) -> Any:
+        async for event in exec.exec_sandbox_interactive(self.gateway, requests, context):
+            yield event
+
+    async def GetSandboxLogs(
+        self, request: openshell_pb2.GetSandboxLogsRequest, context: grpc.aio.ServicerContext
+    ) -> openshell_pb2.GetSandboxLogsResponse:
+        return await exec.get_sandbox_logs(self.gateway, request, context)
+
+    # Authorized inside exec.py (the interactive call on its first message); the rule is
+    # carried here like every other served method's.
+    ExecSandbox.authorization_rule = exec.RULES["ExecSandbox"]  # type: ignore[attr-defined]
+    ExecSandboxInteractive.authorization_rule = exec.RULES["ExecSandboxInteractive"]  # type: ignore[attr-defined]
+    GetSandboxLogs.authorization_rule = exec.RULES["GetSandboxLogs"]  # type: ignore[attr-defined]
 
     # ----- providers ----------------------------------------------------------------------
 

@@ -52,7 +52,7 @@ from shellgate.controller.drivers.base import (
     DriverEvent,
     SnapshotEvent,
 )
-from shellgate.controller.drivers.exec import ExecSpec, LogLine, LogQuery
+from shellgate.controller.drivers.exec import CommandNotStarted, ExecSpec, LogLine, LogQuery
 from shellgate.controller.drivers.fanout import EventFanout, PublishesThroughFanout
 from shellgate.controller.drivers.kubernetes.client import (
     ApiConflict,
@@ -380,8 +380,9 @@ class KubernetesDriver(PublishesThroughFanout):
                 )
             )
         except ApiError as exc:
-            if exc.status in (400, 404):
-                raise DriverError(f"{exc}; {await self._pod_state(namespace, pod)}") from exc
+            if exc.status in (400, 404):  # no running container: retrying now will not help
+                state = await self._pod_state(namespace, pod)
+                raise CommandNotStarted(f"{exc}; {state}") from exc
             raise DriverError(str(exc)) from exc
 
     async def _pod_state(self, namespace: str, pod: str) -> str:
