@@ -31,7 +31,7 @@ from typing import Any, ClassVar, ParamSpec, TypedDict, TypeVar, Unpack
 from google.protobuf.message import Message
 
 from shellgate.store.errors import Conflict, InvalidMutation, NotFound, StoreError, StoreUnavailable
-from shellgate.store.feed import ChangeHub, Subscription
+from shellgate.store.feed import ChangeHub, RowWatch, Subscription
 from shellgate.store.messages import object_type_of
 from shellgate.store.observer import NullObserver, StoreObserver
 from shellgate.store.records import (
@@ -315,6 +315,11 @@ class Store(abc.ABC):
     def subscribe(self) -> Subscription:
         """A subscription to the change feed: ``async with store.subscribe() as sub``."""
         return Subscription(self._hub)
+
+    def watch_row(self, id: str) -> RowWatch:
+        """A watch on one row: ``async with store.watch_row(id) as watch``; ``watch.wait()``
+        returns after a change to that row (or a wildcard hint), and only then."""
+        return RowWatch(self._hub, id)
 
     async def get_version(self, object_type: str, scope: str, version: int) -> ObjectRecord | None:
         """The row holding ``version`` in ``scope``, or None."""
