@@ -449,10 +449,10 @@ class SqlStore(Store):
         op = requirement.operator
         if op in (Operator.EXISTS, Operator.DOES_NOT_EXIST):
             test = self.dialect.has_label_key(key)
-            return test if op is Operator.EXISTS else f"NOT {test}"
+            return test if op is Operator.EXISTS else f"NOT ({test})"
         values = [params.bind(value) for value in requirement.values]
         matches = self.dialect.label_value_in(key, values)
-        return matches if op in (Operator.EQUALS, Operator.IN) else f"NOT {matches}"
+        return matches if op in (Operator.EQUALS, Operator.IN) else f"NOT ({matches})"
 
     def _record(self, row: Any) -> ObjectRecord:
         return ObjectRecord(
