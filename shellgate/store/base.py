@@ -212,6 +212,20 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def touch_by_name(
+        self, object_type: str, name: str, workspace: str = DEFAULT_WORKSPACE
+    ) -> int | None:
+        """Move the named row's version on by one without changing its content, whatever
+        version it has; the new version, or None when no such row exists.
+
+        The one write that names no version, on purpose: it changes nothing a reader sees but
+        the version, and its condition is the row's existence. It proves a row still existed
+        after the caller's previous write, and makes any ``delete_if`` at an older version
+        fail (``ProviderRepository.fence``). Two touches never conflict: each moves the
+        version on from wherever the other left it.
+        """
+
+    @abc.abstractmethod
     async def get(self, object_type: str, id: str) -> ObjectRecord | None: ...
 
     @abc.abstractmethod
