@@ -26,6 +26,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench import machine
+from bench.scale_attach import AttachScale, run_attaches
+from bench.scale_local import LocalScale, run_local
 from bench.scale_report import Results, plot, render_section, replace_section
 from bench.scale_store import StoreScale, fill, measure
 from bench.scale_watch import WatchScale, gateway_process, run_fanout, watched_sandboxes
@@ -37,6 +39,9 @@ DEFAULT_OUTPUT = "docs/benchmarks.md"
 
 
 def _numbers(text: str) -> list[int]:
+    """Comma-separated positive numbers, sorted; an empty text skips that part."""
+    if not text.strip():
+        return []
     try:
         values = sorted({int(part) for part in text.split(",") if part.strip()})
     except ValueError:
@@ -54,10 +59,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--streams", type=_numbers, default=[100, 1000, 5000])
     parser.add_argument("--rate", type=float, default=50.0, help="writes/s during fan-out")
     parser.add_argument("--seconds", type=float, default=10.0, help="fan-out write phase")
+    parser.add_argument(
+        "--attach-seconds", type=float, default=5.0, help="attach contention, per case"
+    )
+    parser.add_argument(
+        "--local-sandboxes", type=int, default=100, help="idle local-driver sandboxes (0: skip)"
+    )
     parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument("--output", default=DEFAULT_OUTPUT, help="'' writes no document")
     parser.add_argument("--save", default="", help="also write the results as JSON here")
     parser.add_argument("--baseline", default="", help="JSON of an earlier run to compare")
+    parser.add_argument("--label", default="", help="names the code measured (default: commit)")
     return parser.parse_args(argv)
 
 
@@ -82,6 +94,18 @@ async def run_store(url: str, sizes: Sequence[int]) -> list[StoreScale]:
     return results
 
 
+async def run_attach(url: str, seconds: float) -> list[AttachScale]:
+    store = await connect(url)
+    try:
+        found = []
+        for shared in (True, False):
+            found.append(await run_attaches(store, shared=shared, seconds=seconds))
+            progress(f"{store.backend} attaches, shared={shared}: {found[-1].latency}")
+        return found
+    finally:
+        await store.close()
+
+
 async def run_watch(
     url: str, streams: Sequence[int], rate: float, seconds: float
 ) -> list[WatchScale]:
@@ -102,9 +126,14 @@ async def run_watch(
 def run(args: argparse.Namespace) -> Results:
     backends = [name.strip() for name in args.backends.split(",") if name.strip()]
     results = Results()
+    if args.local_sandboxes > 0:
+        results.local = [asyncio.run(run_local(args.local_sandboxes))]
+        progress(f"local driver: {results.local[0]}")
     for backend in backends:
         with database_url(backend) as url:
             results.store += asyncio.run(run_store(url, args.sizes))
+            if args.attach_seconds > 0:
+                results.attach += asyncio.run(run_attach(url, args.attach_seconds))
             if backend == "postgres" and args.streams:
                 results.watch = asyncio.run(run_watch(url, args.streams, args.rate, args.seconds))
     return results
@@ -128,7 +157,12 @@ def load_results(path: str) -> Results | None:
     for row in data["watch"]:
         row["delivery"] = latency(row["delivery"])
         watch.append(WatchScale(**row))
-    return Results(store, watch, data.get("label", ""))
+    attach = []
+    for row in data.get("attach", []):
+        row["latency"] = latency(row["latency"])
+        attach.append(AttachScale(**row))
+    local = [LocalScale(**row) for row in data.get("local", [])]
+    return Results(store, watch, data.get("label", ""), attach, local)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -136,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     facts = machine.collect()
     results = run(args)
     facts = machine.finished(facts)
-    results.label = f"commit {facts.code.commit}"
+    results.label = args.label or f"commit {facts.code.commit}"
     if args.save:
         Path(args.save).write_text(json.dumps(dataclasses.asdict(results), indent=1))
     baseline = load_results(args.baseline)

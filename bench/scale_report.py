@@ -8,6 +8,8 @@ from pathlib import Path
 
 from bench.machine import MachineFacts
 from bench.report import markdown_table
+from bench.scale_attach import CLIENTS, AttachScale
+from bench.scale_local import LocalScale
 from bench.scale_store import StoreScale
 from bench.scale_watch import WatchScale
 from bench.stats import Latency
@@ -23,6 +25,8 @@ class Results:
     store: list[StoreScale] = field(default_factory=list)
     watch: list[WatchScale] = field(default_factory=list)
     label: str = ""
+    attach: list[AttachScale] = field(default_factory=list)
+    local: list[LocalScale] = field(default_factory=list)
 
 
 def replace_section(document: str, section: str) -> str:
@@ -96,7 +100,7 @@ def watch_table(rows: Sequence[WatchScale]) -> str:
             "delivery p50 / p99 ms",
             "gateway CPU ms per write",
             "gateway CPU idle %",
-            "streams opened in s",
+            "streams opened (in s)",
         ],
         [
             [
@@ -106,7 +110,49 @@ def watch_table(rows: Sequence[WatchScale]) -> str:
                 _ms(r.delivery),
                 f"{r.cpu_ms_per_write:.2f}",
                 f"{r.idle_cpu_percent:.1f}",
-                f"{r.open_seconds:.1f}",
+                f"{r.opened:,} ({r.open_seconds:.1f})",
+            ]
+            for r in rows
+        ],
+    )
+
+
+def attach_table(rows: Sequence[AttachScale]) -> str:
+    return markdown_table(
+        ["backend", "providers", "attaches", "ABORTED", "attach p50 / p99 ms"],
+        [
+            [
+                r.backend,
+                f"one shared by {CLIENTS} clients" if r.shared else f"{CLIENTS}, one per client",
+                str(r.attaches),
+                str(r.aborted),
+                _ms(r.latency),
+            ]
+            for r in rows
+        ],
+    )
+
+
+def local_table(rows: Sequence[LocalScale]) -> str:
+    return markdown_table(
+        [
+            "idle sandboxes",
+            "idle command",
+            "creates/s",
+            "gateway CPU ms per create",
+            "child CPU ms to start",
+            "RSS per idle child MB",
+            "gateway threads",
+        ],
+        [
+            [
+                str(r.sandboxes),
+                f"`{r.idle_command}`",
+                f"{r.creates_per_s:.0f}",
+                f"{r.cpu_ms_per_create:.2f}",
+                f"{r.child_cpu_ms:.1f}",
+                f"{r.child_rss_mb:.1f}",
+                str(r.threads),
             ]
             for r in rows
         ],
@@ -156,6 +202,23 @@ def render_section(
             "",
             watch_table(results.watch),
         ]
+    if results.attach:
+        lines += [
+            "",
+            f"AttachSandboxProvider contention: {CLIENTS} clients, each attaching a provider to "
+            "its own sandbox and detaching it again in a loop, through the repositories as the "
+            "handler calls them; ABORTED is a call that ran out of CAS attempts.",
+            "",
+            attach_table(results.attach),
+        ]
+    if results.local:
+        lines += [
+            "",
+            "Local driver: sandboxes created without a command (each runs the idle command) "
+            "by one driver, one after another.",
+            "",
+            local_table(results.local),
+        ]
     lines += ["", f"![list latency against rows]({LIST_IMAGE})"]
     if results.watch:
         lines += ["", f"![watch delivery against streams]({WATCH_IMAGE})"]
@@ -170,6 +233,10 @@ def render_section(
         ]
         if baseline.watch:
             lines += ["", watch_table(baseline.watch)]
+        if baseline.attach:
+            lines += ["", attach_table(baseline.attach)]
+        if baseline.local:
+            lines += ["", local_table(baseline.local)]
     lines += ["", "### Plans the databases chose (largest size)", "", _plans(results.store)]
     return "\n".join(lines) + "\n"
 
