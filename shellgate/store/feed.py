@@ -160,10 +160,6 @@ class ChangeHub:
             if not watches:
                 del self._watches[watch.id]
 
-    @property
-    def watch_count(self) -> int:
-        return sum(len(watches) for watches in self._watches.values())
-
     def publish(self, event: ChangeEvent) -> None:
         for subscription in tuple(self._subscribers):
             subscription.offer(event)
