@@ -168,6 +168,21 @@ def _plans(rows: Sequence[StoreScale]) -> str:
     return "\n\n".join(parts)
 
 
+def _store_part(rows: Sequence[StoreScale]) -> list[str]:
+    return [
+        "Store calls through the `Store` API, one table grown to each size (sandboxes over 4 "
+        "workspaces, `team=t<i mod 100>`; Postgres analysed after each growth, as autovacuum "
+        "would). A page is 100 rows; the full pass pages every sandbox of every workspace as "
+        "the resync does.",
+        "",
+        store_table(rows),
+        "",
+        "Label selectors (first page of 100, across workspaces):",
+        "",
+        selector_table(rows),
+    ]
+
+
 def render_section(
     results: Results, baseline: Results | None, facts: MachineFacts, command: str
 ) -> str:
@@ -181,16 +196,9 @@ def render_section(
         "absolute figures are noisy; the shapes (flat or growing with rows and streams) are "
         "the result.",
         "",
-        "Store calls through the `Store` API, one table grown to each size (sandboxes over 4 "
-        "workspaces, `team=t<i mod 100>`). A page is 100 rows; the full pass pages every "
-        "sandbox of every workspace as the resync does.",
-        "",
-        store_table(results.store),
-        "",
-        "Label selectors (first page of 100, across workspaces):",
-        "",
-        selector_table(results.store),
     ]
+    if results.store:
+        lines += _store_part(results.store)
     if results.watch:
         lines += [
             "",
@@ -227,17 +235,17 @@ def render_section(
             "",
             f"### Before: the same benchmark on {baseline.label or 'the baseline'}",
             "",
-            store_table(baseline.store),
-            "",
-            selector_table(baseline.store),
         ]
+        if baseline.store:
+            lines += ["", store_table(baseline.store), "", selector_table(baseline.store)]
         if baseline.watch:
             lines += ["", watch_table(baseline.watch)]
         if baseline.attach:
             lines += ["", attach_table(baseline.attach)]
         if baseline.local:
             lines += ["", local_table(baseline.local)]
-    lines += ["", "### Plans the databases chose (largest size)", "", _plans(results.store)]
+    if results.store:
+        lines += ["", "### Plans the databases chose (largest size)", "", _plans(results.store)]
     return "\n".join(lines) + "\n"
 
 
