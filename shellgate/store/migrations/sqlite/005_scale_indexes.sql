@@ -29,4 +29,4 @@ CREATE TRIGGER object_labels_on_delete AFTER DELETE ON objects BEGIN DELETE FROM
 ANALYZE object_labels;
 DELETE FROM sqlite_stat1 WHERE tbl IN ('objects', 'object_labels');
 INSERT INTO sqlite_stat1 (tbl, idx, stat) VALUES ('object_labels', 'object_labels_key_value_idx', '200000 20000 100 1'), ('objects', 'sqlite_autoindex_objects_1', '100000 1'), ('objects', 'objects_type_order_idx', '100000 20000 1 1'), ('objects', 'objects_list_idx', '100000 20000 5000 1 1'), ('objects', 'objects_type_status_idx', '100000 20000 5000'), ('objects', 'objects_name_uq', '100000 20000 5000 1');
-ANALYZE sqlite_schema;
+ANALYZE sqlite_master;
