@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test lint unit format bench proto clean help fuzz
+.PHONY: run test lint unit format bench bench-scale proto clean help fuzz
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -47,6 +47,10 @@ proto: $(STAMP) ## Regenerate shellgate/api/gen from the .proto files
 bench: $(STAMP) ## Run the store benchmark; writes docs/benchmarks.md
 	$(BIN)/pip install --quiet -e '.[test,dev,bench]'
 	$(BIN)/python -m bench.store_cas
+
+bench-scale: $(STAMP) ## Run the scale benchmark; rewrites its section of docs/benchmarks.md
+	$(BIN)/pip install --quiet -e '.[test,dev,bench]'
+	$(BIN)/python -m bench.scale --sizes 1000,10000,100000
 
 clean: ## Remove the virtualenv and local state
 	rm -rf $(VENV) .shellgate

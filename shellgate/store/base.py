@@ -31,7 +31,7 @@ from typing import Any, ClassVar, ParamSpec, TypedDict, TypeVar, Unpack
 from google.protobuf.message import Message
 
 from shellgate.store.errors import Conflict, InvalidMutation, NotFound, StoreError, StoreUnavailable
-from shellgate.store.feed import ChangeHub, Subscription
+from shellgate.store.feed import ChangeHub, RowWatch, Subscription
 from shellgate.store.messages import object_type_of
 from shellgate.store.observer import NullObserver, StoreObserver
 from shellgate.store.records import (
@@ -212,6 +212,20 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def touch_by_name(
+        self, object_type: str, name: str, workspace: str = DEFAULT_WORKSPACE
+    ) -> int | None:
+        """Move the named row's version on by one without changing its content, whatever
+        version it has; the new version, or None when no such row exists.
+
+        The one write that names no version, on purpose: it changes nothing a reader sees but
+        the version, and its condition is the row's existence. It proves a row still existed
+        after the caller's previous write, and makes any ``delete_if`` at an older version
+        fail (``ProviderRepository.fence``). Two touches never conflict: each moves the
+        version on from wherever the other left it.
+        """
+
+    @abc.abstractmethod
     async def get(self, object_type: str, id: str) -> ObjectRecord | None: ...
 
     @abc.abstractmethod
@@ -315,6 +329,11 @@ class Store(abc.ABC):
     def subscribe(self) -> Subscription:
         """A subscription to the change feed: ``async with store.subscribe() as sub``."""
         return Subscription(self._hub)
+
+    def watch_row(self, id: str) -> RowWatch:
+        """A watch on one row: ``async with store.watch_row(id) as watch``; ``watch.wait()``
+        returns after a change to that row (or a wildcard hint), and only then."""
+        return RowWatch(self._hub, id)
 
     async def get_version(self, object_type: str, scope: str, version: int) -> ObjectRecord | None:
         """The row holding ``version`` in ``scope``, or None."""

@@ -127,11 +127,16 @@ class PostgresDialect(Dialect):
     def json_value(self, placeholder: str) -> str:
         return f"{placeholder}::jsonb"
 
+    # Existence (``?``) and containment (``@>``) are the operators the GIN index on labels
+    # (migration 005) serves; ``->>`` comparisons would read every row.
     def has_label_key(self, key: str) -> str:
-        return f"jsonb_exists(labels, {key})"
+        return f"labels ? {key}"
 
     def label_value_in(self, key: str, values: list[str]) -> str:
-        return f"COALESCE((labels ->> {key}) IN ({', '.join(values)}), FALSE)"
+        if len(values) == 1:
+            return f"labels @> jsonb_build_object({key}::text, {values[0]}::text)"
+        pairs = ", ".join(f"jsonb_build_object({key}::text, {value}::text)" for value in values)
+        return f"labels @> ANY(ARRAY[{pairs}])"
 
     def one_of(self, column: str, values: Sequence[str], params: Params) -> str:
         return f"{column} = ANY({params.bind(list(values))}::text[])"

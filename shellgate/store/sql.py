@@ -202,6 +202,15 @@ class Statements:
                 f"DELETE FROM objects WHERE {_the_row(b)} AND {cas_predicate(b)} RETURNING id"
             ),
         )
+        self.touch_by_name = Statement(
+            d,
+            lambda b: (
+                f"UPDATE objects SET resource_version = resource_version + 1, "
+                f"updated_at_ms = {now} WHERE object_type = {b('object_type')} "
+                f"AND workspace = {b('workspace')} AND name = {b('name')} "
+                "RETURNING id, resource_version, updated_at_ms"
+            ),
+        )
         self.get = Statement(d, lambda b: f"SELECT {COLUMNS} FROM objects WHERE {_the_row(b)}")
         self.get_by_name = Statement(
             d,
@@ -318,6 +327,19 @@ class SqlStore(Store):
         if isinstance(error, NotFound):
             return False
         raise error
+
+    @timed("touch")
+    async def touch_by_name(
+        self, object_type: str, name: str, workspace: str = DEFAULT_WORKSPACE
+    ) -> int | None:
+        statement = self._sql.touch_by_name
+        values = {"object_type": object_type, "workspace": workspace, "name": name}
+        row = await self._row(statement.sql, statement.params(values))
+        if row is None:
+            return None
+        if self.dialect.publishes_own_writes:
+            self._hub.publish(ChangeEvent(object_type, row[0], row[1], committed_at_ms=row[2]))
+        return int(row[1])
 
     @timed("get")
     async def get(self, object_type: str, id: str) -> ObjectRecord | None:
@@ -449,10 +471,10 @@ class SqlStore(Store):
         op = requirement.operator
         if op in (Operator.EXISTS, Operator.DOES_NOT_EXIST):
             test = self.dialect.has_label_key(key)
-            return test if op is Operator.EXISTS else f"NOT {test}"
+            return test if op is Operator.EXISTS else f"NOT ({test})"
         values = [params.bind(value) for value in requirement.values]
         matches = self.dialect.label_value_in(key, values)
-        return matches if op in (Operator.EQUALS, Operator.IN) else f"NOT {matches}"
+        return matches if op in (Operator.EQUALS, Operator.IN) else f"NOT ({matches})"
 
     def _record(self, row: Any) -> ObjectRecord:
         return ObjectRecord(

@@ -58,7 +58,8 @@ _UNIQUE_COLUMNS = {
 
 
 class SqliteDialect(Dialect):
-    """Labels are JSON text read with ``json_each``; parameters are ``?``."""
+    """Labels are JSON text, mirrored into the indexed ``object_labels`` table for selectors;
+    parameters are ``?``."""
 
     name: ClassVar[str] = "sqlite"
     # No database notification exists: local writes are published by the writer itself.
@@ -73,12 +74,14 @@ class SqliteDialect(Dialect):
     def placeholder(self, position: int) -> str:
         return "?"
 
+    # The object_labels table (migration 005, kept by triggers) answers both from its
+    # (key, value) index instead of decoding every row's labels.
     def has_label_key(self, key: str) -> str:
-        return f"EXISTS (SELECT 1 FROM json_each(objects.labels) WHERE key = {key})"
+        return f"objects.id IN (SELECT object_id FROM object_labels WHERE key = {key})"
 
     def label_value_in(self, key: str, values: list[str]) -> str:
         return (
-            "EXISTS (SELECT 1 FROM json_each(objects.labels) "
+            "objects.id IN (SELECT object_id FROM object_labels "
             f"WHERE key = {key} AND value IN ({', '.join(values)}))"
         )
 

@@ -97,6 +97,23 @@ async def next_event(
     return await asyncio.wait_for(find(), WAIT_S)
 
 
+async def events_until(
+    events: AsyncIterator[DriverEvent],
+    predicate: Callable[[DriverEvent], bool],
+) -> list[DriverEvent]:
+    """Every event up to and including the first that matches ``predicate``."""
+    seen: list[DriverEvent] = []
+
+    async def collect() -> list[DriverEvent]:
+        async for event in events:
+            seen.append(event)
+            if predicate(event):
+                return seen
+        raise AssertionError("the event stream ended")
+
+    return await asyncio.wait_for(collect(), WAIT_S)
+
+
 def ready(status: str, reason: str | None = None) -> Callable[[DriverEvent], bool]:
     def match(event: DriverEvent) -> bool:
         if not isinstance(event, SnapshotEvent):
@@ -422,10 +439,11 @@ async def test_restart_restores_running_stopped_and_exited(state_dir: Path) -> N
     for sb in (running, stopped, exited):
         await d.create_sandbox(sb)
     await d.stop_sandbox(stopped.metadata.id)
-    await next_event(events, ready("False", "ContainerExited"))
+    # Every event of the first run, whichever order the stop and the exit came in.
+    seen = await events_until(events, ready("False", "ContainerExited"))
     before = await d.get_sandbox(running.metadata.id)
     assert before is not None
-    old_revisions = revisions_of(drain(events))
+    old_revisions = revisions_of(seen + drain(events))
     await d.close()
     assert await gone(pid_of(before))
 

@@ -34,12 +34,13 @@ import asyncio, os, signal, sys
 from pathlib import Path
 from shellgate.api import openshell_pb2
 from shellgate.controller.drivers import LocalDriver
+from shellgate.controller.drivers import local
 
 state_dir, sandbox_id, tag, crash_in = sys.argv[1:5]
-spawn = asyncio.create_subprocess_exec
+spawn = local._start_child
 
-async def spawn_then_die(*args, **kwargs):
-    process = await spawn(*args, **kwargs)
+def spawn_then_die(*args, **kwargs):
+    process = spawn(*args, **kwargs)
     os.kill(os.getpid(), signal.SIGKILL)
     return process
 
@@ -54,7 +55,7 @@ async def main():
     if crash_in == "start":
         await driver.create_sandbox(sandbox)
         await driver.stop_sandbox(sandbox_id)
-    asyncio.create_subprocess_exec = spawn_then_die
+    local._start_child = spawn_then_die
     if crash_in == "start":
         await driver.start_sandbox(sandbox_id)
     else:

@@ -14,9 +14,9 @@ hot provider's history is linearizable; every live replica is ready within a bou
 fault's end; and a WatchSandbox stream opened on a replica that was not hit, before the
 fault, sees a change made after it.
 
-What the stream does, from the code: it holds a change-feed subscription and re-reads the
-row on a hint or every 5 s. The feed's LISTEN connection reconnects by itself and then tells
-every subscriber to re-read, so a stream whose re-reads all fall outside a database outage
+What the stream does, from the code: it watches its row on the change feed and re-reads the
+row on a hint about it. The feed's LISTEN connection reconnects by itself and then tells
+every watcher to re-read, so a stream whose re-reads all fall outside a database outage
 carries on; one that re-reads during the outage ends with UNAVAILABLE (with RetryInfo), and a
 re-opened stream starts with the current row. Replica faults never touch another replica's
 streams, so there the stream must carry on.

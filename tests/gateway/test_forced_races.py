@@ -151,12 +151,13 @@ async def test_forced_reference_race_never_dangles(gw: Running, race: str) -> No
 
 
 def without_fence_write(gw: Running, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The fence reads the provider but no longer re-writes it: its version stays."""
+    """The fence checks the provider exists but no longer moves its version."""
+    repository: ProviderRepository = gw.gateway.repos.providers
 
-    async def no_write(_record: ObjectRecord) -> None:
-        return None
+    async def exists_only(name: str, workspace: str) -> bool:
+        return await repository.store.get_by_name(PROVIDER_TYPE, name, workspace) is not None
 
-    monkeypatch.setattr(gw.gateway.repos.providers, "_write_fence", no_write)
+    monkeypatch.setattr(repository, "_write_fence", exists_only)
 
 
 def without_fence(gw: Running, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -294,3 +294,32 @@ async def test_credentials_sealed_under_an_unknown_key_are_a_failed_precondition
         await gw.stub.UpdateProvider(P.UpdateProviderRequest(provider=update))
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "cannot be opened" in (refused.value.details() or "")
+
+
+async def test_attaches_to_one_shared_provider_do_not_conflict(gw: Running) -> None:
+    """Sixteen attaches of one provider to sixteen sandboxes at once: every one answers OK on
+    its first try, and the provider's fences never retry. Each fence moves the provider's
+    version on from wherever the last one left it (one statement, conditioned on the row's
+    existence), so the version moved exactly once per attach; a fence that re-wrote the
+    provider at the version it read would have lost races here and retried or aborted."""
+    created = await create_provider(gw, "shared")
+    names = [f"c{n}" for n in range(16)]
+    for name in names:
+        await create_sandbox(gw, name)
+    results = await asyncio.gather(
+        *(
+            gw.stub.AttachSandboxProvider(
+                P.AttachSandboxProviderRequest(sandbox=name, provider="shared")
+            )
+            for name in names
+        ),
+        return_exceptions=True,
+    )
+    assert all(not isinstance(r, Exception) and r.attached for r in results), results
+    stored = await gw.gateway.store.get_by_name("provider", "shared")
+    assert stored is not None
+    assert stored.resource_version == created.metadata.resource_version + len(names)
+    conflicts = gw.gateway.metrics.registry.get_sample_value(
+        "shellgate_store_cas_attempts_total", {"object_type": "provider", "result": "conflict"}
+    )
+    assert not conflicts

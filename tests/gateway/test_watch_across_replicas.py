@@ -1,7 +1,7 @@
 """WatchSandbox on replica B sees a change that replica A applied.
 
-The stream's periodic re-read is switched off, so the only way the change can reach B is the
-store's change feed (Postgres LISTEN/NOTIFY; SQLite's cross-process poll). Latency is the
+The stream has no periodic re-read, so the only way the change can reach B is the store's
+change feed (Postgres LISTEN/NOTIFY; SQLite's cross-process poll). Latency is the
 feed's (milliseconds on Postgres, at most the 200 ms poll on SQLite); it is not asserted here.
 """
 
@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-
 from shellgate.api import openshell_pb2
 from shellgate.controller.drivers.base import SnapshotEvent
-from shellgate.controller.service import watch_sandbox
 from shellgate.store import Store
 from tests.support.fake_driver import FakeDriver, ready
 from tests.support.gateway import running_gateway
@@ -21,10 +18,7 @@ from tests.support.gateway import running_gateway
 P = openshell_pb2
 
 
-async def test_watch_on_b_sees_a_change_applied_on_a(
-    store: Store, second_store: Store, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(watch_sandbox, "RESYNC_SECONDS", 3600.0)
+async def test_watch_on_b_sees_a_change_applied_on_a(store: Store, second_store: Store) -> None:
     async with (
         running_gateway(store, FakeDriver(auto_ready=False)) as a,
         running_gateway(second_store, FakeDriver(auto_ready=False)) as b,

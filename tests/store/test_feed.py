@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+
+import asyncpg
+import pytest
 
 from shellgate.store import ChangeEvent, Store, WriteCondition, connect
+from shellgate.store.feed import RowWatch
 
 MUST_CREATE = WriteCondition.MUST_CREATE
 
@@ -63,3 +68,86 @@ async def test_writes_from_another_store_reach_subscribers(store_url: str) -> No
     finally:
         await writer.close()
         await watcher.close()
+
+
+async def woken(watch: RowWatch, wait_s: float = 5.0) -> bool:
+    """True when the watch wakes within ``wait_s``; then whether its row may have changed."""
+    await asyncio.wait_for(watch.wait(), wait_s)
+    return watch.take_change()
+
+
+async def test_a_row_watch_wakes_for_its_own_row_only(store: Store) -> None:
+    """A write wakes the watches of its row and leaves the others asleep: a hint costs the
+    streams of one sandbox, whatever the number of streams on other sandboxes."""
+    for id in ("a", "b", "marker"):
+        await store.put_if("sandbox", id, id, b"", {}, MUST_CREATE)
+    async with (
+        store.watch_row("a") as a,
+        store.watch_row("b") as b,
+        store.watch_row("marker") as marker,
+    ):
+        await asyncio.sleep(0.3)  # a wildcard from the feed's start-up, if any, comes now
+        for watch in (a, b, marker):
+            watch.take_change()
+        await store.put_if("sandbox", "a", "a", b"x", {}, WriteCondition.match(1))
+        await store.put_if("sandbox", "marker", "marker", b"x", {}, WriteCondition.match(1))
+        assert await woken(a)
+        assert await woken(marker)  # hints arrive in commit order: b's would have by now
+        assert not b.take_change()
+        assert a.last_event is not None and a.last_event.resource_version == 2
+
+
+async def test_a_row_watch_keeps_a_change_made_before_it_waited(store: Store) -> None:
+    """The flag is set while nobody waits, so a change between the read and the wait is
+    never lost, and many changes cost one wake-up."""
+    await store.put_if("sandbox", "a", "a", b"", {}, MUST_CREATE)
+    async with store.watch_row("a") as watch:
+        for version in (1, 2, 3):
+            payload = b"%d" % version
+            await store.put_if("sandbox", "a", "a", payload, {}, WriteCondition.match(version))
+        await asyncio.sleep(0.3)
+        assert await woken(watch, 1.0)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(watch.wait(), 0.2)
+        assert not watch.take_change()
+
+
+async def test_a_write_by_another_process_wakes_row_watches(store_url: str) -> None:
+    """Another store on the same database writes: the watch of that row wakes (Postgres names
+    the row; SQLite's cross-process poll wakes every watch, since it cannot say which)."""
+    watcher = await connect(store_url)
+    writer = await connect(store_url)
+    try:
+        await writer.put_if("sandbox", "far", "far", b"", {}, MUST_CREATE)
+        async with watcher.watch_row("far") as watch:
+            await asyncio.sleep(0.3)
+            watch.take_change()
+            await writer.put_if("sandbox", "far", "far", b"x", {}, WriteCondition.match(1))
+            assert await woken(watch)
+    finally:
+        await writer.close()
+        await watcher.close()
+
+
+@pytest.mark.postgres
+async def test_a_feed_reconnect_wakes_every_row_watch(pg_dsn: str) -> None:
+    """Hints sent while the LISTEN connection was down are lost, so after it reconnects every
+    watch wakes once and re-reads: a stream never misses a state because of the gap."""
+    store = await connect(pg_dsn)
+    try:
+        async with store.watch_row("a") as a, store.watch_row("b") as b:
+            await asyncio.sleep(0.1)
+            a.take_change(), b.take_change()
+            admin = await asyncpg.connect(pg_dsn)
+            try:
+                terminated = await admin.fetchval(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+                )
+            finally:
+                await admin.close()
+            assert terminated == 1
+            assert await woken(a, 10.0)
+            assert await woken(b, 10.0)
+    finally:
+        await store.close()

@@ -170,3 +170,29 @@ async def test_a_page_ends_early_at_its_byte_budget(store: Store) -> None:
             break
     assert sizes == [2, 2, 2, 1]
     assert seen == [f"id{n}" for n in range(7)]
+
+
+async def test_selectors_follow_label_changes_and_deletes(store: Store) -> None:
+    """The label index (SQLite's object_labels table, Postgres' GIN) follows every write:
+    a label changed, a label removed, labels kept by an update that passes none, a delete."""
+    await seed(store, {"a": {"team": "x", "tier": "1"}, "b": {"team": "y"}})
+    await store.put_if("sandbox", "a", "n-a", b"1", {"team": "y"}, WriteCondition.match(1))
+    await store.put_if("sandbox", "b", "n-b", b"1", None, WriteCondition.match(1))  # kept
+    assert await ids(store, "team=x") == []
+    assert await ids(store, "team=y") == ["a", "b"]
+    assert await ids(store, "tier") == []
+    assert await ids(store, "!tier") == ["a", "b"]
+    assert await ids(store, "team in (x, y),team!=z") == ["a", "b"]
+    assert await store.delete_if("sandbox", "b", 2)
+    assert await ids(store, "team=y") == ["a"]
+    await seed(store, {"b": {"team": "x"}})  # the same id again, with new labels
+    assert await ids(store, "team=x") == ["b"]
+    assert await ids(store, "team notin (x)") == ["a"]
+
+
+async def test_a_selector_is_bounded_to_its_object_type(store: Store) -> None:
+    await seed(store, {"s": {"team": "x"}})
+    await store.put_if("provider", "p", "p", b"", {"team": "x"}, MUST_CREATE)
+    page = await store.list("provider", selector="team=x")
+    assert [record.id for record in page.records] == ["p"]
+    assert await ids(store, "team=x") == ["s"]

@@ -9,7 +9,7 @@ import asyncio
 
 import pytest
 
-from shellgate.store import MigrationError, Store, connect
+from shellgate.store import MigrationError, Store, WriteCondition, connect
 from shellgate.store.migrations import load
 from tests.support.racing import run_in_processes, wait_for_the_others
 
@@ -116,3 +116,20 @@ def migrate_at_once(store_url: str) -> None:
 @pytest.mark.slow
 def test_processes_starting_at_once_migrate_once(store_url: str) -> None:
     migrate_at_once(store_url)
+
+
+async def test_labels_written_before_the_label_index_are_selectable(store_url: str) -> None:
+    """Migration 005 indexes labels (SQLite: fills object_labels from every row): rows
+    written before it are found by selectors after the upgrade, and stay in step after."""
+    old = await connect(store_url, migrate_to=4)
+    await old.put_if("sandbox", "s1", "one", b"", {"team": "x"}, WriteCondition.MUST_CREATE)
+    await old.put_if("sandbox", "s2", "two", b"", {"team": "y"}, WriteCondition.MUST_CREATE)
+    await old.close()
+    upgraded = await connect(store_url)
+    try:
+        found = await upgraded.list("sandbox", selector="team in (x)")
+        assert [record.id for record in found.records] == ["s1"]
+        await upgraded.put_if("sandbox", "s1", "one", b"", {}, WriteCondition.match(1))
+        assert (await upgraded.list("sandbox", selector="team")).records[0].id == "s2"
+    finally:
+        await upgraded.close()

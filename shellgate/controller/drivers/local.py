@@ -43,14 +43,16 @@ profile, which resets ``PATH`` and so would lose the gateway's Python. An exec c
 sandbox's run token, so a restarted driver kills those left behind too.
 
 **Processes.** Each process runs in a new session, so it leads its own process group, and
-signals go to the whole group: a shell's children go with it. One asyncio task per process waits
-for its exit; when the main process is gone, whatever remains of its group is killed, as a
-container runtime does when a container's init exits. An exit nobody asked for becomes a
-``Ready=False/ContainerExited`` snapshot with the exit code plus a ``ProcessExited`` warning. An
-exit caused by stop, delete or close is reported by that operation instead: stop reports
-``Suspended=True/PodTerminated``, delete a ``DeletedEvent``, close nothing. Stopping sends
-SIGTERM and, after ``stop_grace_s``, SIGKILL. Operations on one id are serialized by a per-id
-lock, which guards only this driver's processes and files.
+signals go to the whole group: a shell's children go with it. Exits are reaped on the event
+loop through a pidfd per child (Linux; elsewhere a thread waits for each), not by asyncio's
+default child watcher, which on Python 3.11 parks one ``waitpid`` thread per child. One
+asyncio task per process waits for its exit; when the main process is gone, whatever remains
+of its group is killed, as a container runtime does when a container's init exits. An exit
+nobody asked for becomes a ``Ready=False/ContainerExited`` snapshot with the exit code plus a
+``ProcessExited`` warning. An exit caused by stop, delete or close is reported by that
+operation instead: stop reports ``Suspended=True/PodTerminated``, delete a ``DeletedEvent``,
+close nothing. Stopping sends SIGTERM and, after ``stop_grace_s``, SIGKILL. Operations on one
+id are serialized by a per-id lock, which guards only this driver's processes and files.
 
 **Revisions.** One counter per driver orders its snapshots. It starts at the clock in
 microseconds (``clock() * 1000``), so a restarted driver keeps counting above its previous run
@@ -81,6 +83,7 @@ import secrets
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -107,7 +110,18 @@ from shellgate.store.errors import quoted
 
 log = logging.getLogger(__name__)
 
-DEFAULT_IDLE_COMMAND: tuple[str, ...] = (sys.executable, "-c", "import signal; signal.pause()")
+
+def _idle_command() -> tuple[str, ...]:
+    """What a sandbox without a command runs: ``sleep infinity`` (about 1 MB and a
+    millisecond to start), or a Python that pauses (10 MB and 20 ms of CPU) where no
+    ``sleep`` is found. Both wait for a signal and die of SIGTERM."""
+    sleep = shutil.which("sleep")
+    if sleep is not None:
+        return (sleep, "infinity")
+    return (sys.executable, "-c", "import signal; signal.pause()")
+
+
+DEFAULT_IDLE_COMMAND: tuple[str, ...] = _idle_command()
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")  # a safe single path component
 _TRASH = ".trash-"
 _RUNNING, _STOPPED, _EXITED = "running", "stopped", "exited"
@@ -122,11 +136,71 @@ def _wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+class _Child:
+    """A child process whose exit is reaped on the event loop, without a thread.
+
+    The loop watches a pidfd of the child (readable once it has exited) and reaps it then;
+    where ``os.pidfd_open`` is missing or refused, one thread waits for this child instead.
+    """
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self._popen = popen
+        self.pid = popen.pid
+        self._loop = asyncio.get_running_loop()
+        self._exited: asyncio.Future[int] = self._loop.create_future()
+        self._pidfd: int | None = None
+        try:
+            self._pidfd = os.pidfd_open(self.pid)
+        except (AttributeError, OSError):
+            self._thread = asyncio.ensure_future(asyncio.to_thread(popen.wait))
+            self._thread.add_done_callback(lambda done: self._reaped(done.result()))
+            return
+        self._loop.add_reader(self._pidfd, self._on_readable)
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.returncode
+
+    def _on_readable(self) -> None:
+        returncode = self._popen.poll()
+        if returncode is None:
+            return  # not exited after all: keep watching
+        assert self._pidfd is not None
+        self._loop.remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        self._pidfd = None
+        self._reaped(returncode)
+
+    def _reaped(self, returncode: int) -> None:
+        if not self._exited.done():
+            self._exited.set_result(returncode)
+
+    async def wait(self) -> int:
+        """The exit status (``-N`` for a death by signal N), once the child has exited."""
+        return await asyncio.shield(self._exited)
+
+
+def _start_child(
+    argv: list[str], workdir: Path, env: dict[str, str], stdout_fd: int, stderr_fd: int
+) -> _Child:
+    """Start one sandbox process in a new session, its output on the two descriptors."""
+    popen = subprocess.Popen(
+        argv,
+        cwd=workdir,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=stdout_fd,
+        stderr=stderr_fd,
+        start_new_session=True,
+    )
+    return _Child(popen)
+
+
 @dataclass
 class _Run:
     """One process of a sandbox and the task that waits for its exit."""
 
-    process: asyncio.subprocess.Process
+    process: _Child
     token: str = ""
     captures: list[asyncio.Task[None]] = field(default_factory=list)
     waiter: asyncio.Task[None] | None = None
@@ -341,19 +415,13 @@ class LocalDriver(PublishesThroughFanout):
 
     async def _exec(
         self, entry: _Sandbox, argv: list[str], token: str
-    ) -> tuple[asyncio.subprocess.Process, list[asyncio.Task[None]]]:
+    ) -> tuple[_Child, list[asyncio.Task[None]]]:
         """The process itself, in a new session, its output captured into ``sandbox.log``."""
         out_read, out_write = os.pipe()
         err_read, err_write = os.pipe()
         try:
-            process = await asyncio.create_subprocess_exec(
-                *argv,
-                cwd=entry.workdir,
-                env=self._environment(entry, token),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=out_write,
-                stderr=err_write,
-                start_new_session=True,
+            process = _start_child(
+                argv, entry.workdir, self._environment(entry, token), out_write, err_write
             )
         except (OSError, ValueError) as exc:
             os.close(out_read)
@@ -609,7 +677,7 @@ def _describe_exit(returncode: int) -> tuple[int, str]:
     return 128 - returncode, f"killed by signal {name} (exit code {128 - returncode})"
 
 
-def _signal(process: asyncio.subprocess.Process, sig: signal.Signals) -> None:
+def _signal(process: _Child, sig: signal.Signals) -> None:
     if process.returncode is None:  # not reaped yet: the pid (and pgid) is still ours
         _kill_group(process.pid, sig)
 

@@ -2,14 +2,16 @@
 that does not exist.
 
 Two writers meet here. A sandbox that starts referencing a provider (attach, create) fences
-the provider afterwards: it re-writes the provider row unchanged at the version it read
-(``fence``), so the provider's version moves. DeleteProvider (``delete_unreferenced``) reads
-the provider's version, scans the sandboxes of its workspace for a reference, and deletes
-with ``delete_if`` at the version read *before* the scan. A reference written after that
-read was fenced after it was written, so the delete fails with Conflict, reads and scans
-again, finds the reference and refuses; a reference written before the read is found by the
-scan. A fence that finds the provider gone raises ``ProviderMissing`` and the referencing
-writer takes its reference back out.
+the provider afterwards: one statement moves the provider's version on, whatever it is, if
+the row still exists (``fence``; ``Store.touch_by_name``). DeleteProvider
+(``delete_unreferenced``) reads the provider's version, scans the sandboxes of its workspace
+for a reference, and deletes with ``delete_if`` at the version read *before* the scan. A
+reference written after that read was fenced after it was written, so the delete fails with
+Conflict, reads and scans again, finds the reference and refuses; a reference written before
+the read is found by the scan. A fence that finds the provider gone raises
+``ProviderMissing`` and the referencing writer takes its reference back out. Fences never
+conflict with each other, so attaches to one shared provider do not retry or abort because
+of one another.
 
 Credentials are stored sealed (``shellgate.store.secrets``): creates seal them, an update's
 mutation sees them open and whatever it changes is sealed again, and a row whose credentials
@@ -25,9 +27,9 @@ from typing import Any
 
 from shellgate.api import datamodel_pb2, openshell_pb2
 from shellgate.store.base import Mutation, Store
-from shellgate.store.errors import Conflict, NotFound
+from shellgate.store.errors import Conflict
 from shellgate.store.messages import register_object_type
-from shellgate.store.records import CasOutcome, ObjectRecord, WriteCondition
+from shellgate.store.records import CasOutcome, ObjectRecord
 from shellgate.store.repositories.errors import ProviderInUse, ProviderMissing
 from shellgate.store.repositories.hooks import Hook, no_hook
 from shellgate.store.secrets import SecretSealer, is_sealed
@@ -107,32 +109,21 @@ class ProviderRepository:
                 raise ProviderMissing(name)
 
     async def fence(self, name: str, workspace: str) -> None:
-        """Move the provider's version by re-writing it at the version read, proving it still
-        exists after a reference to it was written. ``ProviderMissing`` when it is gone."""
+        """Move the provider's version on, proving it still exists after a reference to it
+        was written. ``ProviderMissing`` when it is gone.
 
-        async def attempt() -> None:
-            record = await self.store.get_by_name(PROVIDER_TYPE, name, workspace)
-            if record is None:
-                raise ProviderMissing(name)
-            try:
-                await self._write_fence(record)
-            except NotFound:
-                raise Conflict(None) from None  # deleted meanwhile: read again
-            self.store.observer.cas_attempt(PROVIDER_TYPE, "written")
+        One statement, conditioned on the row's existence and not on a version read before:
+        fences of concurrent attaches to one provider never conflict with each other (each
+        moves the version on from wherever the last one left it), so a shared provider does
+        not serialise its attaches through retries. What the delete needs is only that the
+        version moved after the reference was written; any move does."""
+        if not await self._write_fence(name, workspace):
+            raise ProviderMissing(name)
+        self.store.observer.cas_attempt(PROVIDER_TYPE, "written")
 
-        await self.store.retry_on_conflict(attempt, object_type=PROVIDER_TYPE)
-
-    async def _write_fence(self, record: ObjectRecord) -> None:
-        """The fence itself: the same row, at ``match(version read)``."""
-        await self.store.put_if(
-            PROVIDER_TYPE,
-            record.id,
-            record.name,
-            record.payload,
-            record.labels,
-            WriteCondition.match(record.resource_version),
-            record.workspace,
-        )
+    async def _write_fence(self, name: str, workspace: str) -> bool:
+        """The fence itself: the named provider's version, moved on; False when it is gone."""
+        return await self.store.touch_by_name(PROVIDER_TYPE, name, workspace) is not None
 
     async def delete_unreferenced(self, name: str, workspace: str) -> bool:
         """Delete the provider unless a sandbox references it; False when there is none.
