@@ -204,6 +204,12 @@ PROBES = [
         "NOT_FOUND",
     ),
     Probe(
+        "GetSandboxPolicyStatus",
+        lambda w: P.GetSandboxPolicyStatusRequest(**{"global": True}),
+        "NOT_FOUND",  # no global policy was ever set
+        variant="global",
+    ),
+    Probe(
         "ListSandboxPolicies",
         lambda w: P.ListSandboxPoliciesRequest(sandbox=GHOST, workspace_scope=ws(w)),
         "NOT_FOUND",
