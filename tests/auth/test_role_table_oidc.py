@@ -23,11 +23,12 @@ from tests.support.oidc_issuer import Issuer
 from tests.support.role_table import (
     ALL_SCOPES,
     CALLERS,
-    PROBES,
     Caller,
     Metadata,
     P,
+    documented_variants,
     mismatches,
+    probed,
     seed,
 )
 from tests.support.rpc_table import documented_rpcs
@@ -71,7 +72,9 @@ async def test_every_rpc_answers_as_the_table_says_with_real_tokens(
     secured: tuple[Running, dict[str, str]], issuer: Issuer
 ) -> None:
     gw, tokens = secured
-    assert {p.rpc for p in PROBES} == set(documented_rpcs()), "every documented RPC is probed"
+    rpcs, variants = probed()
+    assert rpcs == set(documented_rpcs()), "every documented RPC is probed"
+    assert variants == documented_variants(), "every documented variant is probed"
     found = await mismatches(gw.stub, lambda name: bearer(tokens[name]))
     assert not found, "\n".join(found)
     assert issuer.jwks_fetches >= 1  # the keys really came from the issuer

@@ -26,11 +26,12 @@ from tests.support.role_table import (
     GHOST,
     OTHER,
     OWN,
-    PROBES,
     Caller,
     Metadata,
     P,
+    documented_variants,
     mismatches,
+    probed,
     seed,
     ws,
 )
@@ -64,7 +65,9 @@ async def secured(store: Store) -> AsyncIterator[Running]:
 
 
 async def test_every_rpc_answers_as_the_table_says(secured: Running) -> None:
-    assert {p.rpc for p in PROBES} == set(documented_rpcs()), "every documented RPC is probed"
+    rpcs, variants = probed()
+    assert rpcs == set(documented_rpcs()), "every documented RPC is probed"
+    assert variants == documented_variants(), "every documented variant is probed"
     found = await mismatches(secured.stub, credentials)
     assert not found, "\n".join(found)
 

@@ -18,6 +18,7 @@ NOT_FOUND, so a refusal does not reveal whether the object exists.
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +27,7 @@ import grpc
 
 from shellgate.api import datamodel_pb2, openshell_pb2, openshell_pb2_grpc, sandbox_pb2
 from tests.config.helpers import bool_value, global_setting, rule
-from tests.support.rpc_table import Documented, documented_rpcs
+from tests.support.rpc_table import SECURITY_DOC, Documented, documented_rpcs
 
 P = openshell_pb2
 D = datamodel_pb2
@@ -297,6 +298,21 @@ PROBES = [
 ]
 PLATFORM_VARIANTS = {"global", "all_workspaces"}
 """Documented in the table's notes: these forms of a row need the platform admin."""
+
+
+VARIANT_NOTE = re.compile(r"^\| `(?P<rpc>\w+)` \|.*`(?P<variant>global|all_workspaces)(: true)?`")
+
+
+def documented_variants() -> set[tuple[str, str]]:
+    """(RPC, variant) for every row whose notes give a form of the call its own role, so a
+    check can insist that each of them is probed."""
+    lines = SECURITY_DOC.read_text().split("## RPC table", 1)[1].splitlines()
+    return {(m["rpc"], m["variant"]) for m in map(VARIANT_NOTE.match, lines) if m is not None}
+
+
+def probed() -> tuple[set[str], set[tuple[str, str]]]:
+    """The RPCs and the (RPC, variant) pairs ``PROBES`` call."""
+    return {p.rpc for p in PROBES}, {(p.rpc, p.variant) for p in PROBES if p.variant}
 
 
 def expected(probe: Probe, documented: Documented, caller: Caller | None, workspace: str) -> str:
