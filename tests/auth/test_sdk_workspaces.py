@@ -1,6 +1,7 @@
 """Workspaces, membership and identity through the official SDK against a real ``shellgate
-serve``: OIDC over TLS with tokens from a throwaway issuer, and ``from_active_cluster`` reading
-the on-disk gateway configuration the OpenShell CLI writes, for an mTLS and an OIDC gateway.
+serve``: OIDC over TLS with tokens from a throwaway issuer (given, or obtained by the SDK's
+client-credentials exchange), and ``from_active_cluster`` reading the on-disk gateway
+configuration the OpenShell CLI writes, for an mTLS and an OIDC gateway.
 
 The SDK runs in a subprocess (its generated modules clash with ours); see
 tests/support/sdk_workspaces_probe.py for the steps it takes.
@@ -18,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.oidc_issuer import Issuer
+from tests.support.oidc_issuer import Issuer, ServiceAccount
 from tests.support.pki import TestCA
 from tests.support.processes import GatewayProcess, gateways
 
@@ -28,7 +29,7 @@ PROBE = Path(__file__).parents[1] / "support" / "sdk_workspaces_probe.py"
 USER_SCOPES = ["sandbox:read", "sandbox:write", "workspace:read"]
 
 
-async def sdk(scenario: str, spec: dict[str, str], env: dict[str, str] | None = None) -> Any:
+async def sdk(scenario: str, spec: dict[str, Any], env: dict[str, str] | None = None) -> Any:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         str(PROBE),
@@ -183,3 +184,58 @@ async def test_from_active_cluster_with_oidc(tmp_path: Path, ca: TestCA, issuer:
         },
         "listed": [],
     }
+
+
+async def test_a_service_account_through_client_credentials(
+    tmp_path: Path, ca: TestCA, issuer: Issuer
+) -> None:
+    """The SDK exchanges a client id and secret at the issuer's token endpoint and sends the
+    token it gets; a wrong secret fails at the exchange, before any call reaches the gateway."""
+    issuer.clients["ci-bot"] = ServiceAccount(secret="s3cret", subject="svc-ci-bot")
+    gateway = oidc_gateway(tmp_path, ca, issuer)
+    spec = {
+        "endpoint": f"localhost:{gateway.grpc_port}",
+        "ca": str(ca.cert),
+        "issuer": issuer.url,
+        "client_id": "ci-bot",
+        "secrets": ["s3cret", "wrong"],
+    }
+    async with gateways([gateway]):
+        good, wrong = await sdk("client_credentials", spec)
+    assert good == {
+        "subject": "svc-ci-bot",
+        "display_name": "service-account-ci-bot",
+        "roles": ["openshell-user"],
+        "scopes": ["sandbox:read"],
+        "provider": "oidc",
+    }
+    assert wrong.startswith("SandboxError") and "HTTP 401" in wrong
+    assert issuer.requests["token"] == 2
+
+
+async def test_from_active_cluster_with_client_credentials(
+    tmp_path: Path, ca: TestCA, issuer: Issuer
+) -> None:
+    """``from_active_cluster(client_credentials=...)`` takes the issuer and client id from the
+    gateway's metadata; only the secret is the caller's."""
+    issuer.clients["ci-bot"] = ServiceAccount(secret="s3cret", subject="svc-ci-bot")
+    gateway = oidc_gateway(tmp_path, ca, issuer)
+    home = tmp_path / "home"
+    env = configured_home(
+        home,
+        "keycloak",
+        {
+            "gateway_endpoint": f"https://127.0.0.1:{gateway.grpc_port}",
+            "auth_mode": "oidc",
+            "oidc_issuer": issuer.url,
+            "oidc_client_id": "ci-bot",
+            "oidc_scopes": "sandbox:read",
+        },
+    )
+    mtls = home / ".config" / "openshell" / "gateways" / "keycloak" / "mtls"
+    (mtls / "ca.crt").write_bytes(ca.cert.read_bytes())
+    async with gateways([gateway]):
+        seen = await sdk("active", {"client_secret": "s3cret"}, env)
+    assert seen["whoami"]["subject"] == "svc-ci-bot"
+    assert seen["whoami"]["scopes"] == ["sandbox:read"]
+    assert seen["listed"] == "PERMISSION_DENIED"  # a service account is nobody's member yet

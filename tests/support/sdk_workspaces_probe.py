@@ -7,8 +7,14 @@ saw at each step (values, or the status code name of a GatewayError), for the te
 workspaces with ``WorkspaceClient`` and makes the user a member of ``team-a``; the user then
 works in its workspace and tries the other and the cross-workspace listing.
 
-``active``: {} — ``SandboxClient.from_active_cluster()`` with the gateway the HOME the test
-prepared names; answers who the gateway says the caller is and lists ``default``.
+``active``: {"client_secret"?} — ``SandboxClient.from_active_cluster()`` with the gateway
+the HOME the test prepared names (with ``client_secret``: a ``ClientCredentialsAuth`` whose
+issuer and client id come from that gateway's metadata); answers who the gateway says the
+caller is and lists ``default``.
+
+``client_credentials``: {"endpoint", "ca", "issuer", "client_id", "secrets"} — for each
+secret, ``SandboxClient(client_credentials=ClientCredentialsAuth(...))`` asks who it is:
+the answer, or the SandboxError the SDK raised when the issuer refused the exchange.
 """
 
 from __future__ import annotations
@@ -19,7 +25,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from openshell import SandboxClient, TlsConfig, WorkspaceClient
+from openshell import (
+    ClientCredentialsAuth,
+    SandboxClient,
+    SandboxError,
+    TlsConfig,
+    WorkspaceClient,
+)
 from openshell._proto import openshell_pb2
 from openshell.errors import GatewayError
 
@@ -102,17 +114,39 @@ def oidc(spec: dict[str, str]) -> dict[str, Any]:
     return seen
 
 
-def active(_spec: dict[str, str]) -> dict[str, Any]:
-    with SandboxClient.from_active_cluster(timeout=10) as client:
+def active(spec: dict[str, str]) -> dict[str, Any]:
+    credentials = None
+    if "client_secret" in spec:
+        credentials = ClientCredentialsAuth(client_secret=spec["client_secret"])
+    with SandboxClient.from_active_cluster(timeout=10, client_credentials=credentials) as client:
         return {
             "whoami": whoami(client),
             "listed": outcome(lambda: [s.name for s in client.list_all(workspace="default")]),
         }
 
 
+def service_account(spec: dict[str, Any]) -> list[Any]:
+    answers: list[Any] = []
+    for secret in spec["secrets"]:
+        auth = ClientCredentialsAuth(
+            issuer=spec["issuer"],
+            client_id=spec["client_id"],
+            client_secret=secret,
+            scopes=["sandbox:read"],
+        )
+        tls = TlsConfig(ca_path=Path(spec["ca"]))
+        with SandboxClient(spec["endpoint"], tls=tls, client_credentials=auth) as client:
+            try:
+                answers.append(whoami(client))
+            except SandboxError as error:
+                answers.append(f"SandboxError: {error}")
+    return answers
+
+
 def main() -> None:
     scenario, spec = sys.argv[1], json.loads(sys.argv[2])
-    run = {"oidc": oidc, "active": active}[scenario]
+    run: Callable[[Any], Any]
+    run = {"oidc": oidc, "active": active, "client_credentials": service_account}[scenario]
     print(json.dumps(run(spec)))
 
 
