@@ -2,7 +2,9 @@
 ``/.well-known/openid-configuration`` and a JWKS, and mints tokens with keys the test made.
 
 The test controls it completely: which keys are published (rotation), whether it answers at
-all (``stop``/``start`` on the same port), and it counts the requests it served.
+all (``stop``/``start`` on the same port), and it counts the requests it served. It also has a
+token endpoint for the OAuth client-credentials grant (a service account), for the clients
+the test registers in ``clients``.
 """
 
 from __future__ import annotations
@@ -54,11 +56,21 @@ class SigningKey:
         )
 
 
+@dataclass(frozen=True)
+class ServiceAccount:
+    """A confidential client of the issuer and what its tokens say."""
+
+    secret: str
+    subject: str
+    roles: tuple[str, ...] = ("openshell-user",)
+
+
 @dataclass
 class Issuer:
     port: int = field(default_factory=free_port)
     keys: list[SigningKey] = field(default_factory=lambda: [SigningKey.new()])
     requests: dict[str, int] = field(default_factory=dict)
+    clients: dict[str, ServiceAccount] = field(default_factory=dict)
     _runner: web.AppRunner | None = None
 
     @property
@@ -73,6 +85,7 @@ class Issuer:
         app = web.Application()
         app.router.add_get("/realms/test/.well-known/openid-configuration", self._discovery)
         app.router.add_get("/realms/test/certs", self._jwks)
+        app.router.add_post("/realms/test/token", self._token)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
@@ -84,11 +97,36 @@ class Issuer:
 
     async def _discovery(self, _request: web.Request) -> web.Response:
         self._count("discovery")
-        return web.json_response({"issuer": self.url, "jwks_uri": f"{self.url}/certs"})
+        return web.json_response(
+            {
+                "issuer": self.url,
+                "jwks_uri": f"{self.url}/certs",
+                "token_endpoint": f"{self.url}/token",
+            }
+        )
 
     async def _jwks(self, _request: web.Request) -> web.Response:
         self._count("jwks")
         return web.json_response({"keys": [key.jwk() for key in self.keys]})
+
+    async def _token(self, request: web.Request) -> web.Response:
+        """The client-credentials grant: a registered client with its secret gets a token
+        for its service account, with the scopes it asked for."""
+        self._count("token")
+        form = await request.post()
+        client = self.clients.get(str(form.get("client_id", "")))
+        if form.get("grant_type") != "client_credentials" or client is None:
+            return web.json_response({"error": "unauthorized_client"}, status=400)
+        if not hmac.compare_digest(str(form.get("client_secret", "")), client.secret):
+            return web.json_response({"error": "invalid_client"}, status=401)
+        token = self.token(
+            sub=client.subject,
+            preferred_username=f"service-account-{form['client_id']}",
+            azp=str(form["client_id"]),
+            realm_access={"roles": list(client.roles)},
+            scope=str(form.get("scope", "")),
+        )
+        return web.json_response({"access_token": token, "expires_in": 300, "token_type": "Bearer"})
 
     def _count(self, what: str) -> None:
         self.requests[what] = self.requests.get(what, 0) + 1

@@ -2,9 +2,10 @@
 
 GetCurrentUser answers the identity the authentication interceptor verified, never anything
 the client claims; its ``subject`` is what workspace memberships name. GetGatewayInfo tells a
-platform admin the version, the compute driver and how callers authenticate (``auth_modes``,
-given by whoever starts the server with the authenticators, so the answer is what is
-enforced rather than what was configured somewhere else).
+platform admin the version, the compute driver (with the resource limits it honours) and how
+callers authenticate (``auth_modes``, given by whoever starts the server with the
+authenticators, so the answer is what is enforced rather than what was configured somewhere
+else).
 """
 
 from __future__ import annotations
@@ -31,6 +32,17 @@ async def get_current_user(
     )
 
 
+def resource_capabilities(driver: object) -> openshell_pb2.ResourceCapabilities:
+    """The resource limits the driver honours. A driver that declares none (the local driver
+    runs a plain process, with no CPU, memory or GPU control) honours none: a client must not
+    be told a limit holds that nothing enforces."""
+    declared = getattr(driver, "resource_capabilities", None)
+    if declared is None:
+        return openshell_pb2.ResourceCapabilities()
+    capabilities: openshell_pb2.ResourceCapabilities = declared()
+    return capabilities
+
+
 def gateway_info(
     gw: Gateway, version: str, auth_modes: Sequence[str]
 ) -> openshell_pb2.GetGatewayInfoResponse:
@@ -42,7 +54,9 @@ def gateway_info(
             openshell_pb2.ComputeDriverInfo(
                 name=driver,
                 capabilities=openshell_pb2.ComputeDriverCapabilities(
-                    driver_name=driver, driver_version=version
+                    driver_name=driver,
+                    driver_version=version,
+                    resource_capabilities=resource_capabilities(gw.driver),
                 ),
             )
         ],

@@ -82,6 +82,7 @@ from shellgate.controller.drivers.kubernetes.manifest import (
     object_path,
     platform_event_of,
     pod_name_of,
+    resource_capabilities,
     sandbox_id_of,
     sandbox_object,
     snapshot_of,
@@ -174,6 +175,10 @@ class KubernetesDriver(PublishesThroughFanout):
     @property
     def watch_ready(self) -> bool:
         return self._watch is not None and self._watch.ready and not self._closed
+
+    def resource_capabilities(self) -> openshell_pb2.ResourceCapabilities:
+        """What a sandbox's pod honours of its spec's resources (GetGatewayInfo)."""
+        return resource_capabilities()
 
     async def start(self) -> None:
         """Discover the API version, then start watching (readiness follows the watch)."""

@@ -241,6 +241,18 @@ def container_resources(spec: openshell_pb2.SandboxSpec) -> Body:
     return resources
 
 
+def resource_capabilities() -> openshell_pb2.ResourceCapabilities:
+    """What ``container_resources`` honours of a spec, as GetGatewayInfo reports it: CPU and
+    memory limits (the template's resources reach the container as they are) and a GPU
+    count. A GPU request without a count adds nothing, so no default device selection is
+    offered."""
+    return openshell_pb2.ResourceCapabilities(
+        cpu=openshell_pb2.CpuResourceCapabilities(limit_supported=True),
+        memory=openshell_pb2.MemoryResourceCapabilities(limit_supported=True),
+        gpu=openshell_pb2.GpuResourceCapabilities(count_selection_supported=True),
+    )
+
+
 def quantity(value: object) -> object:
     """A number as a Kubernetes quantity string; anything else as given (the API server
     judges it)."""
