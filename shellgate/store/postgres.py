@@ -1,6 +1,8 @@
 """The Postgres backend: for several gateway replicas sharing one database.
 
-An asyncpg pool; asyncpg prepares and caches every statement it runs. The statements are the
+A small pool of asyncpg connections (pg_pool.py); asyncpg prepares and caches every
+statement it runs, per connection, and the pool keeps its connections, so each statement is
+parsed once per connection. The statements are the
 SQL core's (sql.py); this module holds what is Postgres' own: its dialect (JSONB labels,
 ``$n`` parameters, arrays, the advisory migration lock, error translation by exception class
 and constraint name), the pool with one connection pinned per CAS attempt, and the change
@@ -30,6 +32,7 @@ from shellgate.store.errors import (
     StoreUnavailable,
     UniqueViolation,
 )
+from shellgate.store.pg_pool import ConnectionPool
 from shellgate.store.records import ChangeEvent, StoreTimeouts
 from shellgate.store.sql import Dialect, Params, SqlStore
 
@@ -93,16 +96,6 @@ def _lost(error: BaseException) -> bool:
     if isinstance(error, ConnectionLost):
         return True
     return isinstance(error, _CONNECTION_LOST) and not isinstance(error, _BAD_VALUE)
-
-
-async def _keep_session(_conn: asyncpg.Connection) -> None:
-    """Skip asyncpg's reset query when a connection returns to the pool.
-
-    Pooled connections never hold session state (the change feed LISTENs on its own
-    connection, migrations lock per transaction, nothing runs SET), and asyncpg still rolls
-    back any open transaction. Measured: the reset was one of four round trips per CAS
-    attempt (docs/benchmarks.md).
-    """
 
 
 class PostgresDialect(Dialect):
@@ -170,7 +163,7 @@ class PostgresStore(SqlStore):
         self._max_size = max_size
         self._statement_timeout = statement_timeout
         self._acquire_timeout = acquire_timeout
-        self._pool: asyncpg.Pool | None = None
+        self._pool: ConnectionPool | None = None
 
     @property
     def supports_multiple_replicas(self) -> bool:
@@ -179,19 +172,22 @@ class PostgresStore(SqlStore):
     # ----- lifecycle ----------------------------------------------------------------------
 
     async def open(self, *, migrate_to: int | None = None) -> None:
+        self._pool = ConnectionPool(
+            self._connect, max_size=self._max_size, acquire_timeout=self._acquire_timeout
+        )
         try:
-            self._pool = await asyncpg.create_pool(
-                self.dsn,
-                min_size=self._min_size,
-                max_size=self._max_size,
-                reset=_keep_session,
-                timeout=self._acquire_timeout,  # connecting
-                command_timeout=self._statement_timeout + CLIENT_TIMEOUT_SLACK,
-                server_settings={"statement_timeout": str(int(self._statement_timeout * 1000))},
-            )
+            await self._pool.fill(self._min_size)
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"cannot connect to Postgres: {exc}") from exc
         await self._migrate(migrate_to)
+
+    async def _connect(self) -> asyncpg.Connection:
+        return await asyncpg.connect(
+            self.dsn,
+            timeout=self._acquire_timeout,  # connecting
+            command_timeout=self._statement_timeout + CLIENT_TIMEOUT_SLACK,
+            server_settings={"statement_timeout": str(int(self._statement_timeout * 1000))},
+        )
 
     async def _disconnect(self) -> None:
         if self._pool is not None:
@@ -209,7 +205,7 @@ class PostgresStore(SqlStore):
         if self._pool is None:
             raise StoreUnavailable("the Postgres store is not open")
         try:
-            conn = await self._pool.acquire(timeout=self._acquire_timeout)
+            conn = await self._pool.acquire()
         except _DRIVER_ERRORS as exc:
             raise self.dialect.translate(exc) from exc
         try:
@@ -223,7 +219,7 @@ class PostgresStore(SqlStore):
                         conn.terminate()
             raise
         finally:
-            await self._pool.release(conn)
+            self._pool.release(conn)
 
     # ----- executor -----------------------------------------------------------------------
 
