@@ -9,8 +9,9 @@ and constraint name), the pool with one connection pinned per CAS attempt, and t
 feed. Timestamps come from the database clock (``statement_timestamp()``, one value per
 statement), so replicas with skewed clocks still agree on them.
 
-The change feed is ``LISTEN shellgate_objects`` on a dedicated connection; a trigger
-(migration 004) sends one NOTIFY per committed row change, from whichever replica wrote it.
+The change feed is ``LISTEN shellgate_objects`` on a dedicated connection; every writing
+statement sends one NOTIFY per row it changed (``PostgresDialect.announced``), delivered at
+commit to every replica, the writer's own included.
 """
 
 from __future__ import annotations
@@ -131,6 +132,22 @@ class PostgresDialect(Dialect):
 
     def labels_of(self, stored: Any) -> dict[str, str]:
         return json.loads(stored) if isinstance(stored, str) else dict(stored or {})
+
+    def announced(self, write: str, returning: str, *, deleted: bool) -> str:
+        """The write, and a ``NOTIFY shellgate_objects`` per written row from the same
+        statement: delivered at commit to every replica's LISTEN connection, never for a
+        write that rolled back. (Migration 004 did this with a row trigger; calling it cost
+        each write about as much as the rest of its statement, bench/store_cas.py.)"""
+        version = "NULL" if deleted else "resource_version"
+        event = (
+            "json_build_object('t', feed_type, 'i', feed_id, 'v', feed_version, "
+            f"'d', {str(deleted).upper()}, 'm', feed_at_ms)::text"
+        )
+        return (
+            f"WITH written AS ({write} RETURNING {returning}, object_type AS feed_type, "
+            f"id AS feed_id, {version} AS feed_version, updated_at_ms AS feed_at_ms) "
+            f"SELECT {returning}, pg_notify('{CHANNEL}', {event}) FROM written"
+        )
 
     def translate(self, error: Exception) -> StoreError:
         if isinstance(error, asyncpg.exceptions.UniqueViolationError):

@@ -61,7 +61,8 @@ COLUMNS = (
     "object_type, id, name, workspace, payload, labels, resource_version, "
     "created_at_ms, updated_at_ms, scope, version, status"
 )
-WRITTEN = "RETURNING resource_version, created_at_ms, updated_at_ms"
+WRITTEN = "resource_version, created_at_ms, updated_at_ms"
+"""What an insert or an update returns: the row's new version and its timestamps."""
 
 Bind = Callable[[str], str]
 """Names a statement parameter and returns its placeholder in the statement text."""
@@ -139,6 +140,12 @@ class Dialect(abc.ABC):
         """The statements of one migration file, as the driver can run them."""
         return [migration.sql]
 
+    def announced(self, write: str, returning: str, *, deleted: bool) -> str:
+        """``write`` returning ``returning`` of the rows it wrote; a dialect whose database
+        carries the change feed also announces each written row there, in the same
+        statement (so only a committed write is ever announced)."""
+        return f"{write} RETURNING {returning}"
+
 
 class Params:
     """Parameters of a statement built per call; ``bind`` returns the value's placeholder."""
@@ -183,29 +190,35 @@ class Statements:
         now = d.now_ms
         self.insert = Statement(
             d,
-            lambda b: (
+            lambda b: d.announced(
                 "INSERT INTO objects (object_type, id, name, workspace, payload, labels, "
                 "resource_version, created_at_ms, updated_at_ms, scope, version, status) "
                 f"VALUES ({b('object_type')}, {b('id')}, {b('name')}, {b('workspace')}, "
                 f"{b('payload')}, {d.json_value(b('labels'))}, 1, {now}, {now}, "
                 f"{b('scope')}, {b('version')}, {b('status')}) "
-                f"{must_create_on_duplicate()} {WRITTEN}"
+                f"{must_create_on_duplicate()}",
+                WRITTEN,
+                deleted=False,
             ),
         )
         self.update = Statement(
             d,
-            lambda b: (
+            lambda b: d.announced(
                 f"UPDATE objects SET payload = {b('payload')}, "
                 f"labels = COALESCE({d.json_value(b('labels'))}, labels), "
                 f"status = COALESCE({b('status')}, status), "
                 f"resource_version = resource_version + 1, updated_at_ms = {now} "
-                f"WHERE {_the_row(b)} AND {cas_predicate(b)} {WRITTEN}"
+                f"WHERE {_the_row(b)} AND {cas_predicate(b)}",
+                WRITTEN,
+                deleted=False,
             ),
         )
         self.delete = Statement(
             d,
-            lambda b: (
-                f"DELETE FROM objects WHERE {_the_row(b)} AND {cas_predicate(b)} RETURNING id"
+            lambda b: d.announced(
+                f"DELETE FROM objects WHERE {_the_row(b)} AND {cas_predicate(b)}",
+                "id",
+                deleted=True,
             ),
         )
         self.get = Statement(d, lambda b: f"SELECT {COLUMNS} FROM objects WHERE {_the_row(b)}")
