@@ -434,8 +434,7 @@ class SqlStore(Store):
         write are still reported to the observer as ``get`` and ``put_if``.
         """
         async with self._attempt_scope():
-            read = self._sql.cas_read
-            row = await observed(self, "get", self._row(read.sql, (object_type, id), read=True))
+            row = await observed(self, "get", self._read_for_cas(object_type, id))
             if row is None:
                 raise NotFound(object_type, id)
             stored, version, name, workspace, labels, created_ms = row
@@ -466,6 +465,13 @@ class SqlStore(Store):
         meta.resource_version = written
         self.observer.cas_attempt(object_type, "written")
         return candidate, True
+
+    async def _read_for_cas(self, object_type: str, id: str) -> Any:
+        """The row's payload, version, name, workspace, labels and creation time, or None."""
+        read = self._sql.cas_read
+        return await self._row(
+            read.sql, read.params({"object_type": object_type, "id": id}), read=True
+        )
 
     async def _write_at_version(self, values: dict[str, Any]) -> int:
         """The CAS update of one row; its new version (``Conflict``/``NotFound`` if none)."""
