@@ -34,7 +34,7 @@ from shellgate.store import RetryPolicy
 
 FULL = Timing(warmup=0.5, duration=5.0)
 QUICK = Timing(warmup=0.2, duration=1.0)
-FULL_PLAN = Plan(rounds=10, round_s=0.5, warmup=0.5, many_rounds=6)
+FULL_PLAN = Plan(rounds=20, round_s=0.25, warmup=0.5, many_rounds=10)
 QUICK_PLAN = Plan(rounds=3, round_s=0.3, warmup=0.2, many_rounds=2)
 DEFAULT_OUTPUT = "docs/benchmarks.md"
 IMAGE_NAME = "img/store_cas_scaling.png"
