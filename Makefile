@@ -5,6 +5,7 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+ETCD   := .cache/etcd/usr/bin/etcd
 PYTEST_ARGS ?=
 
 .PHONY: run test lint unit format bench bench-scale proto clean help fuzz
@@ -16,7 +17,7 @@ $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,dev]'
+	$(BIN)/pip install --quiet -e '.[test,dev,bench]'
 	touch $(STAMP)
 
 run: $(STAMP) ## Start the gateway on SQLite with the local driver
@@ -44,16 +45,23 @@ format: $(STAMP) ## Rewrite the code in ruff's format
 proto: $(STAMP) ## Regenerate shellgate/api/gen from the .proto files
 	$(BIN)/python tools/gen_api.py
 
-bench: $(STAMP) ## Run the store benchmark; writes docs/benchmarks.md
-	$(BIN)/pip install --quiet -e '.[test,dev,bench]'
+bench: $(STAMP) $(ETCD) ## Run the store benchmark; writes its section of docs/benchmarks.md
 	$(BIN)/python -m bench.store_cas
 
 bench-scale: $(STAMP) ## Run the scale benchmark; rewrites its section of docs/benchmarks.md
 	$(BIN)/pip install --quiet -e '.[test,dev,bench]'
 	$(BIN)/python -m bench.scale --sizes 1000,10000,100000
 
-clean: ## Remove the virtualenv and local state
-	rm -rf $(VENV) .shellgate
+# etcd is the benchmark's comparison peer, never a dependency of shellgate. Without an etcd
+# on PATH, the Debian package is unpacked here (no root needed); bench/etcd_server.py looks
+# in the same place.
+$(ETCD):
+	@if command -v etcd >/dev/null; then mkdir -p $(@D) && ln -sf "$$(command -v etcd)" $@; else \
+	  mkdir -p .cache/etcd && cd .cache && apt-get download etcd-server && \
+	  dpkg -x etcd-server_*.deb etcd && rm -f etcd-server_*.deb; fi
+
+clean: ## Remove the virtualenv, local state and the unpacked etcd
+	rm -rf $(VENV) .shellgate .cache
 
 fuzz: $(STAMP) ## The long fuzz run (nightly): SHELLGATE_FUZZ_EXAMPLES examples per backend, a printed seed
 	@tmp="$$(mktemp -d /tmp/shellgate-pytest.XXXXXX)"; \

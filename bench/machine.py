@@ -21,6 +21,7 @@ from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 PACKAGE = "shellgate"
+PACKAGES = ("asyncpg", "protobuf", "sqlalchemy", "aiosqlite", "aetcd", "grpcio")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -89,7 +90,7 @@ def collect() -> MachineFacts:
         kernel=f"{platform.system()} {platform.release()}",
         python=platform.python_version(),
         sqlite_library=sqlite3.sqlite_version,
-        packages={name: _version(name) for name in ("aiosqlite", "asyncpg", "protobuf")},
+        packages={name: _version(name) for name in PACKAGES},
         temp_dir=temp_dir,
         temp_filesystem=_filesystem_of(temp_dir),
         load_at_start=load_average(),

@@ -1,10 +1,10 @@
 """``python -m bench.profile_cas``: where one ``update_message_cas`` spends its time.
 
-Runs the single-writer loop of (a) and the driver floor of (b) under cProfile on one backend
-and prints, per operation: wall time, time the event loop spent waiting for the database
-(``epoll.poll``; on SQLite the statement itself runs in aiosqlite's thread and shows up
-here as waiting), the rest (Python on the event loop thread), and the functions with the
-largest own time and their calls per operation. cProfile counts every resumption of a
+Runs the store's single-writer loop and the physical floor under
+cProfile on one backend and prints, per operation: wall time, time the event loop spent
+waiting for the database (``epoll.poll``; a statement run on the store's database thread
+shows up here as waiting), the rest (Python on the event loop thread), and the functions
+with the largest own time and their calls per operation. cProfile counts every resumption of a
 coroutine as a call, so an ``async def`` that awaited once shows 2 calls; count round trips
 on ``socket.send`` instead.
 
@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from bench.floor import open_floor
+from bench.floor import PostgresFloor, open_floor
 from bench.objects import Sandbox, bench_sandbox, increment
 from bench.suite import database_url
 from shellgate.store import connect
@@ -89,7 +89,11 @@ async def profile_backend(url: str, seconds: float) -> list[Profiled]:
     floor = await open_floor(url)
     try:
         store_id = (await store.create_message(bench_sandbox())).metadata.id
-        floor_id = (await store.create_message(bench_sandbox())).metadata.id
+        floor_id = (
+            await floor.create_row()
+            if isinstance(floor, PostgresFloor)
+            else (await store.create_message(bench_sandbox())).metadata.id
+        )
         through_floor = await profile_loop(
             "(b) driver floor", lambda: floor.update(floor_id), seconds
         )

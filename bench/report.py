@@ -1,8 +1,10 @@
-"""Turn results into the console table, docs/benchmarks.md and the scaling plot.
+"""Turn results into the console tables, this benchmark's section of docs/benchmarks.md and
+the scaling plot.
 
-The document is generated in full by every run; nothing in it is edited by hand. Tables are
-pipe tables padded to line up, so the same text reads well in a terminal and renders as
-Markdown.
+The section is generated in full by every run and written between its own markers, so other
+benchmarks' sections of the same file stay as they are; nothing in it is edited by hand.
+Tables are pipe tables padded to line up, so the same text reads well in a terminal and
+renders as Markdown.
 """
 
 from __future__ import annotations
@@ -12,15 +14,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.compare import WRITERS, Comparison, ratios
 from bench.loads import MAX_PROCESSES, STEADY_RATE
 from bench.machine import MachineFacts
 from bench.objects import bench_sandbox
 from bench.stats import LoadResult, percentile
-from bench.suite import BackendResults, single_writer_rounds, single_writer_seconds
+from bench.suite import BACKENDS, BackendResults
 from bench.workloads import Timing
 from shellgate.store import RetryPolicy
 
 RATIO_TARGET = 0.85
+ETCD_TARGET = 2.0
 EXHAUSTED_TARGET_PCT = 1.0
 
 
@@ -54,40 +58,19 @@ def yes_no(met: bool) -> str:
 # ----- tables -----------------------------------------------------------------------------
 
 
-def single_writer_table(results: Sequence[BackendResults]) -> str:
-    headers = [
-        "backend",
-        "(a) store ops/s",
-        "p50 ms",
-        "p99 ms",
-        "(b) driver ops/s",
-        "p50 ms",
-        "p99 ms",
-        "(a)/(b)",
-        "per round: median [min-max]",
-    ]
-    rows = [
-        [
-            r.backend,
-            rate(r.store.ops_per_s),
-            ms(r.store.latency.p50_ms),
-            ms(r.store.latency.p99_ms),
-            rate(r.floor.ops_per_s),
-            ms(r.floor.latency.p50_ms),
-            ms(r.floor.latency.p99_ms),
-            f"{r.ratio:.2f}",
-            _spread(r.round_ratios),
-        ]
-        for r in results
-    ]
-    return markdown_table(headers, rows)
-
-
-def _spread(ratios: Sequence[float]) -> str:
-    if not ratios:
+def spread(values: Sequence[float]) -> str:
+    """The median and the range: ``1.02 [0.91-1.10]``."""
+    if not values:
         return "-"
-    ordered = sorted(ratios)
+    ordered = sorted(values)
     return f"{percentile(ordered, 50):.2f} [{ordered[0]:.2f}-{ordered[-1]:.2f}]"
+
+
+def rate_spread(values: Sequence[float]) -> str:
+    if not values:
+        return "-"
+    ordered = sorted(values)
+    return f"{rate(percentile(ordered, 50))} [{rate(ordered[0])}-{rate(ordered[-1])}]"
 
 
 def _load_row(backend: str, result: LoadResult) -> list[str]:
@@ -140,20 +123,29 @@ def sweep_table(results: Sequence[BackendResults]) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    backend: str
+    subject: str
     name: str
     measured: str
-    met: bool
+    met: bool | None  # None: not measured in this run
 
 
-def targets(results: Sequence[BackendResults]) -> list[Target]:
-    found = []
+def targets(comparison: Comparison, results: Sequence[BackendResults]) -> list[Target]:
+    found: list[Target] = []
+    for backend in BACKENDS:
+        found += _backend_targets(comparison, backend)
+    found += _etcd_target(comparison)
+    for many in comparison.many:
+        found.append(
+            Target(
+                many.contender.key,
+                f"{WRITERS} writers: nothing acknowledged lost",
+                f"{many.lost} lost of {many.expected}",
+                many.lost == 0,
+            )
+        )
     for r in results:
         steady = r.loads["c"]
         found += [
-            Target(
-                r.backend, f"(a)/(b) >= {RATIO_TARGET}", f"{r.ratio:.3f}", r.ratio >= RATIO_TARGET
-            ),
             Target(
                 r.backend,
                 "(c) zero lost updates",
@@ -170,86 +162,287 @@ def targets(results: Sequence[BackendResults]) -> list[Target]:
     return found
 
 
-def targets_table(found: Sequence[Target]) -> str:
-    rows = [[t.backend, t.name, t.measured, yes_no(t.met)] for t in found]
-    return markdown_table(["backend", "target", "measured", "result"], rows)
+def _backend_targets(comparison: Comparison, backend: str) -> list[Target]:
+    store = comparison.single_of(backend, "shellgate")
+    floor = comparison.single_of(backend, "floor")
+    peer = comparison.single_of(backend, "peer")
+    if store is None or floor is None:
+        return []
+    to_floor = ratios(store, floor)
+    found = [
+        Target(
+            backend,
+            f"one writer: shellgate / physical floor >= {RATIO_TARGET}",
+            f"{spread(to_floor)} (median [min-max] of {len(to_floor)} rounds)",
+            median(to_floor) >= RATIO_TARGET,
+        )
+    ]
+    if peer is not None:
+        to_peer = ratios(store, peer)
+        found.append(
+            Target(
+                backend,
+                "one writer: ahead of SQLAlchemy",
+                f"{rate(store.median_rate)} vs {rate(peer.median_rate)} ops/s; "
+                f"per round {spread(to_peer)}x",
+                median(to_peer) > 1.0,
+            )
+        )
+    many_store = comparison.many_of(backend, "shellgate")
+    many_peer = comparison.many_of(backend, "peer")
+    if many_store is not None and many_peer is not None:
+        found.append(
+            Target(
+                backend,
+                f"{WRITERS} writers: ahead of SQLAlchemy",
+                f"{rate(many_store.median_goodput)} vs {rate(many_peer.median_goodput)} ok/s",
+                many_store.median_goodput > many_peer.median_goodput,
+            )
+        )
+    return found
 
 
-def console_report(results: Sequence[BackendResults]) -> str:
-    return "\n\n".join(
-        [
-            "Single writer, one object: (a) update_message_cas, (b) the driver floor",
-            single_writer_table(results),
-            "16 writers in 4 processes",
-            loads_table(results),
-            "Steady sweep (20 updates/s per writer, one object)",
-            sweep_table(results),
-            "Targets",
-            targets_table(targets(results)),
-        ]
+def _etcd_target(comparison: Comparison) -> list[Target]:
+    store = comparison.single_of("postgres", "shellgate")
+    if store is None:
+        return []
+    name = f"one writer: shellgate on Postgres >= {ETCD_TARGET:g}x etcd"
+    etcd = comparison.single_of("etcd", "peer")
+    if etcd is None:
+        return [Target("postgres", name, "etcd skipped: not installed", None)]
+    to_etcd = ratios(store, etcd)
+    measured = (
+        f"{rate(store.median_rate)} vs {rate(etcd.median_rate)} ops/s; per round {spread(to_etcd)}x"
     )
+    return [Target("postgres", name, measured, median(to_etcd) >= ETCD_TARGET)]
+
+
+def median(values: Sequence[float]) -> float:
+    return percentile(sorted(values), 50) if values else math.nan
+
+
+def _verdict(met: bool | None) -> str:
+    return "not measured" if met is None else yes_no(met)
+
+
+def targets_table(found: Sequence[Target]) -> str:
+    rows = [[t.subject, t.name, t.measured, _verdict(t.met)] for t in found]
+    return markdown_table(["subject", "target", "measured", "result"], rows)
+
+
+# ----- the comparison tables --------------------------------------------------------------
+
+
+def single_writer_table(comparison: Comparison) -> str:
+    headers = [
+        "backend",
+        "loop",
+        "ops/s: median [min-max] of rounds",
+        "p50 ms",
+        "p99 ms",
+        "/ physical floor, per round",
+    ]
+    rows = []
+    for result in comparison.single:
+        contender = result.contender
+        floor = comparison.single_of(contender.backend, "floor")
+        relative = "-" if floor is None or floor is result else spread(ratios(result, floor))
+        latency = result.latency()
+        rows.append(
+            [
+                contender.backend,
+                contender.label,
+                rate_spread(result.rates()),
+                ms(latency.p50_ms),
+                ms(latency.p99_ms),
+                relative,
+            ]
+        )
+    rows += [
+        [skip.split(":", 1)[0], skip.split(":", 1)[1].strip(), "-", "-", "-", "-"]
+        for skip in comparison.skipped
+    ]
+    return markdown_table(headers, rows)
+
+
+def many_writers_table(comparison: Comparison) -> str:
+    headers = [
+        "backend",
+        "system",
+        "ok/s: median [min-max] of rounds",
+        "conflicts/s",
+        "exhausted calls",
+        "errors",
+        "expected/final/lost",
+    ]
+    rows = []
+    for result in comparison.many:
+        seconds = sum(r.seconds for r in result.rounds) or 1.0
+        calls = result.total("successes") + result.total("exhausted") + result.total("errors")
+        exhausted = result.total("exhausted")
+        rows.append(
+            [
+                result.contender.backend,
+                result.contender.label,
+                rate_spread([r.goodput for r in result.rounds]),
+                rate(result.total("conflicts") / seconds),
+                f"{exhausted} ({100.0 * exhausted / calls if calls else 0.0:.1f} %)",
+                str(result.total("errors")),
+                f"{result.expected}/{result.final}/{result.lost}",
+            ]
+        )
+    rows += [
+        [skip.split(":", 1)[0], skip.split(":", 1)[1].strip(), "-", "-", "-", "-", "-"]
+        for skip in comparison.skipped
+    ]
+    return markdown_table(headers, rows)
+
+
+def change_feed_line(comparison: Comparison) -> str:
+    plain = comparison.single_of("postgres", "floor")
+    trigger = comparison.single_of("postgres", "floor + NOTIFY trigger")
+    statement = comparison.single_of("postgres", "floor + NOTIFY in the statement")
+    if plain is None or trigger is None or statement is None:
+        return ""
+    return (
+        "The change feed's price on Postgres, per round against the plain floor: one NOTIFY "
+        f"per write from a row trigger (as until migration 006) {spread(ratios(trigger, plain))}"
+        f"; from the writing statement itself (as now) {spread(ratios(statement, plain))}. "
+        "shellgate's ratio above is against the plain floor, so it pays for its change feed."
+    )
+
+
+def console_report(comparison: Comparison, results: Sequence[BackendResults]) -> str:
+    parts = [
+        "One writer, one object",
+        single_writer_table(comparison),
+        change_feed_line(comparison),
+        f"{WRITERS} writers, one object",
+        many_writers_table(comparison),
+    ]
+    if results:
+        parts += ["16 writers in 4 processes", loads_table(results)]
+    parts += ["Targets", targets_table(targets(comparison, results))]
+    return "\n\n".join(part for part in parts if part)
 
 
 # ----- the document -----------------------------------------------------------------------
 
+BEGIN_MARKER = "<!-- bench.store_cas:begin -->"
+END_MARKER = "<!-- bench.store_cas:end -->"
+SHARED_HEADER = """# Benchmarks
+
+Each section below is generated by the command it names and rewritten only between its
+own markers (`<!-- bench.<name>:begin -->` ... `<!-- bench.<name>:end -->`); nothing inside
+a section is edited by hand. `make bench` reruns them.
+"""
+
+
+def write_section(path: Path, section: str) -> None:
+    """Put ``section`` between this benchmark's markers in ``path``, leaving the rest as it is.
+
+    A missing file gets the shared header first; a file without the markers gets them
+    appended at its end.
+    """
+    block = f"{BEGIN_MARKER}\n{section.strip()}\n{END_MARKER}"
+    text = path.read_text() if path.exists() else SHARED_HEADER
+    begin, end = text.find(BEGIN_MARKER), text.find(END_MARKER)
+    if begin != -1 and end > begin:
+        text = text[:begin] + block + text[end + len(END_MARKER) :]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
 
 def document(
+    comparison: Comparison,
     results: Sequence[BackendResults],
     facts: MachineFacts,
     timing: Timing,
-    image: str,
+    image: str | None,
     command: str,
 ) -> str:
-    """docs/benchmarks.md; ``image`` is the plot's path relative to the document."""
+    """The section of docs/benchmarks.md this benchmark owns (without its markers)."""
     sections = [
         _header(facts, timing, command),
-        _machine(results, facts),
-        "## Targets\n\n" + targets_table(targets(results)),
-        _single_writer_section(results),
-        _loads_section(results),
-        _sweep_section(results, image),
-        _method(results, timing),
+        "### Targets\n\n" + targets_table(targets(comparison, results)),
+        _machine(comparison, results, facts),
+        _single_writer_section(comparison),
+        _many_writers_section(comparison),
     ]
+    if results:
+        sections += [_loads_section(results), _sweep_section(results, image)]
+    sections.append(_method(comparison, results, timing))
     return "\n\n".join(sections) + "\n"
 
 
 def _header(facts: MachineFacts, timing: Timing, command: str) -> str:
     quick = " (**quick run**: too short to compare against)" if timing.duration < 3 else ""
     return (
-        "# Store benchmark: compare-and-swap updates\n\n"
+        "## Store: compare-and-swap updates\n\n"
         f"> Generated by `{command}` on {facts.date}{quick}. Do not edit by hand: rerun the "
         "command (`make bench`) to refresh every figure, table and the plot. The code is in "
         "`bench/` (entry point `bench/store_cas.py`).\n\n"
-        "What it measures: the cost of `Store.update_message_cas` (read, decode, mutate, "
-        "encode, CAS-write, retry on conflict) against the same loop written directly on the "
-        "driver, and how it behaves when many writers in several processes share one object."
+        "What it measures: `Store.update_message_cas` (read, decode, mutate, encode, "
+        "CAS-write, retry on conflict) side by side with the physical floor of each database "
+        "(the same loop, as short as its driver allows) and with the peers a team would "
+        "otherwise use (SQLAlchemy's versioned ORM rows, etcd's transactions), with one "
+        f"writer and with {WRITERS} on one object; then how the store behaves when many "
+        "writers in several processes share one object."
     )
 
 
-def _machine(results: Sequence[BackendResults], facts: MachineFacts) -> str:
-    engines = {r.backend: r.engine_version for r in results}
+def _machine(comparison: Comparison, results: Sequence[BackendResults], facts: MachineFacts) -> str:
     packages = ", ".join(f"{name} {version}" for name, version in facts.packages.items())
+    loads = sorted(comparison.load_samples)
+    during = f"{loads[0]:.2f} / {median(loads):.2f} / {loads[-1]:.2f}" if loads else "not sampled"
     lines = [
         f"- CPU: {facts.cores} cores ({facts.cpu}); kernel {facts.kernel}",
         f"- Python {facts.python}; {packages}",
-        f"- SQLite {engines.get('sqlite', facts.sqlite_library)} (the library Python links)",
+        f"- SQLite {facts.sqlite_library} (the library Python links)",
     ]
-    if "postgres" in engines:
-        lines.append(f"- PostgreSQL {engines['postgres']}")
-    lines.append(
+    for r in results:
+        if r.backend == "postgres":
+            lines.append(f"- PostgreSQL {r.engine_version}")
+    lines += [
         f"- Database files in `{facts.temp_dir}` ({facts.temp_filesystem}), a fresh temporary "
-        "directory per run"
-    )
-    lines.append(
-        f"- Load average (1/5/15 min) at the start {facts.load_at_start}, at the end "
-        f"{facts.load_at_end or '-'}: the machine is shared, and anything else running "
-        "competes with the benchmark for the same cores"
-    )
-    lines.append(_code_line(facts))
+        "directory per run",
+        f"- **Load** (1-minute load average): {facts.load_at_start.split(' / ')[0]} at the "
+        f"start, {during} (min / median / max) sampled at each round of the comparison, "
+        f"{facts.load_at_end.split(' / ')[0] if facts.load_at_end else '-'} at the end, on "
+        f"{facts.cores} cores. The machine is shared: anything else running competes for "
+        "the same cores and disk, which is why every figure is per round and interleaved",
+        _code_line(facts),
+    ]
     for r in results:
         settings = ", ".join(f"{k}={v}" for k, v in r.settings.items())
         lines.append(f"- {r.backend} settings in force (read back): {settings}")
-    return "## Machine and settings\n\n" + "\n".join(lines)
+    return "### Machine, settings and load\n\n" + "\n".join(lines)
+
+
+def _single_writer_section(comparison: Comparison) -> str:
+    feed = change_feed_line(comparison)
+    return (
+        "### One writer, one object: the floors, shellgate and the peers\n\n"
+        f"{comparison.rounds} interleaved rounds of {comparison.round_s:g} s per loop; the "
+        "last column is the loop's rate over its backend's physical floor in the same round "
+        "(median [min-max] over the rounds).\n\n"
+        + single_writer_table(comparison)
+        + (f"\n\n{feed}" if feed else "")
+    )
+
+
+def _many_writers_section(comparison: Comparison) -> str:
+    return (
+        f"### {WRITERS} writers on one object\n\n"
+        f"{WRITERS} tasks in one process calling back to back on one shared object, "
+        f"{len(comparison.many[0].rounds) if comparison.many else 0} interleaved rounds of "
+        f"{comparison.round_s:g} s per system. *conflicts/s*: attempts that lost their "
+        "compare-and-swap; *exhausted*: calls that lost all their attempts; "
+        "*expected/final/lost*: successful calls, the counter's increase read back, and the "
+        "difference.\n\n" + many_writers_table(comparison)
+    )
 
 
 def _code_line(facts: MachineFacts) -> str:
@@ -266,88 +459,72 @@ def _code_line(facts: MachineFacts) -> str:
     return line
 
 
-def _single_writer_section(results: Sequence[BackendResults]) -> str:
-    return (
-        "## (a) and (b): one writer, one object\n\n"
-        "(a) `update_message_cas` through the store; (b) the same read-then-CAS written "
-        "directly on the driver (the floor). Closed loop: the next call starts when the "
-        "previous one returned.\n\n" + single_writer_table(results)
-    )
-
-
 def _loads_section(results: Sequence[BackendResults]) -> str:
     return (
-        "## (c), (d), (e): 16 writers in 4 processes\n\n"
+        "### (c), (d), (e): 16 writers in 4 processes\n\n"
         "(c) each writer at a steady 20 updates/s on one shared object (320/s offered); "
         "(d) the same writers on the same object as fast as they can; (e) as fast as they "
-        "can, each writer on its own object. *conflicts/s* counts attempts that lost the CAS; "
-        "*exhausted* calls raised `Conflict` after all their attempts; *errors* are any other "
-        "store error; *expected/final/lost*: successful calls over the whole run, the counter "
-        "read back at the end, and the difference.\n\n" + loads_table(results)
+        "can, each writer on its own object. Each process has its own store, as gateway "
+        "replicas would. *conflicts/s* counts attempts that lost the CAS; *exhausted* calls "
+        "raised `Conflict` after all their attempts; *errors* are any other store error; "
+        "*expected/final/lost*: successful calls over the whole run, the counter read back at "
+        "the end, and the difference.\n\n" + loads_table(results)
     )
 
 
-def _sweep_section(results: Sequence[BackendResults], image: str) -> str:
+def _sweep_section(results: Sequence[BackendResults], image: str | None) -> str:
+    plot = f"![goodput and p99 latency against writers]({image})\n\n" if image else ""
     return (
-        "## Scaling: the steady load with 1 to 16 writers\n\n"
+        "### Scaling: the steady load with 1 to 16 writers\n\n"
         f"Each writer at {STEADY_RATE:g} updates/s on one shared object, writers spread over "
         f"up to {MAX_PROCESSES} processes. The dashed line is the offered load.\n\n"
-        f"![goodput and p99 latency against writers]({image})\n\n" + sweep_table(results)
+        + plot
+        + sweep_table(results)
     )
 
 
-def _method(results: Sequence[BackendResults], timing: Timing) -> str:
+def _method(comparison: Comparison, results: Sequence[BackendResults], timing: Timing) -> str:
     retry = results[0].retry if results else RetryPolicy()
-    rounds = single_writer_rounds(timing)
     payload = len(bench_sandbox().SerializeToString(deterministic=True))
-    return f"""## How it was measured
+    return f"""### How it was measured
 
-- **Durations.** Every load runs {timing.warmup:g} s of warm-up, then {timing.duration:g} s
-  measured. (a) and (b) warm up once each, then alternate in {rounds} rounds of
-  {single_writer_seconds(timing) / rounds:g} s ({single_writer_seconds(timing):g} s each in
-  all: b, a, b, a, ...) on two fresh objects and pool their samples, so drift and other load
-  on the machine hit both alike. The target is judged on the pooled ratio; the median and
-  range of the {rounds} per-round ratios show how much one short measurement can move.
-- **Object.** A sandbox of {payload} bytes encoded (template image, labels, environment,
-  command). Every update increments `status.current_policy_version` by one.
-- **SQLite.** A real file in a fresh temporary directory, the store's defaults: WAL,
-  `synchronous=FULL`, `busy_timeout=5000`, one connection per process (aiosqlite).
-- **Postgres.** Unless `SHELLGATE_BENCH_DATABASE_URL` names a database, a throwaway
-  server started by the benchmark (`initdb` + `pg_ctl` as the `postgres` user, temporary
-  directory, free port, TCP on 127.0.0.1) with durable settings: the PostgreSQL defaults,
-  read back above. The store's pool is asyncpg 1..10 connections per process.
-- **The floor (b).** One aiosqlite connection with the store's PRAGMAs, or one asyncpg
-  pool of the store's size with one acquire per read-then-CAS. It runs
-  `SELECT payload, resource_version ... WHERE id = ?`, decodes, increments, encodes and
-  `UPDATE objects SET payload = ?, resource_version = resource_version + 1 WHERE id = ? AND
-  resource_version = ? RETURNING resource_version`. The store's statement additionally
-  writes `labels`, `status` and `updated_at_ms` and matches on `object_type`; the store
-  also reads every column, checks the immutable metadata, copies the message twice and
-  reports to its observer. Both write the same `objects` table, so on Postgres the
-  change-feed trigger (one NOTIFY per written row) fires for both. That difference is what
-  (a)/(b) prices.
-- **Writers.** (c) to (e) and the sweep run in {MAX_PROCESSES} spawned processes (fewer
-  when there are fewer writers), each with one store, as gateway replicas would; writers are
-  asyncio tasks, dealt round-robin to the processes. Each calls `update_message_cas` with
-  the store's default retry policy, read once at the start of the run and handed to every
-  process: {retry.attempts} attempts, full-jitter pauses under a ceiling of
-  {retry.base_delay * 1000:g} ms doubling up to {retry.max_delay * 1000:g} ms.
-- **Open-loop schedule.** A steady writer owns slots `phase + k / {STEADY_RATE:g} s`, with
-  its phase drawn uniformly (seeded) within one interval. A call starts at its slot; a
-  call that overran makes the next start at once for the most recent passed slot, and the
-  older passed slots are dropped and counted as *missed*: a late writer never bursts to
-  catch up, never runs two calls at once and never exceeds {STEADY_RATE:g}/s.
-- **What is counted.** Calls that start inside the measured window are counted, whatever
-  their outcome; latency is per call (all attempts and pauses included) from the moment it
-  started, for every call including exhausted ones. Conflicts are counted per attempt by a
-  store observer. The lost-update check counts every successful call of the run, warm-up
-  included, and compares with the counter read back after all writers stopped.
-- **Percentiles** are nearest-rank over the raw samples. A steady writer makes
-  {STEADY_RATE * timing.duration:g} calls per measurement, so with one writer p99 is the
-  second slowest call: one stall of the machine shows up there.
+- **Object and mutation.** A sandbox of {payload} bytes encoded (template image, labels,
+  environment, command). Every update, in every loop, reads it, decodes it, increments
+  `status.current_policy_version`, encodes it deterministically and writes it only if the
+  version read is still current.
+- **Interleaving.** The one-writer loops run in {comparison.rounds} rounds of
+  {comparison.round_s:g} s, after one warm-up each, in the order floor, shellgate, peers
+  rotated by one every round, so a burst of other work on the machine hits each loop in
+  some round and no loop always follows the same neighbour. Rates are medians of the
+  rounds; ratios are taken round by round and shown as median [min-max].
+- **Physical floors.** SQLite: stdlib `sqlite3`, one connection called synchronously (no
+  thread, no event-loop turn), autocommit, WAL, `synchronous=FULL`: `SELECT payload,
+  resource_version`, decode, increment, encode, `UPDATE ... WHERE id = ? AND
+  resource_version = ? RETURNING resource_version`. Postgres: one `asyncpg` connection, both
+  statements prepared once, on a plain table without any change feed; the same loop on a
+  table with the NOTIFY row trigger shellgate had until migration 006, and with
+  `pg_notify` in the writing statement (what shellgate does now), prices the change feed.
+- **shellgate.** `store.update_message_cas(Sandbox, id, increment)` with the defaults a
+  gateway runs with: SQLite WAL + `synchronous=FULL`; Postgres with fsync and
+  synchronous_commit on (read back above), its pool and its trigger.
+- **Peers.** SQLAlchemy 2 ORM, a mapped class with `version_id_col`, an `AsyncSession` per
+  call (`session.get`, change the payload, commit; `StaleDataError` is a lost race), async
+  engine on aiosqlite (WAL + `synchronous=FULL` set on connect) and on asyncpg, default
+  pool. etcd: a single member in a temporary directory, default durability, the `aetcd`
+  gRPC client: `get`, then `txn(compare mod_revision == read, success put)`.
+- **Retry rule, everywhere.** {retry.attempts} attempts, each re-reading and re-applying,
+  full-jitter pauses under a ceiling of {retry.base_delay * 1000:g} ms doubling up to
+  {retry.max_delay * 1000:g} ms; a call that loses all its attempts is *exhausted*.
+- **{WRITERS} writers.** {WRITERS} asyncio tasks in one process share one object per
+  system, each calling back to back; calls started inside a round count, and the counter
+  read back at the end must equal the successful calls.
+- **Multi-process loads.** (c) to (e) and the sweep run {timing.warmup:g} s of warm-up and
+  {timing.duration:g} s measured each, in up to {MAX_PROCESSES} spawned processes with one
+  store each (the open-loop schedule: a late writer drops its missed slots instead of
+  bursting). Percentiles are nearest-rank over the raw samples.
 - **Where the time goes.** `python -m bench.profile_cas --backend postgres` (or `sqlite`)
-  runs (a) and (b) under cProfile and prints, per operation, the time spent waiting for the
-  database, the Python time, and the costliest functions with their calls per operation."""
+  runs the store's loop and the floor under cProfile and prints, per operation, the time
+  spent waiting for the database, the Python time, and the costliest functions."""
 
 
 # ----- the plot ---------------------------------------------------------------------------

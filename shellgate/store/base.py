@@ -23,7 +23,7 @@ import contextlib
 import functools
 import random
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, ClassVar, ParamSpec, TypedDict, TypeVar, Unpack
@@ -82,24 +82,29 @@ def timed(operation: str) -> Callable[[AsyncFunction[P, R]], AsyncFunction[P, R]
         @functools.wraps(function)
         async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
             store: Store = args[0]  # type: ignore[assignment]
-            started = time.perf_counter()
-            try:
-                result = await function(*args, **kwargs)
-            except StoreUnavailable:
-                store.observer.outcome(store.backend, operation, False)
-                raise
-            except StoreError:  # a conflict, a duplicate, a missing row: the database answered
-                store.observer.outcome(store.backend, operation, True)
-                raise
-            else:
-                store.observer.outcome(store.backend, operation, True)
-                return result
-            finally:
-                store.observer.operation(store.backend, operation, time.perf_counter() - started)
+            return await observed(store, operation, function(*args, **kwargs))
 
         return wrapper
 
     return decorate
+
+
+async def observed(store: Store, operation: str, pending: Awaitable[R]) -> R:
+    """Await ``pending`` and report its duration and outcome as ``operation``."""
+    started = time.perf_counter()
+    try:
+        result = await pending
+    except StoreUnavailable:
+        store.observer.outcome(store.backend, operation, False)
+        raise
+    except StoreError:  # a conflict, a duplicate, a missing row: the database answered
+        store.observer.outcome(store.backend, operation, True)
+        raise
+    else:
+        store.observer.outcome(store.backend, operation, True)
+        return result
+    finally:
+        store.observer.operation(store.backend, operation, time.perf_counter() - started)
 
 
 @dataclass(slots=True)
@@ -369,7 +374,7 @@ class Store(abc.ABC):
             object_type_of(type(message)),
             meta.id,
             meta.name or None,
-            _encode_for_storage(created),
+            encode_for_storage(created),
             dict(meta.labels),
             WriteCondition.MUST_CREATE,
             meta.workspace,
@@ -421,6 +426,7 @@ class Store(abc.ABC):
             attempts=1 if expected_version else self.retry.attempts,
         )
 
+    @abc.abstractmethod
     async def _cas_attempt(
         self,
         message_type: type[M],
@@ -430,36 +436,15 @@ class Store(abc.ABC):
         expected_version: int,
         status: Callable[[M], str | None] | None = None,
     ) -> tuple[M, bool]:
-        """One read-mutate-write; returns the message and whether it was written."""
-        async with self._attempt_scope():
-            record = await self.get(object_type, id)
-            if record is None:
-                raise NotFound(object_type, id)
-            if expected_version and record.resource_version != expected_version:
-                raise Conflict(record.resource_version)
-            candidate = mutate(decode(message_type, record))
-            _check_immutable_metadata(record, candidate)
-            payload = _encode_for_storage(candidate)
-            if payload == record.payload:
-                # Equal bytes: the mutation changed nothing (stored payloads are the same
-                # deterministic encoding), so nothing is written.
-                self.observer.cas_attempt(object_type, "noop")
-                return candidate, False
-            meta: Any = candidate.metadata  # type: ignore[attr-defined]
-            labels = dict(meta.labels)
-            result = await self.put_if(
-                object_type,
-                id,
-                record.name,
-                payload,
-                None if labels == record.labels else labels,
-                WriteCondition.match(record.resource_version),
-                record.workspace,
-                status=None if status is None else status(candidate),
-            )
-        meta.resource_version = result.resource_version
-        self.observer.cas_attempt(object_type, "written")
-        return candidate, True
+        """One read-mutate-write; returns the message and whether it was written.
+
+        Within ``_attempt_scope``: read the row (``NotFound`` when missing; ``Conflict`` when
+        ``expected_version`` is set and differs), ``mutate`` the decoded message, refuse a
+        changed id, name or workspace (``check_immutable_metadata``), write nothing when the
+        stored encoding is unchanged (a ``noop`` attempt), else write at the version read
+        (labels only when they changed, the status column from ``status``) and set the new
+        version on the message. Reports ``written`` or ``noop`` to the observer.
+        """
 
     def _attempt_scope(self) -> AbstractAsyncContextManager[None]:
         """Held around one CAS attempt's read and write; backends may pin a connection."""
@@ -467,22 +452,35 @@ class Store(abc.ABC):
 
 
 def decode(message_type: type[M], record: ObjectRecord) -> M:
-    """Decode a row's payload and hydrate ``metadata`` from the columns.
+    """Decode a row's payload and hydrate ``metadata`` from the columns (``decode_row``)."""
+    return decode_row(
+        message_type,
+        record.payload,
+        record.resource_version,
+        record.created_at_ms,
+        record.workspace,
+    )
+
+
+def decode_row(
+    message_type: type[M], payload: bytes, resource_version: int, created_at_ms: int, workspace: str
+) -> M:
+    """Decode a stored payload and hydrate ``metadata`` from its row's columns.
 
     ``resource_version`` and ``created_time`` are not kept in the stored payload; their
     columns are the truth (the creation time is the database's, so replicas with skewed clocks
     agree). The workspace is hydrated too, for rows written before workspaces existed.
     """
-    message = message_type.FromString(record.payload)
+    message = message_type.FromString(payload)
     meta: Any = message.metadata  # type: ignore[attr-defined]
-    meta.resource_version = record.resource_version
-    meta.created_time.FromMilliseconds(record.created_at_ms)
-    if record.workspace and not meta.workspace:
-        meta.workspace = record.workspace
+    meta.resource_version = resource_version
+    meta.created_time.FromMilliseconds(created_at_ms)
+    if workspace and not meta.workspace:
+        meta.workspace = workspace
     return message
 
 
-def _encode_for_storage(message: Message) -> bytes:
+def encode_for_storage(message: Message) -> bytes:
     """The stored encoding: deterministic, without ``resource_version`` and ``created_time``
     (their columns hold them; readers hydrate both), so equal content encodes to equal bytes."""
     meta: Any = message.metadata  # type: ignore[attr-defined]
@@ -498,9 +496,9 @@ def _encode_for_storage(message: Message) -> bytes:
         meta.created_time.CopyFrom(created)
 
 
-def _check_immutable_metadata(record: ObjectRecord, candidate: Message) -> None:
+def check_immutable_metadata(candidate: Message, id: str, name: str | None, workspace: str) -> None:
+    """A mutation may not move a message to another id, name or workspace."""
     after: Any = candidate.metadata  # type: ignore[attr-defined]
-    before = {"id": record.id, "name": record.name or "", "workspace": record.workspace}
-    for field, value in before.items():
+    for field, value in (("id", id), ("name", name or ""), ("workspace", workspace)):
         if getattr(after, field) != value:
             raise InvalidMutation(f"metadata.{field} cannot be changed after creation")

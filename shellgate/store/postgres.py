@@ -1,14 +1,17 @@
 """The Postgres backend: for several gateway replicas sharing one database.
 
-An asyncpg pool; asyncpg prepares and caches every statement it runs. The statements are the
+A small pool of asyncpg connections (pg_pool.py); asyncpg prepares and caches every
+statement it runs, per connection, and the pool keeps its connections, so each statement is
+parsed once per connection. The statements are the
 SQL core's (sql.py); this module holds what is Postgres' own: its dialect (JSONB labels,
 ``$n`` parameters, arrays, the advisory migration lock, error translation by exception class
 and constraint name), the pool with one connection pinned per CAS attempt, and the change
 feed. Timestamps come from the database clock (``statement_timestamp()``, one value per
 statement), so replicas with skewed clocks still agree on them.
 
-The change feed is ``LISTEN shellgate_objects`` on a dedicated connection; a trigger
-(migration 004) sends one NOTIFY per committed row change, from whichever replica wrote it.
+The change feed is ``LISTEN shellgate_objects`` on a dedicated connection; every writing
+statement sends one NOTIFY per row it changed (``PostgresDialect.announced``), delivered at
+commit to every replica, the writer's own included.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from shellgate.store.errors import (
     StoreUnavailable,
     UniqueViolation,
 )
+from shellgate.store.pg_pool import ConnectionPool
 from shellgate.store.records import ChangeEvent, StoreTimeouts
 from shellgate.store.sql import Dialect, Params, SqlStore
 
@@ -95,16 +99,6 @@ def _lost(error: BaseException) -> bool:
     return isinstance(error, _CONNECTION_LOST) and not isinstance(error, _BAD_VALUE)
 
 
-async def _keep_session(_conn: asyncpg.Connection) -> None:
-    """Skip asyncpg's reset query when a connection returns to the pool.
-
-    Pooled connections never hold session state (the change feed LISTENs on its own
-    connection, migrations lock per transaction, nothing runs SET), and asyncpg still rolls
-    back any open transaction. Measured: the reset was one of four round trips per CAS
-    attempt (docs/benchmarks.md).
-    """
-
-
 class PostgresDialect(Dialect):
     """Labels are JSONB; parameters are ``$n``; a set of values is bound as one array."""
 
@@ -144,6 +138,22 @@ class PostgresDialect(Dialect):
     def labels_of(self, stored: Any) -> dict[str, str]:
         return json.loads(stored) if isinstance(stored, str) else dict(stored or {})
 
+    def announced(self, write: str, returning: str, *, deleted: bool) -> str:
+        """The write, and a ``NOTIFY shellgate_objects`` per written row from the same
+        statement: delivered at commit to every replica's LISTEN connection, never for a
+        write that rolled back. (Migration 004 did this with a row trigger; calling it cost
+        each write about as much as the rest of its statement, bench/store_cas.py.)"""
+        version = "NULL" if deleted else "resource_version"
+        event = (
+            "json_build_object('t', feed_type, 'i', feed_id, 'v', feed_version, "
+            f"'d', {str(deleted).upper()}, 'm', feed_at_ms)::text"
+        )
+        return (
+            f"WITH written AS ({write} RETURNING {returning}, object_type AS feed_type, "
+            f"id AS feed_id, {version} AS feed_version, updated_at_ms AS feed_at_ms) "
+            f"SELECT {returning}, pg_notify('{CHANNEL}', {event}) FROM written"
+        )
+
     def translate(self, error: Exception) -> StoreError:
         if isinstance(error, asyncpg.exceptions.UniqueViolationError):
             return UniqueViolation(error.constraint_name, error.detail)
@@ -175,7 +185,7 @@ class PostgresStore(SqlStore):
         self._max_size = max_size
         self._statement_timeout = statement_timeout
         self._acquire_timeout = acquire_timeout
-        self._pool: asyncpg.Pool | None = None
+        self._pool: ConnectionPool | None = None
 
     @property
     def supports_multiple_replicas(self) -> bool:
@@ -184,19 +194,22 @@ class PostgresStore(SqlStore):
     # ----- lifecycle ----------------------------------------------------------------------
 
     async def open(self, *, migrate_to: int | None = None) -> None:
+        self._pool = ConnectionPool(
+            self._connect, max_size=self._max_size, acquire_timeout=self._acquire_timeout
+        )
         try:
-            self._pool = await asyncpg.create_pool(
-                self.dsn,
-                min_size=self._min_size,
-                max_size=self._max_size,
-                reset=_keep_session,
-                timeout=self._acquire_timeout,  # connecting
-                command_timeout=self._statement_timeout + CLIENT_TIMEOUT_SLACK,
-                server_settings={"statement_timeout": str(int(self._statement_timeout * 1000))},
-            )
+            await self._pool.fill(self._min_size)
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"cannot connect to Postgres: {exc}") from exc
         await self._migrate(migrate_to)
+
+    async def _connect(self) -> asyncpg.Connection:
+        return await asyncpg.connect(
+            self.dsn,
+            timeout=self._acquire_timeout,  # connecting
+            command_timeout=self._statement_timeout + CLIENT_TIMEOUT_SLACK,
+            server_settings={"statement_timeout": str(int(self._statement_timeout * 1000))},
+        )
 
     async def _disconnect(self) -> None:
         if self._pool is not None:
@@ -214,7 +227,7 @@ class PostgresStore(SqlStore):
         if self._pool is None:
             raise StoreUnavailable("the Postgres store is not open")
         try:
-            conn = await self._pool.acquire(timeout=self._acquire_timeout)
+            conn = await self._pool.acquire()
         except _DRIVER_ERRORS as exc:
             raise self.dialect.translate(exc) from exc
         try:
@@ -228,7 +241,7 @@ class PostgresStore(SqlStore):
                         conn.terminate()
             raise
         finally:
-            await self._pool.release(conn)
+            self._pool.release(conn)
 
     # ----- executor -----------------------------------------------------------------------
 

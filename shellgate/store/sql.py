@@ -3,9 +3,10 @@
 ``SqlStore`` implements the ``Store`` primitives on one ``objects`` table. What differs
 between the databases is asked of a small ``Dialect`` (placeholders, the "now in ms"
 expression, the JSON and array operators of selectors and ``status IN``, how labels come back,
-how driver errors become the store's typed errors, the migrations and their lock). How a
-statement reaches the database (one aiosqlite connection, or an asyncpg pool with a connection
-pinned per CAS attempt) and where the change feed comes from stay in the two backend classes.
+how driver errors become the store's typed errors, the migrations and their lock, and whether
+a write announces itself to the change feed). How a statement reaches the database (SQLite's
+event loop or database thread, or a Postgres connection pinned per CAS attempt) and where the
+change feed comes from stay in the two backend classes.
 
 Two pieces are named functions on purpose, because each one alone is what makes a write safe:
 ``cas_predicate`` (an update or delete only touches the row at the version its caller read)
@@ -26,10 +27,16 @@ from typing import Any, ClassVar, Unpack
 from shellgate.store import migrations
 from shellgate.store.base import (
     ListQuery,
+    M,
+    Mutation,
     RowWrite,
     Store,
     StoreOptions,
     VersionQuery,
+    check_immutable_metadata,
+    decode_row,
+    encode_for_storage,
+    observed,
     timed,
 )
 from shellgate.store.errors import (
@@ -55,7 +62,8 @@ COLUMNS = (
     "object_type, id, name, workspace, payload, labels, resource_version, "
     "created_at_ms, updated_at_ms, scope, version, status"
 )
-WRITTEN = "RETURNING resource_version, created_at_ms, updated_at_ms"
+WRITTEN = "resource_version, created_at_ms, updated_at_ms"
+"""What an insert or an update returns: the row's new version and its timestamps."""
 
 Bind = Callable[[str], str]
 """Names a statement parameter and returns its placeholder in the statement text."""
@@ -133,6 +141,12 @@ class Dialect(abc.ABC):
         """The statements of one migration file, as the driver can run them."""
         return [migration.sql]
 
+    def announced(self, write: str, returning: str, *, deleted: bool) -> str:
+        """``write`` returning ``returning`` of the rows it wrote; a dialect whose database
+        carries the change feed also announces each written row there, in the same
+        statement (so only a committed write is ever announced)."""
+        return f"{write} RETURNING {returning}"
+
 
 class Params:
     """Parameters of a statement built per call; ``bind`` returns the value's placeholder."""
@@ -177,29 +191,35 @@ class Statements:
         now = d.now_ms
         self.insert = Statement(
             d,
-            lambda b: (
+            lambda b: d.announced(
                 "INSERT INTO objects (object_type, id, name, workspace, payload, labels, "
                 "resource_version, created_at_ms, updated_at_ms, scope, version, status) "
                 f"VALUES ({b('object_type')}, {b('id')}, {b('name')}, {b('workspace')}, "
                 f"{b('payload')}, {d.json_value(b('labels'))}, 1, {now}, {now}, "
                 f"{b('scope')}, {b('version')}, {b('status')}) "
-                f"{must_create_on_duplicate()} {WRITTEN}"
+                f"{must_create_on_duplicate()}",
+                WRITTEN,
+                deleted=False,
             ),
         )
         self.update = Statement(
             d,
-            lambda b: (
+            lambda b: d.announced(
                 f"UPDATE objects SET payload = {b('payload')}, "
                 f"labels = COALESCE({d.json_value(b('labels'))}, labels), "
                 f"status = COALESCE({b('status')}, status), "
                 f"resource_version = resource_version + 1, updated_at_ms = {now} "
-                f"WHERE {_the_row(b)} AND {cas_predicate(b)} {WRITTEN}"
+                f"WHERE {_the_row(b)} AND {cas_predicate(b)}",
+                WRITTEN,
+                deleted=False,
             ),
         )
         self.delete = Statement(
             d,
-            lambda b: (
-                f"DELETE FROM objects WHERE {_the_row(b)} AND {cas_predicate(b)} RETURNING id"
+            lambda b: d.announced(
+                f"DELETE FROM objects WHERE {_the_row(b)} AND {cas_predicate(b)}",
+                "id",
+                deleted=True,
             ),
         )
         self.touch_by_name = Statement(
@@ -217,6 +237,13 @@ class Statements:
             lambda b: (
                 f"SELECT {COLUMNS} FROM objects WHERE object_type = {b('object_type')} "
                 f"AND workspace = {b('workspace')} AND name = {b('name')}"
+            ),
+        )
+        self.cas_read = Statement(
+            d,
+            lambda b: (
+                "SELECT payload, resource_version, name, workspace, labels, created_at_ms "
+                f"FROM objects WHERE {_the_row(b)}"
             ),
         )
         self.current_version = Statement(
@@ -409,6 +436,75 @@ class SqlStore(Store):
             read=True,
         )
         return {row[0]: int(row[1]) for row in rows}
+
+    # ----- the compare-and-swap attempt ----------------------------------------------------
+
+    async def _cas_attempt(
+        self,
+        message_type: type[M],
+        object_type: str,
+        id: str,
+        mutate: Mutation[M],
+        expected_version: int,
+        status: Callable[[M], str | None] | None = None,
+    ) -> tuple[M, bool]:
+        """One read-mutate-write, on two of the core's statements and nothing between them.
+
+        The read takes only the columns the write needs, and no record objects are built
+        for the row or the write: on the path of every update, the Python between the two
+        statements cost as much as a statement (bench/profile_cas.py). The read and the
+        write are still reported to the observer as ``get`` and ``put_if``.
+        """
+        async with self._attempt_scope():
+            row = await observed(self, "get", self._read_for_cas(object_type, id))
+            if row is None:
+                raise NotFound(object_type, id)
+            stored, version, name, workspace, labels, created_ms = row
+            if expected_version and version != expected_version:
+                raise Conflict(version)
+            stored = bytes(stored)
+            candidate = mutate(decode_row(message_type, stored, version, created_ms, workspace))
+            check_immutable_metadata(candidate, id, name, workspace)
+            payload = encode_for_storage(candidate)
+            if payload == stored:
+                # Equal bytes: the mutation changed nothing (stored payloads are the same
+                # deterministic encoding), so nothing is written.
+                self.observer.cas_attempt(object_type, "noop")
+                return candidate, False
+            meta: Any = candidate.metadata  # type: ignore[attr-defined]
+            new_labels = dict(meta.labels)
+            values = {
+                "object_type": object_type,
+                "id": id,
+                "payload": payload,
+                "labels": None
+                if new_labels == self.dialect.labels_of(labels)
+                else _labels_json(new_labels, keep=False),
+                "status": None if status is None else status(candidate),
+                "expected_version": version,
+            }
+            written = await observed(self, "put_if", self._write_at_version(values))
+        meta.resource_version = written
+        self.observer.cas_attempt(object_type, "written")
+        return candidate, True
+
+    async def _read_for_cas(self, object_type: str, id: str) -> Any:
+        """The row's payload, version, name, workspace, labels and creation time, or None."""
+        read = self._sql.cas_read
+        return await self._row(
+            read.sql, read.params({"object_type": object_type, "id": id}), read=True
+        )
+
+    async def _write_at_version(self, values: dict[str, Any]) -> int:
+        """The CAS update of one row; its new version (``Conflict``/``NotFound`` if none)."""
+        update = self._sql.update
+        row = await self._row(update.sql, update.params(values))
+        if row is None:
+            raise await self._why_not_written(values["object_type"], values["id"])
+        if self.dialect.publishes_own_writes:
+            event = ChangeEvent(values["object_type"], values["id"], row[0], committed_at_ms=row[2])
+            self._hub.publish(event)
+        return int(row[0])
 
     # ----- schema -------------------------------------------------------------------------
 

@@ -1,8 +1,10 @@
 """Keeps bench/ from rotting: its workloads, for a fraction of a second, on a SQLite file.
 
-No Postgres, no worker processes, no plot and no file written: the writer group that each
-worker process of the benchmark runs is run here in the test's own event loop, and the
-report is rendered to a string.
+No Postgres, no etcd, no worker processes and no plot: the side-by-side comparison runs
+with the SQLite floor and store (and the SQLAlchemy peer when it is installed), the writer
+group that each worker process of the benchmark runs is run here in the test's own event
+loop, and the report is rendered into a file that already holds another section, which
+must survive. Nothing here is timed.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import time
 from pathlib import Path
 
 from bench import machine, report
+from bench.compare import Plan, run_comparison
 from bench.floor import open_floor
 from bench.loads import flat_out_spread, plan_processes, steady, summarize
 from bench.objects import Sandbox, bench_sandbox
@@ -73,13 +76,38 @@ async def test_workloads_run_and_report(tmp_path: Path) -> None:
         engine_version="3.x",
         settings={"synchronous": "FULL"},
         retry=RetryPolicy(),
-        store=through_store.result(),
-        floor=through_floor.result(),
-        round_ratios=[1.1, 0.9, 1.0],
     )
     results.loads = {"c": steady_load, "d": flat_out, "e": flat_out}
     results.sweep = [steady_load]
+
+    plan = Plan(rounds=2, round_s=0.1, warmup=0.05, many_rounds=1)
+    comparison = await run_comparison({"sqlite": url}, None, RetryPolicy(), plan, lambda _: None)
+    roles = [s.contender.role for s in comparison.single]
+    assert roles[:2] == ["floor", "shellgate"] and all(
+        len(s.rounds) == 2 for s in comparison.single
+    )
+    assert all(m.lost == 0 and m.expected > 0 for m in comparison.many)
+    assert any("etcd not installed" in skipped for skipped in comparison.skipped)
+
     facts = machine.finished(machine.collect())
-    document = report.document([results], facts, TINY, "img/x.png", "smoke test")
-    assert "(a)/(b)" in document and "![goodput" in document and "1.00 [0.90-1.10]" in document
-    assert "(c) zero lost updates" in report.console_report([results])
+    target = tmp_path / "benchmarks.md"
+    target.write_text(
+        "# Benchmarks\n\n<!-- bench.scale:begin -->\nscale figures\n<!-- bench.scale:end -->\n"
+    )
+    for _ in range(2):  # the second run replaces the first one's section
+        section = report.document(comparison, [results], facts, TINY, "img/x.png", "smoke test")
+        report.write_section(target, section)
+    written = target.read_text()
+    assert written.count(report.BEGIN_MARKER) == 1 and written.count(report.END_MARKER) == 1
+    assert "<!-- bench.scale:begin -->\nscale figures\n<!-- bench.scale:end -->" in written
+    assert "shellgate / physical floor" in written and "![goodput" in written
+    assert "skipped: etcd not installed" in written
+    assert "(c) zero lost updates" in report.console_report(comparison, [results])
+
+
+def test_a_new_benchmarks_file_gets_the_shared_header(tmp_path: Path) -> None:
+    target = tmp_path / "docs" / "benchmarks.md"
+    report.write_section(target, "## Store\n\nfigures")
+    text = target.read_text()
+    assert text.startswith(report.SHARED_HEADER)
+    assert f"{report.BEGIN_MARKER}\n## Store\n\nfigures\n{report.END_MARKER}" in text

@@ -125,24 +125,24 @@ async def test_a_stale_save_is_never_sent_again(gw: Running, store_url: str) -> 
     await gw.stub.UpdateConfig(setting("alpha", "dummy_bool", bool_value(True)))
     settings_id = sandbox_settings_id(sandbox.metadata.id)
     store = gw.gateway.store
-    original = store.get
+    original = store._read_for_cas  # type: ignore[attr-defined]  # the read of a CAS attempt
     bumped = False
 
-    async def get_then_bump(object_type: str, id: str):  # type: ignore[no-untyped-def]
+    async def read_then_bump(object_type: str, id: str):  # type: ignore[no-untyped-def]
         nonlocal bumped
-        record = await original(object_type, id)
+        row = await original(object_type, id)
         if id == settings_id and not bumped:
             bumped = True
             raw_bump(store_url, settings_id)
-        return record
+        return row
 
-    store.get = get_then_bump  # type: ignore[method-assign]
+    store._read_for_cas = read_then_bump  # type: ignore[attr-defined]
     try:
         response = await gw.stub.UpdateConfig(
             setting("alpha", "dummy_int", S.SettingValue(int_value=7))
         )
     finally:
-        store.get = original  # type: ignore[method-assign]
+        store._read_for_cas = original  # type: ignore[attr-defined]
     assert bumped
     stored = await store.get_message(internal_pb2.SandboxSettings, settings_id)
     assert stored is not None

@@ -25,9 +25,8 @@ ROWS = [
 async def insert_pre_cas_rows(store: Store, url: str) -> None:
     """Rows as the pre-CAS gateway wrote them: no resource_version, no workspace columns."""
     if url.startswith("sqlite:"):
-        conn = store._db  # type: ignore[attr-defined]
         for row in ROWS:
-            await conn.execute(
+            await store._rows(  # type: ignore[attr-defined]
                 "INSERT INTO objects (id, object_type, name, scope, version, status, payload, "
                 "created_at_ms, updated_at_ms, labels) "
                 "VALUES (?, ?, ?, ?, ?, ?, x'00', 1, 1, '{}')",
@@ -100,8 +99,8 @@ def migrate_at_once(store_url: str) -> None:
         store = await connect(store_url)
         try:
             if store_url.startswith("sqlite:"):
-                rows = await store._db.execute_fetchall(  # type: ignore[attr-defined]
-                    "SELECT version FROM schema_migrations"
+                rows = await store._rows(  # type: ignore[attr-defined]
+                    "SELECT version FROM schema_migrations", ()
                 )
                 return [row[0] for row in rows]
             async with store._connection() as conn:  # type: ignore[attr-defined]

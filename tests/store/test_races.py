@@ -13,11 +13,13 @@ without its guard would prove nothing.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
 from shellgate.api import openshell_pb2
-from shellgate.store import Conflict, Store, UniqueViolation, connect, sql
+from shellgate.store import Conflict, Store, StoreUnavailable, UniqueViolation, connect, sql, sqlite
+from shellgate.store.db_thread import FileUsers
 from tests.support.objects import sandbox
 from tests.support.racing import run_in_processes, wait_for_the_others
 
@@ -42,15 +44,27 @@ def _make_create_replace() -> None:
     )
 
 
+def _write_on_the_event_loop() -> None:
+    """SQLite: each process believes it is the only one, so every write starts on the event
+    loop (without a busy wait) and goes to the database thread only when it finds the lock
+    held; the two paths then race each other across processes."""
+    FileUsers.alone = lambda self, now: True  # type: ignore[method-assign]
+    sqlite.SHARED_LOCK_SECONDS = 0.0
+
+
 def _increment(message: openshell_pb2.Sandbox) -> openshell_pb2.Sandbox:
     message.status.current_policy_version += 1
     return message
 
 
-def _increment_worker(url: str, sandbox_id: str, without_guard: bool) -> list[int]:
+def _increment_worker(
+    url: str, sandbox_id: str, without_guard: bool, on_the_loop: bool = False
+) -> list[int]:
     """8 tasks each increment the counter 50 times; returns every version a call returned."""
     if without_guard:
         _remove_cas_predicate()
+    if on_the_loop:
+        _write_on_the_event_loop()
 
     async def task(store: Store) -> list[int]:
         versions = []
@@ -62,6 +76,12 @@ def _increment_worker(url: str, sandbox_id: str, without_guard: bool) -> list[in
                     )
                 except Conflict:
                     continue  # retries ran out: call again, as a client would
+                except StoreUnavailable:
+                    if not on_the_loop:
+                        raise
+                    # Writers all on their event loops starve one another of the lock (the
+                    # reason a store shares it only when alone): call again, as a client would.
+                    continue
                 versions.append(outcome.message.metadata.resource_version)
                 break
         return versions
@@ -78,14 +98,16 @@ def _increment_worker(url: str, sandbox_id: str, without_guard: bool) -> list[in
     return asyncio.run(run())
 
 
-async def race_increments(store: Store, store_url: str, *, without_guard: bool) -> None:
+async def race_increments(
+    store: Store, store_url: str, *, without_guard: bool, on_the_loop: bool = False
+) -> None:
     """3 processes x 8 tasks x 50 increments of one counter; every increment must count."""
     created = await store.create_message(sandbox("counter"))
     sandbox_id = created.metadata.id
     per_process = await asyncio.to_thread(
         run_in_processes,
         _increment_worker,
-        [(store_url, sandbox_id, without_guard)] * PROCESSES,
+        [(store_url, sandbox_id, without_guard, on_the_loop)] * PROCESSES,
     )
     versions = [version for chunk in per_process for version in chunk]
     total = PROCESSES * TASKS_PER_PROCESS * INCREMENTS_PER_TASK
@@ -106,6 +128,28 @@ async def test_no_lost_updates_across_processes(store: Store, store_url: str) ->
 async def test_without_the_cas_predicate_updates_are_lost(store: Store, store_url: str) -> None:
     with pytest.raises(AssertionError, match="lost increments"):
         await race_increments(store, store_url, without_guard=True)
+
+
+async def test_no_lost_updates_with_sqlite_writes_on_the_event_loop(sqlite_url: str) -> None:
+    store = await connect(sqlite_url)
+    try:
+        await race_increments(store, sqlite_url, without_guard=False, on_the_loop=True)
+    finally:
+        await store.close()
+
+
+async def test_without_the_cas_predicate_event_loop_writes_are_lost(sqlite_url: str) -> None:
+    store = await connect(sqlite_url)
+    try:
+        with pytest.raises(AssertionError, match="lost increments"):
+            await race_increments(store, sqlite_url, without_guard=True, on_the_loop=True)
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'races.db'}"
 
 
 def _create_worker(url: str, attempts: int, without_guard: bool) -> list[str]:

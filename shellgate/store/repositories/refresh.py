@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from shellgate.api import internal_pb2
-from shellgate.store.base import Mutation, Store, _encode_for_storage, decode
+from shellgate.store.base import Mutation, Store, decode, encode_for_storage
 from shellgate.store.errors import NotFound, UniqueViolation
 from shellgate.store.messages import register_object_type
 from shellgate.store.records import DEFAULT_WORKSPACE, WriteCondition
@@ -98,7 +98,7 @@ class RefreshRepository:
             object_type,
             meta.id,
             None,
-            _encode_for_storage(message),
+            encode_for_storage(message),
             {},
             WriteCondition.MUST_CREATE,
             meta.workspace or DEFAULT_WORKSPACE,

@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
-from shellgate.store.base import Store, _encode_for_storage
+from shellgate.store.base import Store, encode_for_storage
 from shellgate.store.errors import Conflict
 from shellgate.store.records import DEFAULT_WORKSPACE, ObjectRecord, WriteCondition
 
@@ -31,7 +31,7 @@ async def insert_scoped(
         object_type,
         meta.id,
         None,
-        _encode_for_storage(message),
+        encode_for_storage(message),
         {},
         WriteCondition.MUST_CREATE,
         meta.workspace or DEFAULT_WORKSPACE,

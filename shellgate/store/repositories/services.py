@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from shellgate.api import openshell_pb2
-from shellgate.store.base import Mutation, Store, _encode_for_storage
+from shellgate.store.base import Mutation, Store, encode_for_storage
 from shellgate.store.errors import Conflict, UniqueViolation
 from shellgate.store.messages import register_object_type
 from shellgate.store.records import DEFAULT_WORKSPACE, WriteCondition
@@ -93,7 +93,7 @@ class ServiceRepository:
             SERVICE_TYPE,
             meta.id,
             meta.name,
-            _encode_for_storage(created),
+            encode_for_storage(created),
             dict(meta.labels),
             WriteCondition.MUST_CREATE,
             meta.workspace or DEFAULT_WORKSPACE,

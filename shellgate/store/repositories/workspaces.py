@@ -36,7 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from shellgate.api import datamodel_pb2, openshell_pb2
-from shellgate.store.base import Store, _encode_for_storage, decode
+from shellgate.store.base import Store, decode, encode_for_storage
 from shellgate.store.errors import Conflict, NotFound, UniqueViolation
 from shellgate.store.messages import register_object_type
 from shellgate.store.records import DEFAULT_WORKSPACE, ObjectRecord, WriteCondition
@@ -126,7 +126,7 @@ class WorkspaceRepository:
             WORKSPACE_TYPE,
             workspace.metadata.id,
             name,
-            _encode_for_storage(workspace),
+            encode_for_storage(workspace),
             dict(workspace.metadata.labels),
             WriteCondition.MUST_CREATE,
             OUTSIDE_WORKSPACES,
@@ -240,7 +240,7 @@ class WorkspaceRepository:
         if workspace.status.phase == phase:
             return record
         workspace.status.phase = phase  # type: ignore[assignment]
-        payload = _encode_for_storage(workspace)
+        payload = encode_for_storage(workspace)
         try:
             result = await self.store.put_if(
                 WORKSPACE_TYPE,
@@ -304,7 +304,7 @@ class WorkspaceRepository:
             MEMBER_TYPE,
             member.metadata.id,
             subject,
-            _encode_for_storage(member),
+            encode_for_storage(member),
             {SUBJECT_LABEL: subject_digest(subject)},
             WriteCondition.MUST_CREATE,
             name,

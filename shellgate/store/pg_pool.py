@@ -1,0 +1,126 @@
+"""A small pool of asyncpg connections, cheap to take from and give back to.
+
+asyncpg's own pool costs more per acquire and release than a statement's round trip on the
+client side: the release alone runs as a separate task (``asyncio.shield``), and each
+acquire goes through a queue of connection holders. A CAS attempt takes a connection once
+and gives it back once, so on the path of every update that overhead was paid per write
+(bench/profile_cas.py). Here a free connection is taken from a list and given back to
+the next waiter or to the list, without suspending.
+
+What a pool must still do is kept: at most ``max_size`` connections, a bounded wait for
+one (``asyncio.TimeoutError`` after ``acquire_timeout``), a broken connection or one left
+inside a transaction is closed instead of reused, and waiters are served in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+
+Connect = Callable[[], Awaitable[asyncpg.Connection]]
+
+
+class ConnectionPool:
+    """Up to ``max_size`` connections made by ``connect``; ``acquire`` / ``release``."""
+
+    def __init__(self, connect: Connect, *, max_size: int, acquire_timeout: float) -> None:
+        self._connect = connect
+        self._max_size = max_size
+        self._acquire_timeout = acquire_timeout
+        self._idle: list[asyncpg.Connection] = []
+        self._size = 0  # connections made and not yet discarded, idle or in use
+        self._waiters: collections.deque[asyncio.Future[asyncpg.Connection | None]] = (
+            collections.deque()
+        )
+        self._closed = False
+
+    async def fill(self, count: int) -> None:
+        """Open ``count`` connections now (the pool's minimum), so the first calls find one."""
+        opened = [await self.acquire() for _ in range(count)]
+        for conn in opened:
+            self.release(conn)
+
+    async def acquire(self) -> asyncpg.Connection:
+        """A connection for the caller alone until ``release``; waits at most the timeout."""
+        if self._closed:
+            raise asyncpg.exceptions.InterfaceError("the pool is closed")
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.is_closed():
+                return conn
+            self._size -= 1
+        if self._size < self._max_size:
+            return await self._open_one()
+        return await self._wait_for_one()
+
+    def release(self, conn: asyncpg.Connection) -> None:
+        """Give ``conn`` back: to the longest waiter, else to the free list."""
+        if self._closed or conn.is_closed() or conn.is_in_transaction():
+            self._discard(conn)
+            return
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
+        self._idle.append(conn)
+
+    def _discard(self, conn: asyncpg.Connection) -> None:
+        """Drop a connection that must not be reused; a waiter may open a new one."""
+        if not conn.is_closed():
+            conn.terminate()
+        self._size -= 1
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # a slot is free: the waiter opens a connection
+                return
+
+    async def _open_one(self) -> asyncpg.Connection:
+        self._size += 1
+        try:
+            return await self._connect()
+        except BaseException:
+            self._size -= 1
+            raise
+
+    async def _wait_for_one(self) -> asyncpg.Connection:
+        waiter: asyncio.Future[asyncpg.Connection | None] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._waiters.append(waiter)
+        try:
+            conn = await asyncio.wait_for(waiter, self._acquire_timeout)
+        except BaseException:
+            if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
+                self.release(waiter.result())  # handed over just as the wait ended
+            elif waiter.done() and not waiter.cancelled():
+                self._wake_one_in_my_place()
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+            raise
+        return conn if conn is not None else await self._open_one()
+
+    def _wake_one_in_my_place(self) -> None:
+        """A free slot was handed to a waiter that gave up: pass it to the next one."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def close(self) -> None:
+        """Close the free connections now; those in use close when they are released."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            with contextlib.suppress(Exception):
+                await conn.close(timeout=1)
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(asyncpg.exceptions.InterfaceError("the pool is closed"))
