@@ -224,11 +224,12 @@ class Statements:
         )
         self.touch_by_name = Statement(
             d,
-            lambda b: (
+            lambda b: d.announced(
                 f"UPDATE objects SET resource_version = resource_version + 1, "
                 f"updated_at_ms = {now} WHERE object_type = {b('object_type')} "
-                f"AND workspace = {b('workspace')} AND name = {b('name')} "
-                "RETURNING id, resource_version, updated_at_ms"
+                f"AND workspace = {b('workspace')} AND name = {b('name')}",
+                "id, resource_version, updated_at_ms",
+                deleted=False,
             ),
         )
         self.get = Statement(d, lambda b: f"SELECT {COLUMNS} FROM objects WHERE {_the_row(b)}")

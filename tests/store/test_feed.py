@@ -151,3 +151,24 @@ async def test_a_feed_reconnect_wakes_every_row_watch(pg_dsn: str) -> None:
             assert await woken(b, 10.0)
     finally:
         await store.close()
+
+
+async def test_a_version_touch_reaches_another_store(store_url: str) -> None:
+    """``touch_by_name`` (the provider fence of an attach) is a write like any other: another
+    replica hears of it, by row on Postgres, so its view of the version is never stale."""
+    watcher = await connect(store_url)
+    writer = await connect(store_url)
+    try:
+        await writer.put_if("provider", "p1", "key", b"", {}, MUST_CREATE)
+        async with watcher.subscribe() as subscription:
+            await asyncio.sleep(0.3)  # let the listener connect; a wildcard may arrive first
+            assert await writer.touch_by_name("provider", "key") == 2
+            event = await next_event(
+                subscription, lambda e: e.id is None or (e.id == "p1" and e.resource_version == 2)
+            )
+            if writer.backend == "postgres":
+                assert (event.id, event.resource_version) == ("p1", 2)
+        assert await writer.touch_by_name("provider", "ghost") is None
+    finally:
+        await writer.close()
+        await watcher.close()
