@@ -15,7 +15,7 @@ import pytest
 
 from shellgate.api import datamodel_pb2, internal_pb2, openshell_pb2
 from shellgate.controller.service import credentials, providers, templates
-from shellgate.store import Store, decode
+from shellgate.store import DEFAULT_WORKSPACE, Store, decode
 from shellgate.store.repositories import REFRESH_TYPE, TEMPLATE_TYPE
 from shellgate.store.secrets import KEY_BYTES
 from tests.support.racing import run_in_processes
@@ -78,6 +78,7 @@ async def test_without_must_create_both_replicas_win(store: Store, store_url: st
 async def delete_versus_create(store: Store, store_url: str, unguard: str) -> None:
     key = secrets.token_bytes(KEY_BYTES)
     gw = replica(store, key, "setup")
+    await gw.repos.workspaces.ensure(DEFAULT_WORKSPACE)  # as `serve` starts
     for round_ in range(ROUNDS):
         request = P.CreateSandboxTemplateRequest(template=workload_template(f"t{round_}"))
         await templates.create_sandbox_template(gw, request)
@@ -119,6 +120,7 @@ async def test_delete_versus_create_dangles_without_its_guard(
 async def profile_versus_provider(store: Store, store_url: str, unguard: str) -> None:
     key = secrets.token_bytes(KEY_BYTES)
     gw = replica(store, key, "setup")
+    await gw.repos.workspaces.ensure(DEFAULT_WORKSPACE)  # as `serve` starts
     for round_ in range(ROUNDS):
         await gw.repos.profiles.create(custom_profile(round_), "default")
     plan = [("delete-profile", 0), ("create-provider", 1), ("create-provider", 2)]
@@ -163,6 +165,7 @@ async def test_profile_delete_versus_provider_create_orphans_without_its_guard(
 async def same_rotation_request(store: Store, store_url: str, unguard: str) -> None:
     key = secrets.token_bytes(KEY_BYTES)
     gw = replica(store, key, "setup")
+    await gw.repos.workspaces.ensure(DEFAULT_WORKSPACE)  # as `serve` starts
     made = datamodel_pb2.Provider(type="github", credentials={"TOKEN": "x"})
     made.metadata.name = "rotating"
     await providers.create_provider(gw, P.CreateProviderRequest(provider=made))

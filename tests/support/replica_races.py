@@ -18,11 +18,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from shellgate.api import datamodel_pb2, openshell_pb2
+from shellgate.controller.auth.principal import ANONYMOUS_ADMIN, CURRENT_PRINCIPAL
 from shellgate.controller.gateway import Gateway
 from shellgate.controller.metrics import Metrics
 from shellgate.controller.service import credentials, profiles, providers, sandboxes, templates
 from shellgate.reconcilers import refresh as refresh_rules
-from shellgate.store import Store, connect, sql
+from shellgate.store import DEFAULT_WORKSPACE, Store, connect, sql
 from shellgate.store.records import ObjectRecord
 from shellgate.store.repositories import PROFILE_TYPE, TEMPLATE_TYPE
 from shellgate.store.secrets import Keyring, SecretSealer
@@ -225,6 +226,10 @@ def run_replica(
             _create_replaces_sql()
         store = await connect(url)
         gw = replica(store, key, f"r{client}")
+        # As `serve` starts a replica without authentication: `default` exists and every
+        # call is the anonymous platform admin's.
+        await gw.repos.workspaces.ensure(DEFAULT_WORKSPACE)
+        CURRENT_PRINCIPAL.set(ANONYMOUS_ADMIN)
         UNGUARD[unguard](gw)
         _widen_windows(gw)
         outcomes = []
