@@ -27,6 +27,7 @@ from typing import Any
 import grpc
 
 from shellgate.api import datamodel_pb2, openshell_pb2, openshell_pb2_grpc, sandbox_pb2
+from shellgate.reconcilers.access import SERVICE
 from tests.config.helpers import bool_value, global_setting, rule
 from tests.support.rpc_table import SECURITY_DOC, Documented, documented_rpcs
 
@@ -343,6 +344,13 @@ PROBES = [
     ),
     Probe("ListSandboxTemplates", lambda w: P.ListSandboxTemplatesRequest(workspace_scope=ws(w))),
     Probe(
+        "ListSandboxTemplates",
+        lambda w: P.ListSandboxTemplatesRequest(
+            workspace_scope=D.WorkspaceSelector(all_workspaces=D.AllWorkspaces())
+        ),
+        variant="all_workspaces",
+    ),
+    Probe(
         "DeleteSandboxTemplate",
         lambda w: P.DeleteSandboxTemplateRequest(name=GHOST, workspace_scope=ws(w)),
         "NOT_FOUND",
@@ -483,11 +491,12 @@ def expected(probe: Probe, documented: Documented, caller: Caller | None, worksp
     return probe.allowed
 
 
-SERVER_STREAMING = {"WatchSandbox", "ExecSandbox", "ExecSandboxInteractive"}
-"""Answered by a stream: the first event (or the error that ends it) is the answer."""
-CLIENT_STREAMING = {"ExecSandboxInteractive"}
-"""Asked by a stream: the probe's request is its only message (``start``, which names the
-workspace the call is authorized in), then the client half-closes."""
+SERVER_STREAMING = {m.name for m in SERVICE.methods if m.server_streaming}
+"""Answered by a stream (WatchSandbox, the exec calls): the first event, or the error that
+ends the stream, is the answer."""
+CLIENT_STREAMING = {m.name for m in SERVICE.methods if m.client_streaming}
+"""Asked by a stream (ExecSandboxInteractive): the probe's request is its only message (the
+``start`` that names the workspace the call is authorized in), then the client half-closes."""
 
 
 async def answer(
