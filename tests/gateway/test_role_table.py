@@ -11,6 +11,7 @@ the real OIDC authenticator in tests/auth/test_role_table_oidc.py.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
@@ -126,3 +127,45 @@ async def test_whoami_and_gateway_info(secured: Running) -> None:
     assert info.status == P.SERVICE_STATUS_HEALTHY and info.gateway_version
     assert [d.name for d in info.compute_drivers] == [secured.driver.name]
     assert list(info.extensions[0].supported_capabilities) == ["test-bearer"]
+
+
+async def test_interactive_exec_is_authorized_before_it_takes_a_slot(secured: Running) -> None:
+    """An exec slot is for a caller the table admits: a non-member is refused for who it is,
+    not for how busy the replica is, and a stream that never names its workspace holds none
+    (else any authenticated caller could occupy every slot by opening silent streams)."""
+    slots = secured.gateway.exec_slots
+    silent: asyncio.Queue[P.ExecSandboxInput | None] = asyncio.Queue()
+
+    async def never_starts() -> AsyncIterator[P.ExecSandboxInput]:
+        while (message := await silent.get()) is not None:
+            yield message
+
+    opened = secured.stub.ExecSandboxInteractive(never_starts(), metadata=bearer("wuser"))
+    await asyncio.sleep(0.2)  # the server has the call and waits for its first message
+    assert slots.held == 0
+    opened.cancel()
+    for _ in range(100):  # whatever the call held, the server gives back on the cancellation
+        if slots.held == 0:
+            break
+        await asyncio.sleep(0.02)
+    taken = 0
+    while slots.take():  # a busy replica: every slot held
+        taken += 1
+    try:
+        start = P.ExecSandboxRequest(sandbox="box", command=["true"], workspace_scope=ws(OTHER))
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            async for _ in secured.stub.ExecSandboxInteractive(
+                iter([P.ExecSandboxInput(start=start)]), metadata=bearer("wuser")
+            ):
+                pass
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        start.workspace_scope.CopyFrom(ws(OWN))
+        with pytest.raises(grpc.aio.AioRpcError) as busy:
+            async for _ in secured.stub.ExecSandboxInteractive(
+                iter([P.ExecSandboxInput(start=start)]), metadata=bearer("wuser")
+            ):
+                pass
+        assert busy.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        for _ in range(taken):
+            slots.give_back()

@@ -10,7 +10,8 @@ the two cannot drift apart.
 The expected answer comes from the documented table alone: the role and scope of the row,
 the caller's membership and scopes. When the table allows the call, the answer is the one
 the probe's request earns from the handler (OK, or NOT_FOUND for a name that does not
-exist, or FAILED_PRECONDITION for deleting a workspace that is not empty); when it does
+exist, FAILED_PRECONDITION for deleting a workspace that is not empty or rotating a credential
+without a refresh, UNIMPLEMENTED for image staging, which shellgate does not serve); when it does
 not, PERMISSION_DENIED, or UNAUTHENTICATED without credentials. A refused call never says
 NOT_FOUND, so a refusal does not reveal whether the object exists.
 """
@@ -26,6 +27,7 @@ from typing import Any
 import grpc
 
 from shellgate.api import datamodel_pb2, openshell_pb2, openshell_pb2_grpc, sandbox_pb2
+from shellgate.reconcilers.access import SERVICE
 from tests.config.helpers import bool_value, global_setting, rule
 from tests.support.rpc_table import SECURITY_DOC, Documented, documented_rpcs
 
@@ -103,6 +105,21 @@ def update_provider(workspace: str) -> P.UpdateProviderRequest:
     message = D.Provider(type="github")
     message.metadata.name = GHOST
     return P.UpdateProviderRequest(provider=message, workspace_scope=ws(workspace))
+
+
+def template(name: str, workspace: str) -> P.CreateSandboxTemplateRequest:
+    made = P.SandboxWorkloadTemplate()
+    made.metadata.name = name
+    made.spec.workload.image = "ghcr.io/example/base:1"
+    return P.CreateSandboxTemplateRequest(template=made, workspace_scope=ws(workspace))
+
+
+def profile_item(profile_id: str) -> P.ProviderProfileImportItem:
+    """A custom provider profile that passes lint, so a call reaches the store."""
+    made = P.ProviderProfile(id=profile_id, display_name="Acme")
+    made.credentials.add(name="token", env_vars=["ACME_TOKEN"], required=True)
+    made.endpoints.append(sandbox_pb2.NetworkEndpoint(host="api.acme.dev", port=443))
+    return P.ProviderProfileImportItem(profile=made, source=f"{profile_id}.yaml")
 
 
 @dataclass(frozen=True)
@@ -295,6 +312,138 @@ PROBES = [
         "NOT_FOUND",
     ),
     Probe("ListWorkspaceMembers", lambda w: P.ListWorkspaceMembersRequest(workspace_scope=ws(w))),
+    Probe(
+        "ExecSandbox",
+        lambda w: P.ExecSandboxRequest(sandbox=GHOST, command=["true"], workspace_scope=ws(w)),
+        "NOT_FOUND",
+    ),
+    Probe(
+        "ExecSandboxInteractive",
+        lambda w: P.ExecSandboxInput(
+            start=P.ExecSandboxRequest(sandbox=GHOST, command=["true"], workspace_scope=ws(w))
+        ),
+        "NOT_FOUND",
+    ),
+    Probe(
+        "GetSandboxLogs",
+        lambda w: P.GetSandboxLogsRequest(sandbox=GHOST, workspace_scope=ws(w)),
+        "NOT_FOUND",
+    ),
+    Probe(
+        "BeginRootfsTarStaging",
+        lambda w: P.BeginRootfsTarStagingRequest(
+            file_name="rootfs.tar", size_bytes=1, workspace_scope=ws(w)
+        ),
+        "UNIMPLEMENTED",  # shellgate stages no images
+    ),
+    Probe("CreateSandboxTemplate", lambda w: template(unique("t"), w)),
+    Probe(
+        "GetSandboxTemplate",
+        lambda w: P.GetSandboxTemplateRequest(name=GHOST, workspace_scope=ws(w)),
+        "NOT_FOUND",
+    ),
+    Probe("ListSandboxTemplates", lambda w: P.ListSandboxTemplatesRequest(workspace_scope=ws(w))),
+    Probe(
+        "ListSandboxTemplates",
+        lambda w: P.ListSandboxTemplatesRequest(
+            workspace_scope=D.WorkspaceSelector(all_workspaces=D.AllWorkspaces())
+        ),
+        variant="all_workspaces",
+    ),
+    Probe(
+        "DeleteSandboxTemplate",
+        lambda w: P.DeleteSandboxTemplateRequest(name=GHOST, workspace_scope=ws(w)),
+        "NOT_FOUND",
+    ),
+    Probe(
+        "GetSandboxProviderStatus",
+        lambda w: P.GetSandboxProviderStatusRequest(
+            sandbox=GHOST, provider="key", workspace_scope=ws(w)
+        ),
+        "NOT_FOUND",
+    ),
+    Probe(
+        "ExposeService",
+        lambda w: P.ExposeServiceRequest(
+            sandbox=GHOST, name="web", target_port=8080, workspace_scope=ws(w)
+        ),
+        "NOT_FOUND",
+    ),
+    Probe(
+        "GetService",
+        lambda w: P.GetServiceRequest(sandbox=GHOST, name="web", workspace_scope=ws(w)),
+        "NOT_FOUND",
+    ),
+    Probe("ListServices", lambda w: P.ListServicesRequest(sandbox="box", workspace_scope=ws(w))),
+    Probe(
+        "DeleteService",
+        lambda w: P.DeleteServiceRequest(sandbox=GHOST, name="web", workspace_scope=ws(w)),
+        "NOT_FOUND",
+    ),
+    Probe(
+        "GetProviderCredentials",
+        lambda w: P.GetProviderCredentialsRequest(
+            name=GHOST, credential_keys=["TOKEN"], workspace_scope=ws(w)
+        ),
+        "NOT_FOUND",
+    ),
+    Probe("ListProviderProfiles", lambda w: P.ListProviderProfilesRequest(workspace_scope=ws(w))),
+    Probe(
+        "GetProviderProfile",
+        lambda w: P.GetProviderProfileRequest(id=GHOST, workspace_scope=ws(w)),
+        "NOT_FOUND",
+    ),
+    Probe(
+        "ImportProviderProfiles",
+        lambda w: P.ImportProviderProfilesRequest(
+            profiles=[profile_item(unique("acme"))], workspace_scope=ws(w)
+        ),
+    ),
+    Probe(
+        "UpdateProviderProfiles",
+        lambda w: P.UpdateProviderProfilesRequest(
+            id=GHOST,
+            profile=profile_item(GHOST),
+            expected_resource_version=1,
+            workspace_scope=ws(w),
+        ),
+        "NOT_FOUND",
+    ),
+    Probe("LintProviderProfiles", lambda w: P.LintProviderProfilesRequest(workspace_scope=ws(w))),
+    Probe(
+        "DeleteProviderProfile",
+        lambda w: P.DeleteProviderProfileRequest(id=GHOST, workspace_scope=ws(w)),
+        "NOT_FOUND",
+    ),
+    Probe(
+        "GetProviderRefreshStatus",
+        lambda w: P.GetProviderRefreshStatusRequest(provider="key", workspace_scope=ws(w)),
+    ),
+    Probe(
+        "ConfigureProviderRefresh",
+        lambda w: P.ConfigureProviderRefreshRequest(
+            provider=GHOST,
+            credential_key="TOKEN",
+            strategy=P.PROVIDER_CREDENTIAL_REFRESH_STRATEGY_STATIC,
+            workspace_scope=ws(w),
+        ),
+        "NOT_FOUND",
+    ),
+    Probe(
+        "RotateProviderCredential",
+        lambda w: P.RotateProviderCredentialRequest(
+            provider="key", credential_key="TOKEN", workspace_scope=ws(w)
+        ),
+        "FAILED_PRECONDITION",  # no refresh is configured for it
+    ),
+    Probe(
+        "DeleteProviderRefresh",
+        lambda w: P.DeleteProviderRefreshRequest(
+            provider="key", credential_key="TOKEN", workspace_scope=ws(w)
+        ),
+        "NOT_FOUND",
+    ),
+    Probe("GetGatewayConfig", lambda w: sandbox_pb2.GetGatewayConfigRequest()),
 ]
 PLATFORM_VARIANTS = {"global", "all_workspaces"}
 """Documented in the table's notes: these forms of a row need the platform admin."""
@@ -342,13 +491,25 @@ def expected(probe: Probe, documented: Documented, caller: Caller | None, worksp
     return probe.allowed
 
 
+SERVER_STREAMING = {m.name for m in SERVICE.methods if m.server_streaming}
+"""Answered by a stream (WatchSandbox, the exec calls): the first event, or the error that
+ends the stream, is the answer."""
+CLIENT_STREAMING = {m.name for m in SERVICE.methods if m.client_streaming}
+"""Asked by a stream (ExecSandboxInteractive): the probe's request is its only message (the
+``start`` that names the workspace the call is authorized in), then the client half-closes."""
+
+
 async def answer(
     stub: openshell_pb2_grpc.OpenShellStub, probe: Probe, metadata: Metadata, workspace: str
 ) -> str:
     method = getattr(stub, probe.rpc)
+    request = probe.request(workspace)
     try:
-        call = method(probe.request(workspace), metadata=metadata, timeout=10)
-        if probe.rpc == "WatchSandbox":
+        if probe.rpc in CLIENT_STREAMING:
+            call = method(iter([request]), metadata=metadata, timeout=10)
+        else:
+            call = method(request, metadata=metadata, timeout=10)
+        if probe.rpc in SERVER_STREAMING:
             async for _ in call:
                 break
         else:

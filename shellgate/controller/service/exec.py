@@ -231,22 +231,37 @@ async def _run(
 async def exec_sandbox_interactive(
     gw: Gateway, requests: AsyncIterator[openshell_pb2.ExecSandboxInput], context: Any
 ) -> AsyncIterator[Event]:
-    async with _Served(gw, "ExecSandboxInteractive", context), _exec_slot(gw):
-        async for event in _interactive(gw, requests, context):
-            yield event
+    """Authorized on the first message before it takes an exec slot, as ExecSandbox is: a
+    caller the table refuses hears PERMISSION_DENIED however busy the replica is, and a
+    stream that has not yet named its workspace holds no slot another caller could use."""
+    async with _Served(gw, "ExecSandboxInteractive", context):
+        first = await _first_message(requests)
+        await authorize(gw, "ExecSandboxInteractive", RULES["ExecSandboxInteractive"], first.start)
+        async with _exec_slot(gw):
+            async for event in _interactive(gw, first, requests, context):
+                yield event
 
 
-async def _interactive(
-    gw: Gateway, requests: AsyncIterator[openshell_pb2.ExecSandboxInput], context: Any
-) -> AsyncIterator[Event]:
+async def _first_message(
+    requests: AsyncIterator[openshell_pb2.ExecSandboxInput],
+) -> openshell_pb2.ExecSandboxInput:
+    """The call's ``start``: it names the sandbox, the workspace and the command."""
     try:
         first = await anext(aiter(requests), None)
     except DecodeError as exc:
         raise _undecodable() from exc
     if first is None or first.WhichOneof("payload") != "start":
         raise InvalidArgument.single("start", "the first message must be start")
+    return first
+
+
+async def _interactive(
+    gw: Gateway,
+    first: openshell_pb2.ExecSandboxInput,
+    requests: AsyncIterator[openshell_pb2.ExecSandboxInput],
+    context: Any,
+) -> AsyncIterator[Event]:
     start = first.start
-    await authorize(gw, "ExecSandboxInteractive", RULES["ExecSandboxInteractive"], start)
     spec = exec_spec(start)
     sandbox = await _ready_sandbox(gw, start, context)
     if needs_forwarding(gw, sandbox, context):
