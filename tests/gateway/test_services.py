@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 import pytest
 
-from shellgate.api import openshell_pb2
+from shellgate.api import datamodel_pb2, openshell_pb2
 from shellgate.reconcilers import sandbox as sandbox_rules
 from shellgate.store.repositories import SERVICE_TYPE
 from tests.config.helpers import create_sandbox, failure
@@ -18,6 +18,7 @@ from tests.support.hooks import Gate
 from tests.support.wait import eventually
 
 P = openshell_pb2
+D = datamodel_pb2
 STRIP = P.SERVICE_AUTHORIZATION_MODE_STRIP
 
 
@@ -179,3 +180,16 @@ async def test_without_the_recheck_the_endpoint_is_orphaned(
     monkeypatch.setattr(gw.gateway.repos.services, "check_owner", no_check)
     with pytest.raises(AssertionError, match="outlived"):
         check_no_orphan(*await removal_inside_expose(gw))
+
+
+async def test_list_services_refuses_all_workspaces_rather_than_narrowing(gw: Running) -> None:
+    """ListServices pages one workspace; asked for all of them it says so instead of
+    answering `default`'s endpoints as if they were everything."""
+    everywhere = D.WorkspaceSelector(all_workspaces=D.AllWorkspaces())
+    for call in (
+        gw.stub.ListServices(P.ListServicesRequest(workspace_scope=everywhere)),
+        gw.stub.ListProviderProfiles(P.ListProviderProfilesRequest(workspace_scope=everywhere)),
+    ):
+        error = await failure(call)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "one workspace at a time" in (error.details() or "")

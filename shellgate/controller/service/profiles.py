@@ -15,7 +15,7 @@ import grpc
 from shellgate.api import openshell_pb2
 from shellgate.controller.gateway import Gateway
 from shellgate.controller.service.errors import RequestError, not_found
-from shellgate.controller.service.requests import single_workspace
+from shellgate.controller.service.requests import one_listed_workspace, single_workspace
 from shellgate.reconcilers.errors import FailedPrecondition, InvalidArgument
 from shellgate.reconcilers.profiles import (
     BUILTIN_PROFILES,
@@ -48,7 +48,7 @@ async def list_provider_profiles(
     gw: Gateway, request: P.ListProviderProfilesRequest
 ) -> P.ListProviderProfilesResponse:
     """Built-in profiles, then the workspace's custom ones by id; paged by offset."""
-    workspace = single_workspace(request.workspace_scope)
+    workspace = one_listed_workspace(request.workspace_scope, "ListProviderProfiles")
     everything = [*BUILTIN_PROFILES.values(), *await gw.repos.profiles.list_all(workspace)]
     start = decode_offset_token(request.page_token)
     size = effective_page_size(request.page_size)

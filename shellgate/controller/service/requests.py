@@ -50,6 +50,16 @@ def single_workspace(selector: datamodel_pb2.WorkspaceSelector) -> str:
     return workspace_of(selector) or DEFAULT_WORKSPACE
 
 
+def one_listed_workspace(selector: datamodel_pb2.WorkspaceSelector, rpc: str) -> str:
+    """For list RPCs that page one workspace only: ``all_workspaces`` is refused rather than
+    quietly narrowed to "default", so a caller never takes a partial list for the whole."""
+    if selector.HasField("all_workspaces"):
+        raise InvalidArgument.single(
+            "workspace_scope.all_workspaces", f"{rpc} lists one workspace at a time"
+        )
+    return single_workspace(selector)
+
+
 def _creates_missing_workspace() -> bool:
     caller = caller_of(current_principal())
     return caller is not None and may_create_workspace_implicitly(caller)

@@ -16,7 +16,11 @@ import uuid
 from shellgate.api import openshell_pb2
 from shellgate.controller.gateway import Gateway
 from shellgate.controller.service.errors import not_found
-from shellgate.controller.service.requests import find_live_sandbox, single_workspace
+from shellgate.controller.service.requests import (
+    find_live_sandbox,
+    one_listed_workspace,
+    single_workspace,
+)
 from shellgate.reconcilers.errors import FailedPrecondition
 from shellgate.reconcilers.services import (
     ExposeChange,
@@ -65,7 +69,7 @@ async def get_service(gw: Gateway, request: P.GetServiceRequest) -> P.ServiceEnd
 
 async def list_services(gw: Gateway, request: P.ListServicesRequest) -> P.ListServicesResponse:
     """The workspace's endpoints, or one sandbox's when ``sandbox`` is named."""
-    workspace = single_workspace(request.workspace_scope)
+    workspace = one_listed_workspace(request.workspace_scope, "ListServices")
     sandbox_id = None
     if request.sandbox:
         require_valid(validate_target(request.sandbox, ""))
