@@ -27,12 +27,12 @@ import pytest
 
 from shellgate.api import datamodel_pb2, internal_pb2, openshell_pb2, sandbox_pb2
 from shellgate.reconcilers import drafts as chunk_rules
-from shellgate.store.records import ObjectRecord
 from shellgate.store.repositories import PROVIDER_TYPE, ProviderRepository
 from tests.config.helpers import create_sandbox as create_ready_sandbox
 from tests.config.helpers import policy, proposal
 from tests.support.gateway import Running
 from tests.support.hooks import Gate
+from tests.support.unguard import delete_at_current_version, remove_fence
 
 P = openshell_pb2
 Result = Any  # a response message, or the AioRpcError the call ended with
@@ -162,25 +162,13 @@ def without_fence_write(gw: Running, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def without_fence(gw: Running, monkeypatch: pytest.MonkeyPatch) -> None:
     """No fence at all: nothing checks the provider after the reference is written."""
-
-    async def no_fence(_name: str, _workspace: str) -> None:
-        return None
-
-    monkeypatch.setattr(gw.gateway.repos.providers, "fence", no_fence)
+    remove_fence(gw.gateway.repos.providers, monkeypatch)
 
 
 def without_delete_version(gw: Running, monkeypatch: pytest.MonkeyPatch) -> None:
     """DeleteProvider deletes at whatever version the row has now, not the one it read
     before scanning."""
-    repository: ProviderRepository = gw.gateway.repos.providers
-
-    async def delete_current(record: ObjectRecord) -> bool:
-        fresh = await repository.store.get(PROVIDER_TYPE, record.id)
-        if fresh is None:
-            return False
-        return await repository.store.delete_if(PROVIDER_TYPE, fresh.id, fresh.resource_version)
-
-    monkeypatch.setattr(repository, "_delete_at_version_read", delete_current)
+    delete_at_current_version(gw.gateway.repos.providers, PROVIDER_TYPE, monkeypatch)
 
 
 Unguard = Callable[[Running, pytest.MonkeyPatch], None]

@@ -17,10 +17,11 @@ from google.protobuf import json_format
 
 from shellgate.api import openshell_pb2
 from shellgate.store.records import ObjectRecord
-from shellgate.store.repositories import TEMPLATE_TYPE, TemplateRepository
+from shellgate.store.repositories import TEMPLATE_TYPE
 from tests.config.helpers import failure
 from tests.support.gateway import Running
 from tests.support.hooks import Gate
+from tests.support.unguard import delete_at_current_version, remove_fence
 
 P = openshell_pb2
 Result = Any
@@ -277,25 +278,13 @@ def without_fence_write(gw: Running, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def without_fence(gw: Running, monkeypatch: pytest.MonkeyPatch) -> None:
     """No fence at all: nothing checks the template after the sandbox is written."""
-
-    async def no_fence(_name: str, _workspace: str) -> None:
-        return None
-
-    monkeypatch.setattr(gw.gateway.repos.templates, "fence", no_fence)
+    remove_fence(gw.gateway.repos.templates, monkeypatch)
 
 
 def without_delete_version(gw: Running, monkeypatch: pytest.MonkeyPatch) -> None:
     """DeleteSandboxTemplate deletes at the version the row has now, not the one it read
     before scanning."""
-    repository: TemplateRepository = gw.gateway.repos.templates
-
-    async def delete_current(record: ObjectRecord) -> bool:
-        fresh = await repository.store.get(TEMPLATE_TYPE, record.id)
-        if fresh is None:
-            return False
-        return await repository.store.delete_if(TEMPLATE_TYPE, fresh.id, fresh.resource_version)
-
-    monkeypatch.setattr(repository, "_delete_at_version_read", delete_current)
+    delete_at_current_version(gw.gateway.repos.templates, TEMPLATE_TYPE, monkeypatch)
 
 
 Unguard = Callable[[Running, pytest.MonkeyPatch], None]
