@@ -165,3 +165,22 @@ async def test_gateway_info_names_the_modes_that_are_enforced(issuer: Issuer) ->
         assert auth_modes_of([], ANONYMOUS_ADMIN) == ("none",)
     finally:
         await oidc.keys.aclose()
+
+
+class _Broken:
+    """An authenticator with a bug: it raises something other than ``Unauthenticated``."""
+
+    async def authenticate(self, call: object) -> None:
+        raise RuntimeError("bug in an authenticator")
+
+
+async def test_a_failing_authenticator_answers_unavailable_and_lets_nothing_through(
+    ca: TestCA,
+) -> None:
+    server_cert = ca.server()
+    server, port = await start_server(TlsFiles(server_cert.cert, server_cert.key), [_Broken()])
+    try:
+        assert await call(port, ca.cert, token="anything") == "UNAVAILABLE"
+        assert await call(port, ca.cert, method=HEALTH) == "alive"  # public: not authenticated
+    finally:
+        await server.stop(0)

@@ -96,6 +96,13 @@ class AuthenticateCalls(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             except Unauthenticated as exc:
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
                 raise  # unreachable: abort raises
+            except Exception:
+                # A broken authenticator must not answer UNKNOWN with a traceback, nor let
+                # the call through: the caller may retry once authentication works again.
+                log.exception("authenticator %s failed", type(authenticator).__name__)
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE, "authentication is unavailable; retry later"
+                )
             if principal is not None:
                 return principal
         if self._anonymous is not None:
