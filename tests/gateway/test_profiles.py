@@ -231,10 +231,12 @@ async def test_forced_profile_race_leaves_no_provider_of_a_deleted_profile(
 
 
 def without_fence_write(gw: Running, monkeypatch: pytest.MonkeyPatch) -> None:
-    async def no_write(_record: ObjectRecord) -> None:
-        return None
+    repository = gw.gateway.repos.profiles
 
-    monkeypatch.setattr(gw.gateway.repos.profiles, "_write_fence", no_write)
+    async def exists_only(name: str, workspace: str) -> bool:
+        return await repository.store.get_by_name(PROFILE_TYPE, name, workspace) is not None
+
+    monkeypatch.setattr(repository, "_write_fence", exists_only)
 
 
 def without_fence(gw: Running, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,7 +16,6 @@ import pytest
 from google.protobuf import json_format
 
 from shellgate.api import openshell_pb2
-from shellgate.store.records import ObjectRecord
 from shellgate.store.repositories import TEMPLATE_TYPE
 from tests.config.helpers import failure
 from tests.support.gateway import Running
@@ -268,12 +267,14 @@ async def test_forced_template_race_never_leaves_a_deleted_template_named(
 
 
 def without_fence_write(gw: Running, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The fence reads the template but no longer re-writes it: its version stays."""
+    """The fence checks the template exists but no longer moves its version."""
 
-    async def no_write(_record: ObjectRecord) -> None:
-        return None
+    repository = gw.gateway.repos.templates
 
-    monkeypatch.setattr(gw.gateway.repos.templates, "_write_fence", no_write)
+    async def exists_only(name: str, workspace: str) -> bool:
+        return await repository.store.get_by_name(TEMPLATE_TYPE, name, workspace) is not None
+
+    monkeypatch.setattr(repository, "_write_fence", exists_only)
 
 
 def without_fence(gw: Running, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -142,32 +142,21 @@ class ProfileRepository:
         updated.resource_version = result.resource_version
         return updated
 
-    async def fence(self, profile_id: str, workspace: str) -> None:
-        """Move the profile's version by re-writing it at the version read, proving it still
-        exists after a provider of its type was written. ``ProfileMissing`` when gone."""
+    async def fence(self, name: str, workspace: str) -> None:
+        """Move the profile's version on, proving it still exists after a provider of its type was
+        written. ``ProfileMissing`` when it is gone.
 
-        async def attempt() -> None:
-            record = await self.store.get_by_name(PROFILE_TYPE, profile_id, workspace)
-            if record is None:
-                raise ProfileMissing(profile_id)
-            try:
-                await self._write_fence(record)
-            except NotFound:
-                raise Conflict(None) from None
-            self.store.observer.cas_attempt(PROFILE_TYPE, "written")
+        The same one-statement fence as a provider's (``ProviderRepository.fence``): it is
+        conditioned on the row's existence, not on a version read before, so concurrent
+        fences of one profile never conflict with each other; the delete only needs the
+        version to have moved after the reference was written."""
+        if not await self._write_fence(name, workspace):
+            raise ProfileMissing(name)
+        self.store.observer.cas_attempt(PROFILE_TYPE, "written")
 
-        await self.store.retry_on_conflict(attempt, object_type=PROFILE_TYPE)
-
-    async def _write_fence(self, record: ObjectRecord) -> None:
-        await self.store.put_if(
-            PROFILE_TYPE,
-            record.id,
-            record.name,
-            record.payload,
-            record.labels,
-            WriteCondition.match(record.resource_version),
-            record.workspace,
-        )
+    async def _write_fence(self, name: str, workspace: str) -> bool:
+        """The fence itself: the profile's version, moved on; False when it is gone."""
+        return await self.store.touch_by_name(PROFILE_TYPE, name, workspace) is not None
 
     async def delete_unused(self, profile_id: str, workspace: str) -> bool:
         """Delete the profile unless a provider uses it; False when there is none.

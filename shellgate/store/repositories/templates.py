@@ -24,9 +24,9 @@ from typing import Any
 
 from shellgate.api import openshell_pb2
 from shellgate.store.base import Store
-from shellgate.store.errors import Conflict, NotFound
+from shellgate.store.errors import Conflict
 from shellgate.store.messages import register_object_type
-from shellgate.store.records import ObjectRecord, WriteCondition
+from shellgate.store.records import ObjectRecord
 from shellgate.store.repositories.errors import TemplateInUse, TemplateMissing
 from shellgate.store.repositories.hooks import Hook, no_hook
 
@@ -67,32 +67,20 @@ class TemplateRepository:
         return await self.store.create_message(candidate)
 
     async def fence(self, name: str, workspace: str) -> None:
-        """Move the template's version by re-writing it at the version read, proving it still
-        exists after a sandbox built from it was written. ``TemplateMissing`` when gone."""
+        """Move the template's version on, proving it still exists after a sandbox built
+        from it was written. ``TemplateMissing`` when it is gone.
 
-        async def attempt() -> None:
-            record = await self.store.get_by_name(TEMPLATE_TYPE, name, workspace)
-            if record is None:
-                raise TemplateMissing(name)
-            try:
-                await self._write_fence(record)
-            except NotFound:
-                raise Conflict(None) from None  # deleted meanwhile: read again
-            self.store.observer.cas_attempt(TEMPLATE_TYPE, "written")
+        The same one-statement fence as a provider's (``ProviderRepository.fence``): it is
+        conditioned on the row's existence, not on a version read before, so concurrent
+        fences of one template never conflict with each other; the delete only needs the
+        version to have moved after the reference was written."""
+        if not await self._write_fence(name, workspace):
+            raise TemplateMissing(name)
+        self.store.observer.cas_attempt(TEMPLATE_TYPE, "written")
 
-        await self.store.retry_on_conflict(attempt, object_type=TEMPLATE_TYPE)
-
-    async def _write_fence(self, record: ObjectRecord) -> None:
-        """The fence itself: the same row, at ``match(version read)``."""
-        await self.store.put_if(
-            TEMPLATE_TYPE,
-            record.id,
-            record.name,
-            record.payload,
-            record.labels,
-            WriteCondition.match(record.resource_version),
-            record.workspace,
-        )
+    async def _write_fence(self, name: str, workspace: str) -> bool:
+        """The fence itself: the template's version, moved on; False when it is gone."""
+        return await self.store.touch_by_name(TEMPLATE_TYPE, name, workspace) is not None
 
     async def delete_unreferenced(self, name: str, workspace: str) -> bool:
         """Delete the template unless a sandbox was built from it; False when there is none.
