@@ -6,7 +6,8 @@ field, a corrupt frame, nesting deeper than protobuf's recursion limit) it answe
 mistake from a server bug, and a flood of bad frames floods the log. This interceptor takes
 the decoding over: the handler grpcio would run receives raw bytes, decodes them with the
 method's own deserializer, and a failure becomes INVALID_ARGUMENT before the handler is
-called. Streaming requests are left as they are (no served RPC streams its requests yet).
+called. Streamed requests (ExecSandboxInteractive) are decoded by grpcio as they arrive;
+that handler turns a DecodeError into INVALID_ARGUMENT itself.
 """
 
 from __future__ import annotations
