@@ -420,8 +420,11 @@ class Store(abc.ABC):
             return CasOutcome(message, written, attempts)
 
         # Client-driven mode makes one attempt: a stale version, never an exhausted retry.
-        return await self.retry_on_conflict(
+        return await retry_on_conflict(
+            self.retry,
+            self._rng,
             attempt,
+            observer=self.observer,
             object_type=object_type,
             attempts=1 if expected_version else self.retry.attempts,
         )
@@ -474,7 +477,9 @@ def decode_row(
     message = message_type.FromString(payload)
     meta: Any = message.metadata  # type: ignore[attr-defined]
     meta.resource_version = resource_version
-    meta.created_time.FromMilliseconds(created_at_ms)
+    created = meta.created_time
+    created.seconds, milliseconds = divmod(created_at_ms, 1000)
+    created.nanos = milliseconds * 1_000_000
     if workspace and not meta.workspace:
         meta.workspace = workspace
     return message
@@ -485,20 +490,24 @@ def encode_for_storage(message: Message) -> bytes:
     (their columns hold them; readers hydrate both), so equal content encodes to equal bytes."""
     meta: Any = message.metadata  # type: ignore[attr-defined]
     version = meta.resource_version
-    created = type(meta.created_time)()
-    created.CopyFrom(meta.created_time)
+    created = meta.created_time if meta.HasField("created_time") else None
+    seconds, nanos = (created.seconds, created.nanos) if created is not None else (0, 0)
     meta.resource_version = 0
     meta.ClearField("created_time")
     try:
         return message.SerializeToString(deterministic=True)
     finally:
         meta.resource_version = version
-        meta.created_time.CopyFrom(created)
+        if created is not None:
+            meta.created_time.seconds = seconds
+            meta.created_time.nanos = nanos
 
 
 def check_immutable_metadata(candidate: Message, id: str, name: str | None, workspace: str) -> None:
     """A mutation may not move a message to another id, name or workspace."""
     after: Any = candidate.metadata  # type: ignore[attr-defined]
+    if after.id == id and after.name == (name or "") and after.workspace == workspace:
+        return
     for field, value in (("id", id), ("name", name or ""), ("workspace", workspace)):
         if getattr(after, field) != value:
             raise InvalidMutation(f"metadata.{field} cannot be changed after creation")

@@ -21,12 +21,13 @@ import contextlib
 import contextvars
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, ClassVar, Unpack
 
 import asyncpg
 
-from shellgate.store.base import StoreOptions
+from shellgate.store.base import M, Mutation, StoreOptions
 from shellgate.store.errors import (
     InvalidValue,
     StoreError,
@@ -195,7 +196,10 @@ class PostgresStore(SqlStore):
 
     async def open(self, *, migrate_to: int | None = None) -> None:
         self._pool = ConnectionPool(
-            self._connect, max_size=self._max_size, acquire_timeout=self._acquire_timeout
+            self._connect,
+            max_size=self._max_size,
+            acquire_timeout=self._acquire_timeout,
+            statement_limit=self._statement_timeout + CLIENT_TIMEOUT_SLACK,
         )
         try:
             await self._pool.fill(self._min_size)
@@ -204,10 +208,10 @@ class PostgresStore(SqlStore):
         await self._migrate(migrate_to)
 
     async def _connect(self) -> asyncpg.Connection:
+        # No command_timeout: the pool's statement clock bounds statements (pg_pool.py).
         return await asyncpg.connect(
             self.dsn,
             timeout=self._acquire_timeout,  # connecting
-            command_timeout=self._statement_timeout + CLIENT_TIMEOUT_SLACK,
             server_settings={"statement_timeout": str(int(self._statement_timeout * 1000))},
         )
 
@@ -279,7 +283,7 @@ class PostgresStore(SqlStore):
         pinned = _PINNED.get()
         if pinned is not None:
             try:
-                return await getattr(pinned, method)(sql, *args)
+                return await self._clocked(pinned, getattr(pinned, method)(sql, *args))
             except _DRIVER_ERRORS as exc:
                 raise self.dialect.translate(exc) from exc
         try:
@@ -292,9 +296,91 @@ class PostgresStore(SqlStore):
     async def _run_pooled(self, method: str, sql: str, args: Sequence[Any]) -> Any:
         try:
             async with self._connection() as conn:
-                return await getattr(conn, method)(sql, *args)
+                return await self._clocked(conn, getattr(conn, method)(sql, *args))
         except _DRIVER_ERRORS as exc:
             raise self.dialect.translate(exc) from exc
+
+    async def _clocked(self, conn: asyncpg.Connection, statement: Awaitable[Any]) -> Any:
+        """Await one statement on ``conn`` under the pool's statement clock."""
+        pool = self._open_pool
+        pool.started(conn)
+        try:
+            return await statement
+        finally:
+            pool.finished(conn)
+
+    @property
+    def _open_pool(self) -> ConnectionPool:
+        if self._pool is None:
+            raise StoreUnavailable("the Postgres store is not open")
+        return self._pool
+
+    # ----- the compare-and-swap attempt ----------------------------------------------------
+
+    async def _cas_attempt(
+        self,
+        message_type: type[M],
+        object_type: str,
+        id: str,
+        mutate: Mutation[M],
+        expected_version: int,
+        status: Callable[[M], str | None] | None = None,
+    ) -> tuple[M, bool]:
+        """The core's attempt with nothing between the database and the decision but the
+        two statements: one pooled connection, both statements prepared on it, no context
+        managers. Each statement is still reported to the observer as ``get`` / ``put_if``,
+        and a failure is handled as ``_connection`` handles it (a lost connection is
+        terminated, never reused)."""
+        if _PINNED.get() is not None:  # inside a pinned scope: use its connection
+            return await super()._cas_attempt(
+                message_type, object_type, id, mutate, expected_version, status
+            )
+        pool = self._open_pool
+        try:
+            conn = await pool.acquire()
+        except _DRIVER_ERRORS as exc:
+            raise self.dialect.translate(exc) from exc
+        try:
+            read = self._sql.cas_read
+            row = await self._prepared_row(conn, "get", read.sql, (object_type, id))
+            candidate, write = self._plan_cas(
+                message_type, object_type, id, row, mutate, expected_version, status
+            )
+            if write is None:
+                return candidate, False
+            row = await self._prepared_row(conn, "put_if", write.sql, write.params)
+        except BaseException as exc:
+            if _lost(exc) and not conn.is_closed():
+                conn.terminate()
+            raise
+        finally:
+            pool.release(conn)
+        version = self._cas_written(write, row)
+        if version is None:
+            raise await self._why_not_written(object_type, id)
+        return self._written(candidate, object_type, version), True
+
+    async def _prepared_row(
+        self, conn: asyncpg.Connection, operation: str, sql: str, args: Sequence[Any]
+    ) -> Any:
+        """One row of a fixed statement, prepared on ``conn``; reported as ``operation``."""
+        pool = self._open_pool
+        started = time.perf_counter()
+        available = True
+        try:
+            statement = await pool.prepared(conn, sql)
+            pool.started(conn)
+            try:
+                return await statement.fetchrow(*args)
+            finally:
+                pool.finished(conn)
+        except _DRIVER_ERRORS as exc:
+            error = self.dialect.translate(exc)
+            available = not isinstance(error, StoreUnavailable)
+            raise error from exc
+        finally:
+            self.observer.outcome(self.backend, operation, available)
+            self.observer.operation(self.backend, operation, time.perf_counter() - started)
 
     # ----- change feed --------------------------------------------------------------------
 

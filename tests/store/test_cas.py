@@ -294,3 +294,79 @@ async def test_messages_hydrate_the_version_from_the_column(store: Store) -> Non
     assert by_id.metadata.resource_version == by_name.metadata.resource_version == 2
     assert [m.metadata.resource_version for m in listed] == [2]
     assert await store.get_message_by_name(openshell_pb2.Sandbox, "beta") is None
+
+
+async def test_labels_column_is_written_only_when_the_mutation_changes_the_labels(
+    store: Store,
+) -> None:
+    """A caller may keep labels in the column that the payload does not carry (a member's
+    subject digest): a mutation that leaves ``metadata.labels`` alone must keep them, and
+    one that empties the labels must empty the column too."""
+    created = await store.create_message(sandbox("alpha"))
+    record = await store.get("sandbox", created.metadata.id)
+    assert record is not None
+    await store.put_if(
+        "sandbox",
+        record.id,
+        record.name,
+        record.payload,
+        {"subject": "d1"},
+        WriteCondition.match(record.resource_version),
+    )
+
+    def ready(message: openshell_pb2.Sandbox) -> openshell_pb2.Sandbox:
+        message.status.phase = READY
+        return message
+
+    await store.update_message_cas(openshell_pb2.Sandbox, created.metadata.id, ready)
+    page = await store.list("sandbox", selector="subject=d1")
+    assert [r.id for r in page.records] == [created.metadata.id]
+
+    def label(message: openshell_pb2.Sandbox) -> openshell_pb2.Sandbox:
+        message.metadata.labels["env"] = "dev"
+        return message
+
+    def unlabel(message: openshell_pb2.Sandbox) -> openshell_pb2.Sandbox:
+        message.metadata.labels.clear()
+        return message
+
+    await store.update_message_cas(openshell_pb2.Sandbox, created.metadata.id, label)
+    assert [r.id for r in (await store.list("sandbox", selector="env=dev")).records] == [
+        created.metadata.id
+    ]
+    await store.update_message_cas(openshell_pb2.Sandbox, created.metadata.id, unlabel)
+    record = await store.get("sandbox", created.metadata.id)
+    assert record is not None and record.labels == {}
+    assert (await store.list("sandbox", selector="env")).records == []
+
+
+async def test_status_column_is_written_only_with_a_new_value(store: Store) -> None:
+    created = await store.create_message(sandbox("alpha"), status="PROVISIONING")
+
+    def phase_of(message: openshell_pb2.Sandbox) -> str | None:
+        return openshell_pb2.SandboxPhase.Name(message.status.phase) if message.status.phase else None
+
+    def ready(message: openshell_pb2.Sandbox) -> openshell_pb2.Sandbox:
+        message.status.phase = READY
+        return message
+
+    def bump(message: openshell_pb2.Sandbox) -> openshell_pb2.Sandbox:
+        message.status.current_policy_version += 1
+        return message
+
+    outcome = await store.update_message_cas(
+        openshell_pb2.Sandbox, created.metadata.id, bump, status=lambda m: None
+    )
+    assert outcome.written
+    record = await store.get("sandbox", created.metadata.id)
+    assert record is not None and record.status == "PROVISIONING", "None keeps the column"
+    await store.update_message_cas(
+        openshell_pb2.Sandbox, created.metadata.id, ready, status=phase_of
+    )
+    await store.update_message_cas(
+        openshell_pb2.Sandbox, created.metadata.id, bump, status=phase_of
+    )
+    record = await store.get("sandbox", created.metadata.id)
+    assert record is not None and record.status == "SANDBOX_PHASE_READY"
+    counts = await store.count_by_status("sandbox")
+    assert counts == {"SANDBOX_PHASE_READY": 1}

@@ -187,3 +187,49 @@ def test_a_bad_sqlite_url_option_is_a_configuration_error(option: str) -> None:
 
     with pytest.raises(ConfigurationError, match=option.split("=")[0]):
         store_for_url(f"sqlite:///x.db?{option}")
+
+
+@pytest.mark.parametrize("path", ["cas", "read"])
+async def test_a_server_that_stops_answering_is_unavailable_within_the_statement_clock(
+    pg_dsn: str, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """The backend serving the store is stopped (SIGSTOP): its socket stays open and the
+    server's own statement_timeout cannot fire, so only the client's statement clock
+    (pg_pool.py) ends the call: a write as UNAVAILABLE, a read by being tried once more on a
+    new connection. Either way nothing hangs, and the next call works."""
+    import os
+    import signal
+
+    from shellgate.api import openshell_pb2
+    from shellgate.store import postgres
+    from tests.support.objects import sandbox
+
+    monkeypatch.setattr(postgres, "CLIENT_TIMEOUT_SLACK", 0.3)
+    store = postgres.PostgresStore(pg_dsn, min_size=1, max_size=1, statement_timeout=0.2)
+    await store.open()
+    try:
+        created = await store.create_message(sandbox("alpha"))
+        pid = int((await store._row("SELECT pg_backend_pid()", ()))[0])
+
+        def bump(message: openshell_pb2.Sandbox) -> openshell_pb2.Sandbox:
+            message.status.current_policy_version += 1
+            return message
+
+        def call() -> asyncio.Future[object]:
+            if path == "cas":
+                update = store.update_message_cas(openshell_pb2.Sandbox, created.metadata.id, bump)
+                return asyncio.ensure_future(update)
+            return asyncio.ensure_future(store.get("sandbox", created.metadata.id))
+
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            if path == "cas":
+                with pytest.raises(StoreUnavailable):
+                    await asyncio.wait_for(call(), 10)
+            else:  # a read that lost its connection is tried once more, on a new one
+                assert await asyncio.wait_for(call(), 10) is not None
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert await asyncio.wait_for(call(), 10) is not None
+    finally:
+        await store.close()
