@@ -118,10 +118,9 @@ class WindowConflictCounter:
     def cas_call(self, object_type: str, attempts: int, exhausted: bool) -> None:
         return None
 
-    def operation(self, backend: str, operation: str, seconds: float) -> None:
-        return None
-
-    def outcome(self, backend: str, operation: str, available: bool) -> None:
+    def operation(
+        self, backend: str, operation: str, seconds: float, available: bool | None
+    ) -> None:
         return None
 
 

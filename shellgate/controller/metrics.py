@@ -205,10 +205,12 @@ class Metrics:
         if exhausted:
             self.cas_exhausted.labels(object_type=object_type).inc()
 
-    def operation(self, backend: str, operation: str, seconds: float) -> None:
+    def operation(
+        self, backend: str, operation: str, seconds: float, available: bool | None
+    ) -> None:
         self.store_operation.labels(backend=backend, operation=operation).observe(seconds)
-
-    def outcome(self, backend: str, operation: str, available: bool) -> None:
+        if available is None:
+            return
         if not available:
             self.store_unavailable.labels(backend=backend, operation=operation).inc()
         self.store_outcomes.record(operation, available)

@@ -42,7 +42,7 @@ from shellgate.store.records import (
     WriteCondition,
     WriteResult,
 )
-from shellgate.store.retry import Attempt, retry_on_conflict
+from shellgate.store.retry import Attempt, retry_counting, retry_on_conflict
 
 M = TypeVar("M", bound=Message)
 P = ParamSpec("P")
@@ -92,19 +92,21 @@ def timed(operation: str) -> Callable[[AsyncFunction[P, R]], AsyncFunction[P, R]
 async def observed(store: Store, operation: str, pending: Awaitable[R]) -> R:
     """Await ``pending`` and report its duration and outcome as ``operation``."""
     started = time.perf_counter()
+    available: bool | None = None  # neither: cancelled, or a bug (nothing about the database)
     try:
         result = await pending
     except StoreUnavailable:
-        store.observer.outcome(store.backend, operation, False)
+        available = False
         raise
     except StoreError:  # a conflict, a duplicate, a missing row: the database answered
-        store.observer.outcome(store.backend, operation, True)
+        available = True
         raise
     else:
-        store.observer.outcome(store.backend, operation, True)
+        available = True
         return result
     finally:
-        store.observer.operation(store.backend, operation, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        store.observer.operation(store.backend, operation, seconds, available)
 
 
 @dataclass(slots=True)
@@ -403,31 +405,29 @@ class Store(abc.ABC):
         disagrees with the payload.
         """
         object_type = object_type_of(message_type)
-        attempts = 0
-
-        async def attempt() -> CasOutcome[M]:
-            nonlocal attempts
-            attempts += 1
-            try:
-                message, written = await self._cas_attempt(
-                    message_type, object_type, id, mutate, expected_version, status
-                )
-            except (Conflict, NotFound, InvalidMutation):
-                raise
-            except Exception:
-                self.observer.cas_attempt(object_type, "aborted")
-                raise
-            return CasOutcome(message, written, attempts)
-
-        # Client-driven mode makes one attempt: a stale version, never an exhausted retry.
-        return await retry_on_conflict(
-            self.retry,
-            self._rng,
-            attempt,
-            observer=self.observer,
-            object_type=object_type,
-            attempts=1 if expected_version else self.retry.attempts,
-        )
+        try:
+            (message, written), attempts = await retry_counting(
+                self.retry,
+                self._rng,
+                self._cas_attempt,
+                message_type,
+                object_type,
+                id,
+                mutate,
+                expected_version,
+                status,
+                observer=self.observer,
+                object_type=object_type,
+                # Client-driven mode makes one attempt: a stale version, never an exhausted
+                # retry.
+                attempts=1 if expected_version else self.retry.attempts,
+            )
+        except (Conflict, NotFound, InvalidMutation):
+            raise
+        except Exception:  # the mutation or the database aborted the attempt that raised
+            self.observer.cas_attempt(object_type, "aborted")
+            raise
+        return CasOutcome(message, written, attempts)
 
     @abc.abstractmethod
     async def _cas_attempt(

@@ -160,6 +160,11 @@ class ChangeHub:
             if not watches:
                 del self._watches[watch.id]
 
+    @property
+    def listened(self) -> bool:
+        """Whether anyone would hear a hint now (a writer may skip building one if not)."""
+        return bool(self._subscribers or self._watches)
+
     def publish(self, event: ChangeEvent) -> None:
         for subscription in tuple(self._subscribers):
             subscription.offer(event)

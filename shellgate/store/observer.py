@@ -18,13 +18,15 @@ class StoreObserver(Protocol):
     def cas_call(self, object_type: str, attempts: int, exhausted: bool) -> None:
         """One call of ``update_message_cas`` finished after ``attempts`` attempts."""
 
-    def operation(self, backend: str, operation: str, seconds: float) -> None:
-        """One database operation (get, put_if, delete_if, list, ...) took ``seconds``."""
-
-    def outcome(self, backend: str, operation: str, available: bool) -> None:
-        """One database operation got an answer from the database (``available``; a conflict
-        or a missing row is an answer too) or failed for want of one (``StoreUnavailable``).
-        Readiness is judged from these real outcomes, not only from a periodic ping."""
+    def operation(
+        self, backend: str, operation: str, seconds: float, available: bool | None
+    ) -> None:
+        """One database operation (get, put_if, delete_if, list, ...) took ``seconds`` and
+        got an answer from the database (``available``; a conflict or a missing row is an
+        answer too) or failed for want of one (``StoreUnavailable``); None when it ended
+        without telling either (cancelled). Readiness is judged from these real outcomes,
+        not only from a periodic ping. One call per operation:
+        on the path of every update, each call is paid for (bench/profile_cas.py)."""
 
 
 class NullObserver:
@@ -36,8 +38,7 @@ class NullObserver:
     def cas_call(self, object_type: str, attempts: int, exhausted: bool) -> None:
         return None
 
-    def operation(self, backend: str, operation: str, seconds: float) -> None:
-        return None
-
-    def outcome(self, backend: str, operation: str, available: bool) -> None:
+    def operation(
+        self, backend: str, operation: str, seconds: float, available: bool | None
+    ) -> None:
         return None

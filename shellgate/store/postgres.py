@@ -366,21 +366,23 @@ class PostgresStore(SqlStore):
         """One row of a fixed statement, prepared on ``conn``; reported as ``operation``."""
         pool = self._open_pool
         started = time.perf_counter()
-        available = True
+        available: bool | None = None  # cancelled: nothing learned about the database
         try:
             statement = await pool.prepared(conn, sql)
             pool.started(conn)
             try:
-                return await statement.fetchrow(*args)
+                row = await statement.fetchrow(*args)
             finally:
                 pool.finished(conn)
+            available = True
+            return row
         except _DRIVER_ERRORS as exc:
             error = self.dialect.translate(exc)
             available = not isinstance(error, StoreUnavailable)
             raise error from exc
         finally:
-            self.observer.outcome(self.backend, operation, available)
-            self.observer.operation(self.backend, operation, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            self.observer.operation(self.backend, operation, seconds, available)
 
     # ----- change feed --------------------------------------------------------------------
 

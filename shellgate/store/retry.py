@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from shellgate.store.errors import Conflict
 from shellgate.store.observer import StoreObserver
@@ -54,11 +54,36 @@ async def retry_on_conflict(
     attempts: int | None = None,
 ) -> R:
     """Call ``attempt`` until it returns, retrying on ``retriable``; see the module docstring."""
+    result, _attempts = await retry_counting(
+        policy,
+        rng,
+        attempt,
+        observer=observer,
+        object_type=object_type,
+        retriable=retriable,
+        attempts=attempts,
+    )
+    return result
+
+
+async def retry_counting(
+    policy: Backoff,
+    rng: random.Random,
+    attempt: Callable[..., Awaitable[R]],
+    *args: Any,
+    observer: StoreObserver,
+    object_type: str | None,
+    retriable: tuple[type[Exception], ...] = (Conflict,),
+    attempts: int | None = None,
+) -> tuple[R, int]:
+    """``retry_on_conflict`` calling ``attempt(*args)``, returning its result and the number
+    of calls it took. The arguments are passed through, so a caller on the hot path (every
+    update) needs no closure per call."""
     limit = policy.attempts if attempts is None else attempts
     last: Exception | None = None
     for number in range(1, limit + 1):
         try:
-            result = await attempt()
+            result = await attempt(*args)
         except retriable as lost:
             if object_type is not None:
                 observer.cas_attempt(object_type, "conflict")
@@ -72,7 +97,7 @@ async def retry_on_conflict(
             raise
         if object_type is not None:
             observer.cas_call(object_type, number, exhausted=False)
-        return result
+        return result, number
     if object_type is not None:
         # One allowed attempt (a client-driven CAS) lost to a stale version; that is not a
         # retry budget running out.

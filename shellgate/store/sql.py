@@ -198,7 +198,7 @@ class Params:
 class Statement:
     """A statement built once per store, and the order in which its named values bind."""
 
-    __slots__ = ("_pick", "sql")
+    __slots__ = ("_pick", "names", "sql")
 
     def __init__(self, dialect: Dialect, build: Callable[[Bind], str]) -> None:
         names: list[str] = []
@@ -208,6 +208,7 @@ class Statement:
             return dialect.placeholder(len(names))
 
         self.sql = build(bind)
+        self.names = tuple(names)
         pick = itemgetter(*names)
         self._pick: Callable[[Mapping[str, Any]], tuple[Any, ...]] = (
             pick if len(names) > 1 else lambda values: (pick(values),)
@@ -578,7 +579,7 @@ class SqlStore(Store):
         its own writes; None when it matched no row."""
         if row is None:
             return None
-        if self.dialect.publishes_own_writes:
+        if self.dialect.publishes_own_writes and self._hub.listened:
             event = ChangeEvent(write.object_type, write.id, row[0], committed_at_ms=row[2])
             self._hub.publish(event)
         return int(row[0])

@@ -344,7 +344,9 @@ async def test_status_column_is_written_only_with_a_new_value(store: Store) -> N
     created = await store.create_message(sandbox("alpha"), status="PROVISIONING")
 
     def phase_of(message: openshell_pb2.Sandbox) -> str | None:
-        return openshell_pb2.SandboxPhase.Name(message.status.phase) if message.status.phase else None
+        return (
+            openshell_pb2.SandboxPhase.Name(message.status.phase) if message.status.phase else None
+        )
 
     def ready(message: openshell_pb2.Sandbox) -> openshell_pb2.Sandbox:
         message.status.phase = READY

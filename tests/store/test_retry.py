@@ -27,10 +27,9 @@ class Heard:
     def cas_call(self, object_type: str, attempts: int, exhausted: bool) -> None:
         self.calls.append((object_type, attempts, exhausted))
 
-    def operation(self, backend: str, operation: str, seconds: float) -> None:
-        return None
-
-    def outcome(self, backend: str, operation: str, available: bool) -> None:
+    def operation(
+        self, backend: str, operation: str, seconds: float, available: bool | None
+    ) -> None:
         return None
 
 
