@@ -76,16 +76,23 @@ class ConnectionPool:
         for conn in opened:
             self.release(conn)
 
-    async def acquire(self) -> asyncpg.Connection:
-        """A connection for the caller alone until ``release``; waits at most the timeout."""
-        if self._closed:
-            raise asyncpg.exceptions.InterfaceError("the pool is closed")
-        while self._idle:
+    def acquire_now(self) -> asyncpg.Connection | None:
+        """A free connection without suspending, or None (then ``acquire``)."""
+        while self._idle and not self._closed:
             conn = self._idle.pop()
             if not conn.is_closed():
                 return conn
             self._prepared.pop(conn, None)
             self._size -= 1
+        return None
+
+    async def acquire(self) -> asyncpg.Connection:
+        """A connection for the caller alone until ``release``; waits at most the timeout."""
+        if self._closed:
+            raise asyncpg.exceptions.InterfaceError("the pool is closed")
+        conn = self.acquire_now()
+        if conn is not None:
+            return conn
         if self._size < self._max_size:
             return await self._open_one()
         return await self._wait_for_one()
@@ -128,23 +135,20 @@ class ConnectionPool:
 
     # ----- per connection: prepared statements and the statement clock ---------------------
 
-    async def prepared(self, conn: asyncpg.Connection, sql: str) -> PreparedStatement:
-        """``sql`` prepared on ``conn`` (once per connection; the caller holds ``conn``).
-
-        Only for the fixed statements of the hot path: every distinct text stays prepared
-        for the connection's life.
-        """
+    def prepared_now(self, conn: asyncpg.Connection, sql: str) -> PreparedStatement | None:
+        """``sql`` as already prepared on ``conn``, or None (then ``prepare``)."""
         statements = self._prepared.get(conn)
-        if statements is None:
-            statements = self._prepared[conn] = {}
-        statement = statements.get(sql)
-        if statement is None:
-            self.started(conn)
-            try:
-                statement = await conn.prepare(sql)
-            finally:
-                self.finished(conn)
-            statements[sql] = statement
+        return None if statements is None else statements.get(sql)
+
+    async def prepare(self, conn: asyncpg.Connection, sql: str) -> PreparedStatement:
+        """Prepare ``sql`` on ``conn`` and keep it for the connection's life (the caller
+        holds ``conn``). Only for the fixed statements of the hot path."""
+        self.started(conn)
+        try:
+            statement = await conn.prepare(sql)
+        finally:
+            self.finished(conn)
+        self._prepared.setdefault(conn, {})[sql] = statement
         return statement
 
     def started(self, conn: asyncpg.Connection) -> None:

@@ -336,10 +336,12 @@ class PostgresStore(SqlStore):
                 message_type, object_type, id, mutate, expected_version, status
             )
         pool = self._open_pool
-        try:
-            conn = await pool.acquire()
-        except _DRIVER_ERRORS as exc:
-            raise self.dialect.translate(exc) from exc
+        conn = pool.acquire_now()
+        if conn is None:
+            try:
+                conn = await pool.acquire()
+            except _DRIVER_ERRORS as exc:
+                raise self.dialect.translate(exc) from exc
         try:
             read = self._sql.cas_read
             row = await self._prepared_row(conn, "get", read.sql, (object_type, id))
@@ -368,7 +370,7 @@ class PostgresStore(SqlStore):
         started = time.perf_counter()
         available: bool | None = None  # cancelled: nothing learned about the database
         try:
-            statement = await pool.prepared(conn, sql)
+            statement = pool.prepared_now(conn, sql) or await pool.prepare(conn, sql)
             pool.started(conn)
             try:
                 row = await statement.fetchrow(*args)

@@ -287,6 +287,16 @@ class Statements:
             for status in (False, True)
         }
         """The CAS update of ``update_message_cas``, by (labels changed, status changed)."""
+        if self.cas_read.names != ("object_type", "id"):  # the backends' attempts bind so
+            raise AssertionError(f"cas_read binds {self.cas_read.names}")
+        for (labels, status), statement in self.cas_writes.items():
+            expected = (
+                "payload",
+                *(("labels",) if labels else ()),
+                *(("status",) if status else ()),
+            )
+            if statement.names != (*expected, "object_type", "id", "expected_version"):
+                raise AssertionError(f"cas_write binds {statement.names}")  # _plan_cas's order
         self.current_version = Statement(
             d, lambda b: f"SELECT resource_version FROM objects WHERE {_the_row(b)}"
         )
@@ -544,16 +554,15 @@ class SqlStore(Store):
         new_status = None if status is None else status(candidate)
         write_labels = labels != labels_before
         write_status = new_status is not None and new_status != stored_status
-        statement = self._sql.cas_writes[write_labels, write_status]
-        values = {
-            "object_type": object_type,
-            "id": id,
-            "payload": payload,
-            "labels": _labels_json(labels, keep=False) if write_labels else None,
-            "status": new_status,
-            "expected_version": version,
-        }
-        return candidate, CasWrite(object_type, id, statement.sql, statement.params(values))
+        sql = self._sql.cas_writes[write_labels, write_status].sql
+        # The order cas_write binds them in (checked when the statements are built).
+        params: tuple[Any, ...] = (payload,)
+        if write_labels:
+            params += (_labels_json(labels, keep=False),)
+        if write_status:
+            params += (new_status,)
+        params += (object_type, id, version)
+        return candidate, CasWrite(object_type, id, sql, params)
 
     def _written(self, candidate: M, object_type: str, version: int) -> M:
         candidate.metadata.resource_version = version  # type: ignore[attr-defined]

@@ -141,10 +141,7 @@ class SqliteStore(SqlStore):
         self._write_cost_s = 0.0
         self._shared_until = 0.0  # until then another process was seen writing
         self._users: FileUsers | None = None
-        read = self._sql.cas_read
-        if read.names != ("object_type", "id"):  # the inline attempt binds them in this order
-            raise AssertionError(f"cas_read binds {read.names}")
-        self._cas_read_sql = read.sql
+        self._cas_read_sql = self._sql.cas_read.sql
 
     @property
     def supports_multiple_replicas(self) -> bool:
