@@ -321,13 +321,13 @@ class SqliteStore(SqlStore):
         writes do not run inline, or the read meets a lock, the core's attempt runs instead;
         when the write finds another process holding the lock, it waits on the thread.
 
-        Deliberately one flat function: measured with ``bench.store_cas``, every Python call
-        on this path costs about four times its warm cost, because the commit's fsync leaves
-        the CPU's caches cold (removing 3 us of calls measured in memory saved 12 us per
-        update on a file).
+        Deliberately one flat function: measured as the process's CPU time per update on a
+        file, every Python call on this path costs about four times what it costs in a warm
+        loop, as the commit's fsync leaves the CPU's caches cold (calls worth 3 us in a
+        loop on ``:memory:`` cost 12 us per update on a file).
         """
         if not self._writes_inline() or self._turn.locked():
-            return await self._cas_attempt_off_loop(
+            return await super()._cas_attempt(
                 message_type, object_type, id, mutate, expected_version, status
             )
         conn, observer, backend = self._db, self.observer, self.backend
@@ -336,7 +336,7 @@ class SqliteStore(SqlStore):
             rows = conn.execute(self._cas_read_sql, (object_type, id)).fetchall()
         except sqlite3.Error as exc:
             if _waits_for_a_lock(exc):  # WAL recovery by another process: wait on the thread
-                return await self._cas_attempt_off_loop(
+                return await super()._cas_attempt(
                     message_type, object_type, id, mutate, expected_version, status
                 )
             raise self._reported("get", started, exc) from exc
@@ -375,20 +375,6 @@ class SqliteStore(SqlStore):
         candidate.metadata.resource_version = rows[0][0]  # type: ignore[attr-defined]
         observer.cas_attempt(object_type, "written")
         return candidate, True
-
-    async def _cas_attempt_off_loop(
-        self,
-        message_type: type[M],
-        object_type: str,
-        id: str,
-        mutate: Mutation[M],
-        expected_version: int,
-        status: Callable[[M], str | None] | None,
-    ) -> tuple[M, bool]:
-        """The core's attempt: each statement where the executor puts it."""
-        return await super()._cas_attempt(
-            message_type, object_type, id, mutate, expected_version, status
-        )
 
     def _reported(self, operation: str, started: float, exc: sqlite3.Error) -> StoreError:
         """The store's error for ``exc``, reported as ``observed`` reports a failure."""
