@@ -506,7 +506,8 @@ def _method(comparison: Comparison, results: Sequence[BackendResults], timing: T
   `pg_notify` in the writing statement (what shellgate does now), prices the change feed.
 - **shellgate.** `store.update_message_cas(Sandbox, id, increment)` with the defaults a
   gateway runs with: SQLite WAL + `synchronous=FULL`; Postgres with fsync and
-  synchronous_commit on (read back above), its pool and its trigger.
+  synchronous_commit on (read back above), its pool and its change feed (`pg_notify` in the
+  writing statement), so its ratio to the plain floor includes the change feed's price.
 - **Peers.** SQLAlchemy 2 ORM, a mapped class with `version_id_col`, an `AsyncSession` per
   call (`session.get`, change the payload, commit; `StaleDataError` is a lost race), async
   engine on aiosqlite (WAL + `synchronous=FULL` set on connect) and on asyncpg, default
