@@ -149,6 +149,16 @@ class Dialect(abc.ABC):
     def label_value_in(self, key: str, values: list[str]) -> str:
         """True when the key is present with one of ``values`` (False when absent)."""
 
+    def leading_requirement(self, requirements: Sequence[Requirement]) -> Requirement | None:
+        """The requirement whose own index gives the list order, so that a page reads about
+        a page of rows however many rows match (``label_ordered_list``); None walks the
+        objects' order index and tests every requirement on each row."""
+        return None
+
+    def label_ordered_list(self, lead: Requirement, walk: LabelWalk, params: Params) -> str:
+        """The page's statement, walking ``lead``'s index in (created_at_ms, id) order."""
+        raise NotImplementedError(f"{self.name} lists in the objects' order only")
+
     @abc.abstractmethod
     def one_of(self, column: str, values: Sequence[str], params: Params) -> str:
         """``column`` equals one of ``values``, bound through ``params``."""
@@ -170,6 +180,19 @@ class Dialect(abc.ABC):
         carries the change feed also announces each written row there, in the same
         statement (so only a committed write is ever announced)."""
         return f"{write} RETURNING {returning}"
+
+
+class LabelWalk(NamedTuple):
+    """What a list walking a label index needs besides its leading requirement."""
+
+    object_type: str
+    workspace: str | None
+    after: tuple[int, str] | None
+    """The last row of the previous page, as (created_at_ms, id)."""
+    limit: int
+    """Rows to read: the page size plus one, which tells whether a next page exists."""
+    rest: Callable[[Params], list[str]]
+    """Binds and returns the other conditions on ``objects``: scope, other requirements."""
 
 
 class CasWrite(NamedTuple):
@@ -439,23 +462,48 @@ class SqlStore(Store):
     @timed("list")
     async def _list(self, query: ListQuery) -> Page:
         size = clamp_page_size(query.limit)
+        requirements = parse_selector(query.selector)
+        after = decode_page_token(query.page_token) if query.page_token else None
         params = Params(self.dialect)
+        lead = self.dialect.leading_requirement(requirements)
+        if lead is None:
+            sql = self._list_in_object_order(query, requirements, after, size + 1, params)
+        else:
+            others = [r for r in requirements if r is not lead]
+
+            def rest(bound: Params) -> list[str]:
+                where = (
+                    [] if query.scope is None else [f"objects.scope = {bound.bind(query.scope)}"]
+                )
+                return where + [self._selector_clause(r, bound) for r in others]
+
+            walk = LabelWalk(query.object_type, query.workspace, after, size + 1, rest)
+            sql = self.dialect.label_ordered_list(lead, walk, params)
+        rows = await self._rows(sql, params.values, read=True)
+        return page_of([self._record(row) for row in rows], size)
+
+    def _list_in_object_order(
+        self,
+        query: ListQuery,
+        requirements: Sequence[Requirement],
+        after: tuple[int, str] | None,
+        limit: int,
+        params: Params,
+    ) -> str:
+        """A page walking the objects' order index (by workspace when one is given)."""
         where = [f"object_type = {params.bind(query.object_type)}"]
         if query.workspace is not None:
             where.append(f"workspace = {params.bind(query.workspace)}")
         if query.scope is not None:
             where.append(f"scope = {params.bind(query.scope)}")
-        where += [self._selector_clause(r, params) for r in parse_selector(query.selector)]
-        if query.page_token:
-            created, last_id = decode_page_token(query.page_token)
+        where += [self._selector_clause(r, params) for r in requirements]
+        if after is not None:
+            created, last_id = after
             where.append(f"(created_at_ms, id) > ({params.bind(created)}, {params.bind(last_id)})")
-        rows = await self._rows(
+        return (
             f"SELECT {COLUMNS} FROM objects WHERE {' AND '.join(where)} "
-            f"ORDER BY created_at_ms, id LIMIT {params.bind(size + 1)}",
-            params.values,
-            read=True,
+            f"ORDER BY created_at_ms, id LIMIT {params.bind(limit)}"
         )
-        return page_of([self._record(row) for row in rows], size)
 
     @timed("list_versions")
     async def _list_versions(self, query: VersionQuery) -> Sequence[ObjectRecord]:
