@@ -66,6 +66,10 @@ COLUMNS = (
 WRITTEN = "resource_version, created_at_ms, updated_at_ms"
 """What an insert or an update returns: the row's new version and its timestamps."""
 
+LEAD_COUNT_LIMIT = 2000
+"""How far each candidate's rows are counted when choosing which one a list walks: a
+requirement selecting more is common enough that any other is as good a walk."""
+
 Bind = Callable[[str], str]
 """Names a statement parameter and returns its placeholder in the statement text."""
 
@@ -149,11 +153,19 @@ class Dialect(abc.ABC):
     def label_value_in(self, key: str, values: list[str]) -> str:
         """True when the key is present with one of ``values`` (False when absent)."""
 
-    def leading_requirement(self, requirements: Sequence[Requirement]) -> Requirement | None:
-        """The requirement whose own index gives the list order, so that a page reads about
-        a page of rows however many rows match (``label_ordered_list``); None walks the
-        objects' order index and tests every requirement on each row."""
-        return None
+    def lead_candidates(self, requirements: Sequence[Requirement]) -> list[Requirement]:
+        """The requirements whose own index can give the list order, so that a page reads
+        about a page of rows however many rows match (``label_ordered_list``), best first.
+        None (the default) walks the objects' order index and tests every requirement on
+        each row."""
+        return []
+
+    def lead_counts(
+        self, candidates: Sequence[Requirement], walk: LabelWalk, params: Params
+    ) -> str:
+        """One row: how many rows each candidate selects after ``walk.after``, counted up to
+        ``walk.limit`` (an index range each)."""
+        raise NotImplementedError(f"{self.name} lists in the objects' order only")
 
     def label_ordered_list(self, lead: Requirement, walk: LabelWalk, params: Params) -> str:
         """The page's statement, walking ``lead``'s index in (created_at_ms, id) order."""
@@ -465,10 +477,11 @@ class SqlStore(Store):
         requirements = parse_selector(query.selector)
         after = decode_page_token(query.page_token) if query.page_token else None
         params = Params(self.dialect)
-        lead = self.dialect.leading_requirement(requirements)
-        if lead is None:
+        candidates = self.dialect.lead_candidates(requirements)
+        if not candidates:
             sql = self._list_in_object_order(query, requirements, after, size + 1, params)
         else:
+            lead = await self._rarest(candidates, query, after)
             others = [r for r in requirements if r is not lead]
 
             def rest(bound: Params) -> list[str]:
@@ -481,6 +494,26 @@ class SqlStore(Store):
             sql = self.dialect.label_ordered_list(lead, walk, params)
         rows = await self._rows(sql, params.values, read=True)
         return page_of([self._record(row) for row in rows], size)
+
+    async def _rarest(
+        self,
+        candidates: Sequence[Requirement],
+        query: ListQuery,
+        after: tuple[int, str] | None,
+    ) -> Requirement:
+        """The candidate that selects the fewest rows, counted up to LEAD_COUNT_LIMIT each;
+        the first among equals. Walking a common requirement and testing a rare one would
+        read every row the common one selects to fill a page; walking the rare one reads
+        its own rows only. One statement, only when there is a choice."""
+        if len(candidates) == 1:
+            return candidates[0]
+        params = Params(self.dialect)
+        walk = LabelWalk(query.object_type, query.workspace, after, LEAD_COUNT_LIMIT, _nothing)
+        rows = await self._rows(
+            self.dialect.lead_counts(candidates, walk, params), params.values, read=True
+        )
+        counts = list(rows[0])
+        return candidates[counts.index(min(counts))]
 
     def _list_in_object_order(
         self,
@@ -722,6 +755,11 @@ class SqlStore(Store):
             version=row[10],
             status=row[11],
         )
+
+
+def _nothing(params: Params) -> list[str]:
+    """No further conditions (a ``LabelWalk.rest``)."""
+    return []
 
 
 def _labels_json(labels: dict[str, str] | None, *, keep: bool) -> str | None:

@@ -104,18 +104,23 @@ class SqliteDialect(Dialect):
             f"{key} AND probe.value IN ({', '.join(values)}) AND {_PROBE})"
         )
 
-    def leading_requirement(self, requirements: Sequence[Requirement]) -> Requirement | None:
-        """The first equality or set requirement, else the first existence one.
+    def lead_candidates(self, requirements: Sequence[Requirement]) -> list[Requirement]:
+        """Equality and set requirements, then existence ones: a negative requirement cannot
+        lead (the rows it selects are those absent from the table)."""
+        return [r for r in requirements if r.operator in _VALUE_KINDS] + [
+            r for r in requirements if r.operator is Operator.EXISTS
+        ]
 
-        Without statistics on label values an equality is taken as the more selective; a
-        negative requirement cannot lead (the rows it selects are those absent from the
-        table). Among several of one kind the first leads: the selector's author chose it.
-        """
-        for kinds in (_VALUE_KINDS, (Operator.EXISTS,)):
-            for requirement in requirements:
-                if requirement.operator in kinds:
-                    return requirement
-        return None
+    def lead_counts(
+        self, candidates: Sequence[Requirement], walk: LabelWalk, params: Params
+    ) -> str:
+        """Each candidate's label rows, counted in the same index range it would walk."""
+        counts = []
+        for candidate in candidates:
+            values: list[str | None] = [*candidate.values] or [None]
+            rows = self._label_walk(candidate.key, values, walk, params, ids_only=True)
+            counts.append(f"(SELECT count(*) FROM ({rows}))")
+        return f"SELECT {', '.join(counts)}"
 
     def label_ordered_list(self, lead: Requirement, walk: LabelWalk, params: Params) -> str:
         """Walk ``lead``'s rows in object_labels in (created_at_ms, id) order.
@@ -140,7 +145,13 @@ class SqliteDialect(Dialect):
         )
 
     def _label_walk(
-        self, key: str, values: list[str | None], walk: LabelWalk, params: Params
+        self,
+        key: str,
+        values: Sequence[str | None],
+        walk: LabelWalk,
+        params: Params,
+        *,
+        ids_only: bool = False,
     ) -> str:
         """One walk of the label index; more than one value is a range per value, which
         SQLite then sorts (all the rows that match, not only a page's)."""
@@ -157,6 +168,11 @@ class SqliteDialect(Dialect):
             where.append(
                 f"(walk.created_at_ms, walk.object_id) > ({params.bind(created)}, "
                 f"{params.bind(last_id)})"
+            )
+        if ids_only:  # the label rows alone, in no particular order: for counting them
+            return (
+                f"SELECT 1 FROM object_labels AS walk WHERE {' AND '.join(where)} "
+                f"LIMIT {params.bind(walk.limit)}"
             )
         where += walk.rest(params)
         return (
