@@ -3,10 +3,12 @@
 ``SqlStore`` implements the ``Store`` primitives on one ``objects`` table. What differs
 between the databases is asked of a small ``Dialect`` (placeholders, the "now in ms"
 expression, the JSON and array operators of selectors and ``status IN``, how labels come back,
-how driver errors become the store's typed errors, the migrations and their lock, and whether
-a write announces itself to the change feed). How a statement reaches the database (SQLite's
-event loop or database thread, or a Postgres connection pinned per CAS attempt) and where the
-change feed comes from stay in the two backend classes.
+how driver errors become the store's typed errors, the migrations and their lock, whether
+a write announces itself to the change feed, and whether a selector's list walks a label
+index in list order instead of the objects' order index: ``lead_candidates``, SQLite's).
+How a statement reaches the database (SQLite's event loop or database thread, or a Postgres
+connection pinned per CAS attempt) and where the change feed comes from stay in the two
+backend classes.
 
 Two pieces are named functions on purpose, because each one alone is what makes a write safe:
 ``cas_predicate`` (an update or delete only touches the row at the version its caller read)
