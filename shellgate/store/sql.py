@@ -3,10 +3,12 @@
 ``SqlStore`` implements the ``Store`` primitives on one ``objects`` table. What differs
 between the databases is asked of a small ``Dialect`` (placeholders, the "now in ms"
 expression, the JSON and array operators of selectors and ``status IN``, how labels come back,
-how driver errors become the store's typed errors, the migrations and their lock, and whether
-a write announces itself to the change feed). How a statement reaches the database (SQLite's
-event loop or database thread, or a Postgres connection pinned per CAS attempt) and where the
-change feed comes from stay in the two backend classes.
+how driver errors become the store's typed errors, the migrations and their lock, whether
+a write announces itself to the change feed, and whether a selector's list walks a label
+index in list order instead of the objects' order index: ``lead_candidates``, SQLite's).
+How a statement reaches the database (SQLite's event loop or database thread, or a Postgres
+connection pinned per CAS attempt) and where the change feed comes from stay in the two
+backend classes.
 
 Two pieces are named functions on purpose, because each one alone is what makes a write safe:
 ``cas_predicate`` (an update or delete only touches the row at the version its caller read)
@@ -65,6 +67,10 @@ COLUMNS = (
 )
 WRITTEN = "resource_version, created_at_ms, updated_at_ms"
 """What an insert or an update returns: the row's new version and its timestamps."""
+
+LEAD_COUNT_LIMIT = 2000
+"""How far each candidate's rows are counted when choosing which one a list walks: a
+requirement selecting more is common enough that any other is as good a walk."""
 
 Bind = Callable[[str], str]
 """Names a statement parameter and returns its placeholder in the statement text."""
@@ -149,6 +155,24 @@ class Dialect(abc.ABC):
     def label_value_in(self, key: str, values: list[str]) -> str:
         """True when the key is present with one of ``values`` (False when absent)."""
 
+    def lead_candidates(self, requirements: Sequence[Requirement]) -> list[Requirement]:
+        """The requirements whose own index can give the list order, so that a page reads
+        about a page of rows however many rows match (``label_ordered_list``), best first.
+        None (the default) walks the objects' order index and tests every requirement on
+        each row."""
+        return []
+
+    def lead_counts(
+        self, candidates: Sequence[Requirement], walk: LabelWalk, params: Params
+    ) -> str:
+        """One row: how many rows each candidate selects after ``walk.after``, counted up to
+        ``walk.limit`` (an index range each)."""
+        raise NotImplementedError(f"{self.name} lists in the objects' order only")
+
+    def label_ordered_list(self, lead: Requirement, walk: LabelWalk, params: Params) -> str:
+        """The page's statement, walking ``lead``'s index in (created_at_ms, id) order."""
+        raise NotImplementedError(f"{self.name} lists in the objects' order only")
+
     @abc.abstractmethod
     def one_of(self, column: str, values: Sequence[str], params: Params) -> str:
         """``column`` equals one of ``values``, bound through ``params``."""
@@ -170,6 +194,19 @@ class Dialect(abc.ABC):
         carries the change feed also announces each written row there, in the same
         statement (so only a committed write is ever announced)."""
         return f"{write} RETURNING {returning}"
+
+
+class LabelWalk(NamedTuple):
+    """What a list walking a label index needs besides its leading requirement."""
+
+    object_type: str
+    workspace: str | None
+    after: tuple[int, str] | None
+    """The last row of the previous page, as (created_at_ms, id)."""
+    limit: int
+    """Rows to read: the page size plus one, which tells whether a next page exists."""
+    rest: Callable[[Params], list[str]]
+    """Binds and returns the other conditions on ``objects``: scope, other requirements."""
 
 
 class CasWrite(NamedTuple):
@@ -439,23 +476,69 @@ class SqlStore(Store):
     @timed("list")
     async def _list(self, query: ListQuery) -> Page:
         size = clamp_page_size(query.limit)
+        requirements = parse_selector(query.selector)
+        after = decode_page_token(query.page_token) if query.page_token else None
         params = Params(self.dialect)
+        candidates = self.dialect.lead_candidates(requirements)
+        if not candidates:
+            sql = self._list_in_object_order(query, requirements, after, size + 1, params)
+        else:
+            lead = await self._rarest(candidates, query, after)
+            others = [r for r in requirements if r is not lead]
+
+            def rest(bound: Params) -> list[str]:
+                where = (
+                    [] if query.scope is None else [f"objects.scope = {bound.bind(query.scope)}"]
+                )
+                return where + [self._selector_clause(r, bound) for r in others]
+
+            walk = LabelWalk(query.object_type, query.workspace, after, size + 1, rest)
+            sql = self.dialect.label_ordered_list(lead, walk, params)
+        rows = await self._rows(sql, params.values, read=True)
+        return page_of([self._record(row) for row in rows], size)
+
+    async def _rarest(
+        self,
+        candidates: Sequence[Requirement],
+        query: ListQuery,
+        after: tuple[int, str] | None,
+    ) -> Requirement:
+        """The candidate that selects the fewest rows, counted up to LEAD_COUNT_LIMIT each;
+        the first among equals. Walking a common requirement and testing a rare one would
+        read every row the common one selects to fill a page; walking the rare one reads
+        its own rows only. One statement, only when there is a choice."""
+        if len(candidates) == 1:
+            return candidates[0]
+        params = Params(self.dialect)
+        walk = LabelWalk(query.object_type, query.workspace, after, LEAD_COUNT_LIMIT, _nothing)
+        rows = await self._rows(
+            self.dialect.lead_counts(candidates, walk, params), params.values, read=True
+        )
+        counts = list(rows[0])
+        return candidates[counts.index(min(counts))]
+
+    def _list_in_object_order(
+        self,
+        query: ListQuery,
+        requirements: Sequence[Requirement],
+        after: tuple[int, str] | None,
+        limit: int,
+        params: Params,
+    ) -> str:
+        """A page walking the objects' order index (by workspace when one is given)."""
         where = [f"object_type = {params.bind(query.object_type)}"]
         if query.workspace is not None:
             where.append(f"workspace = {params.bind(query.workspace)}")
         if query.scope is not None:
             where.append(f"scope = {params.bind(query.scope)}")
-        where += [self._selector_clause(r, params) for r in parse_selector(query.selector)]
-        if query.page_token:
-            created, last_id = decode_page_token(query.page_token)
+        where += [self._selector_clause(r, params) for r in requirements]
+        if after is not None:
+            created, last_id = after
             where.append(f"(created_at_ms, id) > ({params.bind(created)}, {params.bind(last_id)})")
-        rows = await self._rows(
+        return (
             f"SELECT {COLUMNS} FROM objects WHERE {' AND '.join(where)} "
-            f"ORDER BY created_at_ms, id LIMIT {params.bind(size + 1)}",
-            params.values,
-            read=True,
+            f"ORDER BY created_at_ms, id LIMIT {params.bind(limit)}"
         )
-        return page_of([self._record(row) for row in rows], size)
 
     @timed("list_versions")
     async def _list_versions(self, query: VersionQuery) -> Sequence[ObjectRecord]:
@@ -675,6 +758,11 @@ class SqlStore(Store):
             version=row[10],
             status=row[11],
         )
+
+
+def _nothing(params: Params) -> list[str]:
+    """No further conditions (a ``LabelWalk.rest``)."""
+    return []
 
 
 def _labels_json(labels: dict[str, str] | None, *, keep: bool) -> str | None:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
+from shellgate.api import openshell_pb2
 from shellgate.store import (
     InvalidPageToken,
     InvalidSelector,
     Store,
     WriteCondition,
 )
+from tests.support.objects import sandbox
 
 MUST_CREATE = WriteCondition.MUST_CREATE
 
@@ -111,6 +115,82 @@ async def test_selector_pages(store: Store) -> None:
     assert second.next_page_token == ""
 
 
+PAGED_LABELS = {
+    f"id{n:02}": {
+        **({"k": "v"} if n % 2 else {"k": "w"} if n % 3 else {}),
+        **({"j": "x"} if n % 5 in (1, 2) else {}),
+    }
+    for n in range(30)
+}
+
+
+def expected_ids(selector: str, workspace: str | None) -> list[str]:
+    """What the selector selects from PAGED_LABELS, evaluated here in Python."""
+    tests = {
+        "k=v": lambda labels: labels.get("k") == "v",
+        "k in (v, w)": lambda labels: labels.get("k") in ("v", "w"),
+        "k in (w, v, w)": lambda labels: labels.get("k") in ("v", "w"),
+        "k in (v, w, a, b, c, d, e, f, g, h)": lambda labels: labels.get("k") in ("v", "w"),
+        "k": lambda labels: "k" in labels,
+        "k=v,j=x": lambda labels: labels.get("k") == "v" and labels.get("j") == "x",
+        "j,k in (v, w)": lambda labels: "j" in labels and labels.get("k") in ("v", "w"),
+        "k in (v, w),k!=w": lambda labels: labels.get("k") == "v",
+        "k=v,!j": lambda labels: labels.get("k") == "v" and "j" not in labels,
+        "k!=v": lambda labels: labels.get("k") != "v",
+        "k=nomatch": lambda labels: False,
+    }
+    return [
+        object_id
+        for n, (object_id, labels) in enumerate(PAGED_LABELS.items())
+        if tests[selector](labels) and workspace in (None, f"w{n % 2}")
+    ]
+
+
+@pytest.mark.parametrize("workspace", [None, "w1"], ids=["all-workspaces", "one-workspace"])
+@pytest.mark.parametrize(
+    "selector",
+    [
+        "k=v",
+        "k in (v, w)",
+        "k in (w, v, w)",
+        "k in (v, w, a, b, c, d, e, f, g, h)",
+        "k",
+        "k=v,j=x",
+        "j,k in (v, w)",
+        "k in (v, w),k!=w",
+        "k=v,!j",
+        "k!=v",
+        "k=nomatch",
+    ],
+)
+async def test_selector_pages_walk_every_match_once_in_creation_order(
+    store: Store, selector: str, workspace: str | None
+) -> None:
+    """Paged with a selector, in one workspace or across all, every matching row comes once,
+    in (created_at_ms, id) order, and no other: whichever index the backend walks, a set
+    merges its values' walks (SQLite; a wider set is one sorted walk), and the page token
+    resumes each one where the page ended."""
+    for n, (object_id, labels) in enumerate(PAGED_LABELS.items()):
+        await store.put_if(
+            "sandbox", object_id, f"n-{object_id}", b"", labels, MUST_CREATE, workspace=f"w{n % 2}"
+        )
+    await store.put_if("provider", "p", "p", b"", {"k": "v", "j": "x"}, MUST_CREATE, workspace="w1")
+    seen: list[tuple[int, str]] = []
+    token = ""
+    while True:
+        page = await store.list(
+            "sandbox", workspace=workspace, selector=selector, limit=4, page_token=token
+        )
+        assert len(page.records) <= 4
+        seen += [(record.created_at_ms, record.id) for record in page.records]
+        token = page.next_page_token
+        if not token:
+            break
+        assert len(page.records) == 4
+    assert seen == sorted(seen)
+    assert sorted(object_id for _, object_id in seen) == expected_ids(selector, workspace)
+
+
 @pytest.mark.parametrize(
     "selector",
     [
@@ -196,3 +276,48 @@ async def test_a_selector_is_bounded_to_its_object_type(store: Store) -> None:
     page = await store.list("provider", selector="team=x")
     assert [record.id for record in page.records] == ["p"]
     assert await ids(store, "team=x") == ["s"]
+
+
+async def label_tables(store: Store) -> tuple[list[Any], list[Any]]:
+    """object_labels as it is, and as the labels column says it must be (SQLite)."""
+    table = await store._rows(  # type: ignore[attr-defined]
+        "SELECT key, value, object_type, created_at_ms, object_id, workspace FROM object_labels "
+        "ORDER BY 1, 2, 3, 4, 5",
+        (),
+    )
+    column = await store._rows(  # type: ignore[attr-defined]
+        "SELECT label.key, label.value, o.object_type, o.created_at_ms, o.id, o.workspace "
+        "FROM objects AS o, json_each(o.labels) AS label ORDER BY 1, 2, 3, 4, 5",
+        (),
+    )
+    return list(table), list(column)
+
+
+async def test_the_label_table_mirrors_the_labels_column(store: Store) -> None:
+    """SQLite's object_labels (kept by triggers) holds exactly one row per label of every
+    object, with the object's list order, through creates, label changes (by put_if and by
+    a CAS update), updates that keep the labels, deletes and an id created again."""
+    if store.backend != "sqlite":
+        pytest.skip("the label table is SQLite's")
+    await seed(store, {"a": {"team": "x", "tier": "1"}, "b": {"team": "y"}, "c": {}})
+    await store.put_if("sandbox", "a", "n-a", b"1", {"team": "y"}, WriteCondition.match(1))
+    await store.put_if("sandbox", "b", "n-b", b"1", None, WriteCondition.match(1))
+    await store.put_if("sandbox", "c", "n-c", b"1", {"new": "1"}, WriteCondition.match(1))
+    assert await store.delete_if("sandbox", "b", 2)
+    await seed(store, {"b": {"team": "z"}})
+    created = await store.create_message(sandbox("m", labels={"team": "x"}, workspace="w1"))
+
+    def relabel(message: openshell_pb2.Sandbox) -> openshell_pb2.Sandbox:
+        message.metadata.labels["team"] = "w"
+        return message
+
+    def touch(message: openshell_pb2.Sandbox) -> openshell_pb2.Sandbox:
+        message.status.phase = openshell_pb2.SANDBOX_PHASE_READY
+        return message
+
+    for mutate in (relabel, touch):
+        await store.update_message_cas(openshell_pb2.Sandbox, created.metadata.id, mutate)
+    table, column = await label_tables(store)
+    assert table == column
+    assert len(table) == 4  # a: team; b: team; c: new; m: team
+    assert await ids(store, "team=w", workspace="w1") == [created.metadata.id]

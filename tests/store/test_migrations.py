@@ -132,3 +132,50 @@ async def test_labels_written_before_the_label_index_are_selectable(store_url: s
         assert (await upgraded.list("sandbox", selector="team")).records[0].id == "s2"
     finally:
         await upgraded.close()
+
+
+async def test_labels_written_before_the_ordered_label_table_page_in_order(
+    store_url: str,
+) -> None:
+    """Migration 007 (SQLite) rebuilds object_labels with each object's list order: rows
+    written before it (in two workspaces) are found by equality, set and existence
+    selectors, page by page in creation order, and the table keeps following writes."""
+    old = await connect(store_url, migrate_to=6)
+    for n in range(7):
+        labels = {"team": "x" if n % 2 else "y", **({"tier": "1"} if n % 3 == 0 else {})}
+        await old.put_if(
+            "sandbox",
+            f"s{n}",
+            f"n{n}",
+            b"",
+            labels,
+            WriteCondition.MUST_CREATE,
+            workspace=f"w{n % 2}",
+        )
+    await old.close()
+    upgraded = await connect(store_url)
+    try:
+        for selector, expected in [
+            ("team=x", ["s1", "s3", "s5"]),
+            ("team in (x, y)", [f"s{n}" for n in range(7)]),
+            ("tier", ["s0", "s3", "s6"]),
+            ("tier,team=y", ["s0", "s6"]),
+        ]:
+            seen, token = [], ""
+            while True:
+                page = await upgraded.list(
+                    "sandbox", workspace=None, selector=selector, limit=2, page_token=token
+                )
+                seen += [record.id for record in page.records]
+                token = page.next_page_token
+                if not token:
+                    break
+            assert seen == expected, selector
+        in_w0 = await upgraded.list("sandbox", workspace="w0", selector="team=y")
+        assert [record.id for record in in_w0.records] == ["s0", "s2", "s4", "s6"]
+        await upgraded.put_if("sandbox", "s1", "n1", b"", {"team": "y"}, WriteCondition.match(1))
+        assert await upgraded.delete_if("sandbox", "s3", 1)
+        found = await upgraded.list("sandbox", workspace=None, selector="team=x")
+        assert [record.id for record in found.records] == ["s5"]
+    finally:
+        await upgraded.close()

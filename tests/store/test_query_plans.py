@@ -15,6 +15,7 @@ import pytest
 
 from shellgate.store import Store
 from shellgate.store.paging import encode_page_token
+from shellgate.store.sqlite import MAX_MERGED_VALUES
 
 ROWS = 20_000
 WORKSPACES = 4
@@ -129,19 +130,109 @@ async def test_the_status_count_reads_an_index_only(recorder: Recorder) -> None:
     assert "Seq Scan" not in plan, plan
 
 
+WIDE_SET = f"team in (a, b, {', '.join(f'c{n}' for n in range(MAX_MERGED_VALUES - 1))})"
+
+
+def matching(selector: str, workspace: str | None, token: str) -> int:
+    """How many of a first page of 100 the seeded rows give (team=a on every 10th)."""
+    teams = {
+        "team=a": {"a"},
+        "team=nomatch": set(),
+        "team in (nomatch, other)": set(),
+        "team in (a, b)": {"a", "b"},
+        WIDE_SET: {"a", "b"},
+        "team": {"a", "b"},
+        "nomatch": set(),
+        "team=a,team": {"a"},
+        "team in (a, nomatch),team!=b": {"a"},
+    }[selector]
+    start = ROWS // 2 + 1 if token else 1
+    rows = [
+        i
+        for i in range(start, ROWS + 1)
+        if ("a" if i % 10 == 0 else "b") in teams and workspace in (None, f"w{i % WORKSPACES}")
+    ]
+    return min(100, len(rows))
+
+
+@pytest.mark.parametrize("token", ["", MIDDLE], ids=["first", "middle"])
+@pytest.mark.parametrize("workspace", [None, "w0"], ids=["all-workspaces", "one-workspace"])
 @pytest.mark.parametrize(
-    ("selector", "expected"),
-    [("team=nomatch", 0), ("team in (nomatch, other)", 0), ("nomatch", 0), ("team=a", 100)],
+    "selector",
+    [
+        "team=a",
+        "team=nomatch",
+        "team in (nomatch, other)",
+        "team in (a, b)",
+        WIDE_SET,
+        "team",
+        "nomatch",
+        "team=a,team",
+        "team in (a, nomatch),team!=b",
+    ],
 )
 async def test_equality_set_and_existence_selectors_use_the_label_index(
-    recorder: Recorder, selector: str, expected: int
+    recorder: Recorder, selector: str, workspace: str | None, token: str
 ) -> None:
-    page = await recorder.store.list("sandbox", workspace=None, selector=selector, limit=100)
-    assert len(page.records) == expected
+    """SQLite walks the leading requirement's label index in list order, the objects only
+    looked up by id for each label row (so a page reads about a page of rows whether none,
+    10 % or every row matches), and the other requirements are probes by key; a set is one
+    such walk per value, and only their first pages (at most 101 rows each) are merged (a
+    set wider than MAX_MERGED_VALUES is one walk whose matches are sorted).
+    Postgres answers from the GIN index or walks an order index: never a full scan."""
+    page = await recorder.store.list(
+        "sandbox", workspace=workspace, selector=selector, limit=100, page_token=token
+    )
+    assert len(page.records) == matching(selector, workspace, token)
     plan = await recorder.plan()
-    index = "object_labels_key_value_idx" if recorder.store.backend == "sqlite" else "labels_gin"
-    if expected == 0:  # a selector that matches nothing is answered from the label index
-        assert index in plan, plan
-        assert "Seq Scan" not in plan and "SCAN objects\n" not in plan + "\n", plan
-    else:  # one that matches many rows may walk the order index instead: never a full scan
-        assert "Seq Scan" not in plan and "SCAN objects\n" not in plan + "\n", plan
+    assert "Seq Scan" not in plan and "SCAN objects\n" not in plan + "\n", plan
+    if recorder.store.backend == "postgres":
+        if not page.records:  # a selector that matches nothing is answered from the GIN index
+            assert "labels_gin" in plan, plan
+        return
+    lines = plan.splitlines()
+    walks = [line for line in lines if line.startswith("SEARCH walk ")]
+    values = len(set(selector.partition(" in (")[2].partition(")")[0].split(", ")) - {""})
+    arms = values if 1 < values <= MAX_MERGED_VALUES else 1
+    assert len(walks) == arms, plan
+    assert all("PRIMARY KEY" in line or "object_labels_" in line for line in walks), plan
+    # Each walk is an outer loop that objects joins by id: nothing else is scanned or sorted.
+    for line in lines:
+        if line.startswith("SEARCH objects "):
+            assert "sqlite_autoindex_objects_1 (id=?)" in line, plan
+        assert not line.startswith("SCAN") or line.startswith("SCAN (subquery-"), plan
+    sorts = lines.count("USE TEMP B-TREE FOR ORDER BY")
+    # A set's merge sorts its walks' pages; a wider set sorts its matching rows.
+    assert sorts == (arms if arms > 1 else int(values > MAX_MERGED_VALUES)), plan
+    if arms > 1:
+        assert "MERGE (UNION ALL)" in plan, plan
+
+
+@pytest.mark.parametrize("selector", ["team!=a", "!nomatch", "team notin (b)"])
+async def test_negative_selectors_walk_the_order_index_probing_labels(
+    recorder: Recorder, selector: str
+) -> None:
+    """A negative requirement cannot lead (its rows are those missing from the label
+    table): the page walks the objects' order index and probes each row's labels by key."""
+    await recorder.store.list("sandbox", workspace=None, selector=selector, limit=100)
+    plan = await recorder.plan()
+    assert_ordered_by(plan, "objects_type_order_idx")
+    if recorder.store.backend == "sqlite":
+        assert "SEARCH probe USING COVERING INDEX object_labels_key_idx" in plan, plan
+
+
+async def test_the_rarest_requirement_leads(recorder: Recorder) -> None:
+    """Of several requirements the index could walk, SQLite walks the one selecting the
+    fewest rows (counted first, up to a bound): here team=a (1,000 rows in w0), not the
+    set written before it, which every row matches and which would read ten rows per row
+    of the page."""
+    selector = "team in (a, b),team=a"
+    page = await recorder.store.list("sandbox", workspace="w0", selector=selector, limit=100)
+    assert len(page.records) == 100
+    plan = await recorder.plan()
+    assert "Seq Scan" not in plan and "SCAN objects\n" not in plan + "\n", plan
+    if recorder.store.backend == "sqlite":
+        assert "MERGE" not in plan and "TEMP B-TREE" not in plan, plan
+        walk = "SEARCH walk USING COVERING INDEX object_labels_workspace_idx "
+        assert walk + "(key=? AND value=? AND object_type=? AND workspace=?)" in plan, plan
+        assert len(recorder.sent) == 2  # the counts, then the page
