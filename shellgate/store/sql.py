@@ -95,6 +95,11 @@ def must_create_on_duplicate() -> str:
     return ""
 
 
+CAS_WRITE_VALUES = ("payload", "labels", "status", "object_type", "id", "expected_version")
+"""The values ``_plan_cas`` hands to the CAS update, in this order (each statement picks the
+ones it binds: a tuple and an ``itemgetter``, no dict per write)."""
+
+
 def cas_write(d: Dialect, labels: bool, status: bool, b: Bind) -> str:
     """The update of one ``update_message_cas`` attempt, setting only what changed.
 
@@ -326,14 +331,11 @@ class Statements:
         """The CAS update of ``update_message_cas``, by (labels changed, status changed)."""
         if self.cas_read.names != ("object_type", "id"):  # the backends' attempts bind so
             raise AssertionError(f"cas_read binds {self.cas_read.names}")
-        for (labels, status), statement in self.cas_writes.items():
-            expected = (
-                "payload",
-                *(("labels",) if labels else ()),
-                *(("status",) if status else ()),
-            )
-            if statement.names != (*expected, "object_type", "id", "expected_version"):
-                raise AssertionError(f"cas_write binds {statement.names}")  # _plan_cas's order
+        self.cas_write_params = {
+            key: itemgetter(*(CAS_WRITE_VALUES.index(name) for name in statement.names))
+            for key, statement in self.cas_writes.items()
+        }
+        """Each CAS update's parameters, picked from a ``CAS_WRITE_VALUES`` tuple."""
         self.current_version = Statement(
             d, lambda b: f"SELECT resource_version FROM objects WHERE {_the_row(b)}"
         )
@@ -638,15 +640,11 @@ class SqlStore(Store):
         new_status = None if status is None else status(candidate)
         write_labels = labels != labels_before
         write_status = new_status is not None and new_status != stored_status
-        sql = self._sql.cas_writes[write_labels, write_status].sql
-        # The order cas_write binds them in (checked when the statements are built).
-        params: tuple[Any, ...] = (payload,)
-        if write_labels:
-            params += (_labels_json(labels, keep=False),)
-        if write_status:
-            params += (new_status,)
-        params += (object_type, id, version)
-        return candidate, CasWrite(object_type, id, sql, params)
+        key = write_labels, write_status
+        labels_json = _labels_json(labels, keep=False) if write_labels else None
+        values = (payload, labels_json, new_status, object_type, id, version)  # CAS_WRITE_VALUES
+        params = self._sql.cas_write_params[key](values)
+        return candidate, CasWrite(object_type, id, self._sql.cas_writes[key].sql, params)
 
     def _written(self, candidate: M, object_type: str, version: int) -> M:
         candidate.metadata.resource_version = version  # type: ignore[attr-defined]
