@@ -213,8 +213,10 @@ class SandboxReconciler:
         is not enqueued. Deciding from the page rather than a fresh read loses nothing: the
         change feed was subscribed before the pass, so a row written after its page was read
         is enqueued by its hint. A row this replica owns and the driver did not list is
-        enqueued as before, since only asking the driver about it can tell. An id that the
-        queue already holds is left to it.
+        enqueued as before, since only asking the driver about it can tell (the Kubernetes
+        listing leaves out objects without this installation's label, which ``get_sandbox``
+        still finds; the listing may predate the row). An id the queue already holds with a
+        source's observation is left to it.
 
         A row found quiet (``sandbox_sync.quiet``: nothing now or ever, while its inputs stay
         the same) is remembered, and the next passes skip it without decoding while its
@@ -273,7 +275,8 @@ class SandboxReconciler:
         """Decide one stored row from the page read; enqueue it only when there is work."""
         sandbox_id = record.id
         if sandbox_id in self._pending:
-            return  # already queued with what a source saw: reconcile decides from that
+            counts.queued += 1  # already queued with what a source saw: reconcile decides
+            return
         seen = self._quiet.get(sandbox_id)
         if seen is not None:
             mine = self.gw.owns_by(sandbox_id, seen.owner)
