@@ -11,6 +11,10 @@ GetSandbox until each answers, and reads the child's CPU from /proc until it sta
 - ``pass_s`` / ``pass_cpu_s``: from the spawn until the child went idle, and the CPU it used
   meanwhile: the first resync pass (and the startup before it). Idle is IDLE_WINDOW_S with
   less than IDLE_SHARE of a core used; that window is not counted.
+- ``during_p50_ms`` / ``during_p99_ms``: the latency of the GetSandbox calls this process
+  makes every PROBE_EVERY_S from the first answer until the child went idle: how well the
+  replica serves while its first pass runs (``during_gets`` of them; 0 when the pass was
+  over before the first answer).
 
 The periodic resync is pushed out of the run (a large ``--sweep-interval``).
 """
@@ -27,6 +31,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -34,6 +39,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from bench.report import markdown_table
 from bench.scale_store import sandbox_number
 from bench.scale_watch import cpu_seconds
+from bench.stats import Latency
 from shellgate.api import datamodel_pb2, openshell_pb2, openshell_pb2_grpc
 from shellgate.store import Store, StoreUnavailable, connect
 from shellgate.store.secrets import Keyring
@@ -44,6 +50,7 @@ IDLE_WINDOW_S = 1.5
 IDLE_SHARE = 0.05
 GIVE_UP_S = 900.0
 FILLERS = 4
+PROBE_EVERY_S = 0.05
 SWEEP_INTERVAL_S = "100000"
 RETRY_NOW = [
     ("grpc.initial_reconnect_backoff_ms", 10),
@@ -63,6 +70,9 @@ class StartupScale:
     ready_cpu_s: float
     pass_s: float
     pass_cpu_s: float
+    during_gets: int = 0
+    during_p50_ms: float = 0.0
+    during_p99_ms: float = 0.0
 
 
 def _free_port() -> int:
@@ -88,6 +98,16 @@ async def _until_answered(
                     return  # answered (NOT_FOUND, say): it is serving
                 raise
         await asyncio.sleep(POLL_S)
+
+
+async def _probe(call: Any, request: object, into: list[tuple[float, float]]) -> None:
+    """GetSandbox every PROBE_EVERY_S; each call's start and latency go ``into``."""
+    while True:
+        sent = time.perf_counter()
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await call(request, timeout=30.0)
+        into.append((sent, time.perf_counter() - sent))
+        await asyncio.sleep(PROBE_EVERY_S)
 
 
 async def _until_idle(pid: int) -> tuple[float, float]:
@@ -138,12 +158,24 @@ async def start_and_measure(url: str, backend: str, rows: int, name: str) -> Sta
                 await _until_answered(stub.GetSandbox, request, process)
                 get_s = time.perf_counter() - began
                 ready_cpu = cpu_seconds(process.pid)
-            idle_at, pass_cpu = await _until_idle(process.pid)
+                probes: list[tuple[float, float]] = []
+                probing = asyncio.create_task(_probe(stub.GetSandbox, request, probes))
+                try:
+                    idle_at, pass_cpu = await _until_idle(process.pid)
+                finally:
+                    probing.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await probing
+            during = [took for sent, took in probes if sent < idle_at]
         finally:
             with contextlib.suppress(ProcessLookupError):
                 process.terminate()
             await process.wait()
-    return StartupScale(backend, rows, health_s, get_s, ready_cpu, idle_at - began, pass_cpu)
+    latency = Latency.of(during) if during else Latency(0.0, 0.0)
+    return StartupScale(
+        backend, rows, health_s, get_s, ready_cpu, idle_at - began, pass_cpu,
+        len(during), latency.p50_ms, latency.p99_ms,
+    )  # fmt: skip
 
 
 async def fill(store: Store, start: int, stop: int) -> list[str]:
@@ -201,10 +233,11 @@ def startup_lines(rows: Sequence[StartupScale]) -> list[str]:
         return []
     table = markdown_table(
         ["backend", "sandboxes", "Health answered", "GetSandbox answered", "CPU until then",
-         "idle after", "CPU until idle"],
+         "idle after", "CPU until idle", "GetSandbox meanwhile p50 / p99"],
         [
             [r.backend, f"{r.rows:,}", f"{r.health_s:.2f} s", f"{r.get_s:.2f} s",
-             f"{r.ready_cpu_s:.2f} s", f"{r.pass_s:.2f} s", f"{r.pass_cpu_s:.2f} s"]
+             f"{r.ready_cpu_s:.2f} s", f"{r.pass_s:.2f} s", f"{r.pass_cpu_s:.2f} s",
+             f"{r.during_p50_ms:.1f} / {r.during_p99_ms:.1f} ms ({r.during_gets})"]
             for r in rows
         ],
     )  # fmt: skip
@@ -213,7 +246,8 @@ def startup_lines(rows: Sequence[StartupScale]) -> list[str]:
         "Startup: a `shellgate serve` process (local driver, no sandbox running) on a table of "
         "that many sandboxes; times from the spawn to the first answered Health check and "
         "GetSandbox, and until the process went idle (its first resync pass done), with its "
-        "CPU (imports included) until each.",
+        "CPU (imports included) until each; and the latency of a GetSandbox made every "
+        f"{PROBE_EVERY_S * 1000:.0f} ms meanwhile (how many in brackets).",
         "",
         table,
     ]
