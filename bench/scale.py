@@ -29,6 +29,7 @@ from bench import machine
 from bench.scale_attach import AttachScale, run_attaches
 from bench.scale_local import LocalScale, run_local
 from bench.scale_report import Results, plot, render_section, replace_section
+from bench.scale_startup import StartupScale, run_startup
 from bench.scale_store import StoreScale, fill, measure
 from bench.scale_watch import WatchScale, gateway_process, run_fanout, watched_sandboxes
 from bench.stats import Latency
@@ -64,6 +65,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--local-sandboxes", type=int, default=100, help="idle local-driver sandboxes (0: skip)"
+    )
+    parser.add_argument(
+        "--startup-sizes", type=_numbers, default=[1000, 10000], help="'' skips startup"
     )
     parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument("--output", default=DEFAULT_OUTPUT, help="'' writes no document")
@@ -136,6 +140,10 @@ def run(args: argparse.Namespace) -> Results:
                 results.attach += asyncio.run(run_attach(url, args.attach_seconds))
             if backend == "postgres" and args.streams:
                 results.watch = asyncio.run(run_watch(url, args.streams, args.rate, args.seconds))
+        if args.startup_sizes:  # a table of its own: the sizes are grown from empty
+            with database_url(backend) as url:
+                results.startup += asyncio.run(run_startup(url, args.startup_sizes))
+                progress(f"{backend} startup: {results.startup[-1]}")
     return results
 
 
@@ -162,7 +170,8 @@ def load_results(path: str) -> Results | None:
         row["latency"] = latency(row["latency"])
         attach.append(AttachScale(**row))
     local = [LocalScale(**row) for row in data.get("local", [])]
-    return Results(store, watch, data.get("label", ""), attach, local)
+    startup = [StartupScale(**row) for row in data.get("startup", [])]
+    return Results(store, watch, data.get("label", ""), attach, local, startup=startup)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

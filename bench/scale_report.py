@@ -10,6 +10,7 @@ from bench.machine import MachineFacts
 from bench.report import markdown_table
 from bench.scale_attach import CLIENTS, AttachScale
 from bench.scale_local import LocalScale
+from bench.scale_startup import StartupScale, startup_lines
 from bench.scale_store import StoreScale
 from bench.scale_watch import WatchScale
 from bench.stats import Latency
@@ -27,6 +28,7 @@ class Results:
     label: str = ""
     attach: list[AttachScale] = field(default_factory=list)
     local: list[LocalScale] = field(default_factory=list)
+    startup: list[StartupScale] = field(default_factory=list)
 
 
 def replace_section(document: str, section: str) -> str:
@@ -227,6 +229,7 @@ def render_section(
             "",
             local_table(results.local),
         ]
+    lines += startup_lines(results.startup)
     lines += ["", f"![list latency against rows]({LIST_IMAGE})"]
     if results.watch:
         lines += ["", f"![watch delivery against streams]({WATCH_IMAGE})"]
@@ -244,6 +247,7 @@ def render_section(
             lines += ["", attach_table(baseline.attach)]
         if baseline.local:
             lines += ["", local_table(baseline.local)]
+        lines += startup_lines(baseline.startup)
     if results.store:
         lines += ["", "### Plans the databases chose (largest size)", "", _plans(results.store)]
     return "\n".join(lines) + "\n"

@@ -58,9 +58,13 @@ class Gateway:
         driver any replica can use; else when the row names this replica, or, for a row that
         names nobody (made before owners were recorded) or no row at all, when the driver has
         positive evidence that the sandbox is its own."""
+        return self.owns_by(sandbox_id, owner_of(sandbox) if sandbox is not None else None)
+
+    def owns_by(self, sandbox_id: str, owner: str | None) -> bool:
+        """``owns`` for a row that names ``owner`` (None: nobody), without the row itself:
+        a resync pass that remembers a row's owner asks this without decoding it again."""
         if not self.driver.routes_by_owner:
             return True
-        owner = owner_of(sandbox) if sandbox is not None else None
         if owner is not None:
             return owner == self.replica_id
         return self.driver.owns(sandbox_id)

@@ -100,6 +100,13 @@ class Metrics:
             ["controller", "result"],
             registry=r,
         )
+        self.resync_rows = Counter(
+            "shellgate_resync_rows",
+            "Stored rows a resync pass went through, by what it did with them: unchanged "
+            "(skipped without decoding), settled (decided: nothing to do) or queued.",
+            ["controller", "outcome"],
+            registry=r,
+        )
         self.reconcile_duration = Histogram(
             "shellgate_reconcile_duration_seconds",
             "Duration of one reconciliation.",

@@ -204,6 +204,49 @@ def decide(
     return Nothing()
 
 
+QUIET_HORIZON_MS = 10 * 365 * 24 * 3600 * 1000
+"""How far ahead ``quiet`` looks: longer than any threshold a deployment would set."""
+
+
+def quiet(
+    row: Row,
+    view: View,
+    now_ms: int,
+    thresholds: Thresholds,
+    *,
+    acts_on_intent: bool,
+) -> bool:
+    """True when ``decide`` answers Nothing for this row and view now *and* at any later time.
+
+    A resync pass may then skip the row (without decoding it) for as long as neither input
+    changes: the row's version, the driver's view of it, who owns it and whether that owner
+    is alive. Time is the only other input of ``decide``, and every rule that depends on it
+    acts once a threshold is passed (the grace period, the stuck time, the provisioning
+    deadline), never before; so Nothing now and Nothing at a time beyond every threshold
+    means Nothing at every time in between. A view that predates the row is never quiet: a
+    later listing would not predate it, and could change the answer.
+    """
+    now = decide(row, view, now_ms, thresholds, acts_on_intent=acts_on_intent)
+    return isinstance(now, Nothing) and stays_quiet(
+        row, view, now_ms, thresholds, acts_on_intent=acts_on_intent
+    )
+
+
+def stays_quiet(
+    row: Row,
+    view: View,
+    now_ms: int,
+    thresholds: Thresholds,
+    *,
+    acts_on_intent: bool,
+) -> bool:
+    """``quiet`` for a caller that already has Nothing from ``decide`` at ``now_ms``."""
+    if isinstance(view, Reported) and _predates(view, row):
+        return False
+    later = now_ms + QUIET_HORIZON_MS
+    return isinstance(decide(row, view, later, thresholds, acts_on_intent=acts_on_intent), Nothing)
+
+
 def _predates(view: Reported, row: Row) -> bool:
     return view.listed_at_ms is not None and row.updated_at_ms > view.listed_at_ms
 

@@ -46,6 +46,8 @@ def test_scale_runs_on_sqlite_and_writes_its_section(tmp_path: Path) -> None:
         "0.2",
         "--local-sandboxes",
         "2",
+        "--startup-sizes",
+        "25",
         "--output",
         str(output),
         "--save",
@@ -55,14 +57,16 @@ def test_scale_runs_on_sqlite_and_writes_its_section(tmp_path: Path) -> None:
     text = output.read_text()
     assert text.startswith(OTHER)
     section = text.split(BEGIN, 1)[1].split(END, 1)[0]
-    # the store table, the selector table, then the attach table's two cases
+    # the store table, the selector table, the attach table's two cases, then startup
     assert rows_of(section, "sqlite")[:4] == ["30", "60", "30", "60"]
-    assert len(rows_of(section, "sqlite")) == 6
-    for expected in ("team=nomatch", "one shared by 16", "sleep infinity"):
+    assert len(rows_of(section, "sqlite")) == 7
+    assert rows_of(section, "sqlite")[-1] == "25"
+    for expected in ("team=nomatch", "one shared by 16", "sleep infinity", "GetSandbox answered"):
         assert expected in section, expected
     assert (tmp_path / "img" / "scale_lists.png").stat().st_size > 0
     baseline = scale.load_results(str(saved))
     assert baseline is not None and [r.rows for r in baseline.store] == [30, 60]
+    assert [r.rows for r in baseline.startup] == [25]
     assert scale.main([*argv, "--baseline", str(saved)]) == 0
     assert "### Before" in output.read_text()
 
@@ -89,6 +93,8 @@ def test_scale_runs_the_watch_fanout_on_postgres(
         "0.2",
         "--local-sandboxes",
         "0",
+        "--startup-sizes",
+        "15",
         "--output",
         str(output),
     ]
@@ -96,4 +102,5 @@ def test_scale_runs_the_watch_fanout_on_postgres(
     text = output.read_text()
     assert rows_of(text, "postgres")[:2] == ["20", "20"]
     assert "| 3 " in text
+    assert "GetSandbox answered" in text  # the startup part, on the database the others grew
     assert (tmp_path / "img" / "scale_watch.png").stat().st_size > 0

@@ -54,11 +54,12 @@ def alive(pid: int) -> bool:
 
 
 def resyncs_done(process: GatewayProcess) -> float:
-    """How many sandbox reconciles the replica ran (resyncs enqueue every row)."""
+    """How many stored rows the replica's resync passes went through (each pass decides
+    every row; a row with nothing to do is not reconciled, so reconciles would not count)."""
     _, text = http_get(f"{process.http}/metrics")
     total = 0.0
     for line in text.splitlines():
-        if line.startswith('shellgate_reconcile_total{controller="sandbox"'):
+        if line.startswith('shellgate_resync_rows_total{controller="sandbox"'):
             total += float(line.rsplit(" ", 1)[1])
     return total
 

@@ -22,6 +22,7 @@ from shellgate.reconcilers.sandbox_sync import (
     View,
     Write,
     decide,
+    quiet,
 )
 from shellgate.reconcilers.snapshot import DriverCondition, DriverSnapshot
 
@@ -259,3 +260,36 @@ def test_without_a_deadline_nothing_is_stamped() -> None:
         "nothing",
         "noop",
     )
+
+
+# ---- quiet: nothing now and at any later time ---------------------------------------------------
+
+LISTED = Reported(ready(7), resync=True, listed_at_ms=NOW - 10)
+DEADLINE = Thresholds(grace_ms=300_000, stuck_ms=60_000, provisioning_ms=600_000)
+
+
+@pytest.mark.parametrize(
+    ("case", "the_row", "view", "limits", "acts", "expected"),
+    [
+        ("ready, listed as applied", row(P.SANDBOX_PHASE_READY, revision=7), LISTED, LIMITS,
+         True, True),
+        ("ready, a newer listing", row(P.SANDBOX_PHASE_READY, revision=6), LISTED, LIMITS,
+         True, False),
+        ("listing predates the row", row(P.SANDBOX_PHASE_READY, revision=7, updated=NOW),
+         LISTED, LIMITS, True, False),
+        ("stopping, not yet stuck", row(P.SANDBOX_PHASE_STOPPING, revision=7, updated=FRESH),
+         Reported(ready(7), resync=True, listed_at_ms=NOW), LIMITS, False, False),
+        ("provisioning before its deadline", row(P.SANDBOX_PHASE_PROVISIONING, updated=FRESH),
+         None, DEADLINE, False, False),
+        ("provisioning without a deadline limit", row(P.SANDBOX_PHASE_PROVISIONING), None,
+         LIMITS, False, True),
+        ("missing, inside the grace period", row(P.SANDBOX_PHASE_READY, updated=FRESH),
+         Absent(), LIMITS, True, False),
+        ("missing and marked ERROR", row(P.SANDBOX_PHASE_ERROR), Absent(), LIMITS, True, True),
+        ("another replica's ready row", row(P.SANDBOX_PHASE_READY), None, LIMITS, False, True),
+    ],
+)  # fmt: skip
+def test_quiet(
+    case: str, the_row: Row, view: View, limits: Thresholds, acts: bool, expected: bool
+) -> None:
+    assert quiet(the_row, view, NOW, limits, acts_on_intent=acts) is expected, case

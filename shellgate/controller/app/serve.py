@@ -210,9 +210,7 @@ async def _serve(
         deadline = config.provisioning_deadline if config.driver == "kubernetes" else 0.0
         loops = attach_reconcilers(gw, provisioning_deadline_seconds=deadline)
         await driver.start()
-        loops.start(config.sweep_interval)
         tasks.append(asyncio.create_task(health_state.ping_forever(), name="store-ping"))
-        tasks.append(asyncio.create_task(fill_phase_column(gw), name="fill-phase-column"))
         server, health, grpc_port = await start_grpc(
             gw,
             config.listen,
@@ -220,6 +218,11 @@ async def _serve(
             anonymous=security.anonymous,
             tls=security.tls,
         )
+        # Serving first: the first resync pass reads every row (incrementally, a page at a
+        # time, yielding in between), and nothing a handler does waits for it. Driver events
+        # emitted meanwhile wait in the bounded queue (a dropped one is repaired by the pass).
+        loops.start(config.sweep_interval)
+        tasks.append(asyncio.create_task(fill_phase_column(gw), name="fill-phase-column"))
         if security.issuer_keys is not None:
             security.issuer_keys.prefetch()
         await record_address(gw, advertised_address(config, grpc_port))
