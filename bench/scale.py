@@ -3,14 +3,17 @@
 Per backend, grows one table to each ``--sizes`` (default 1,000 and 10,000 rows; add 100000
 when there is time: filling 100k rows takes minutes) and measures creates, gets, list pages
 (first page, one workspace, every page of a full pass across workspaces), label selectors,
-the status count behind ``/metrics``, and the plans the database chose. Then, on Postgres,
-WatchSandbox fan-out on one gateway process at each ``--streams`` (default 100, 1,000,
-5,000) with ``--rate`` writes/s made by another process: delivery p50/p99 (at 100 streams:
-the cross-replica propagation) and the gateway's CPU per write.
+the status count behind ``/metrics``, and the plans the database chose. Then WatchSandbox
+fan-out on one gateway process at each ``--streams`` (default 100, 1,000, 5,000) with
+``--rate`` writes/s: on Postgres made by another process (at 100 streams: the cross-replica
+propagation), on SQLite through the gateway's own RPCs (bench/scale_watch.py says why);
+delivery p50/p99 and the gateway's CPU per write. Then a soak: a ``shellgate serve`` process
+under a mixed load for ``--soak-minutes`` (bench/scale_soak.py): its RSS, fds and threads.
 
 Writes the part of docs/benchmarks.md between ``<!-- bench.scale:begin -->`` and
 ``<!-- bench.scale:end -->`` (appended when absent; the rest of the file, which
-``bench.store_cas`` writes, is kept) and docs/img/scale_lists.png and scale_watch.png.
+``bench.store_cas`` writes, is kept) and docs/img/scale_lists.png, scale_watch.png and
+scale_soak.png.
 ``--save FILE`` keeps the results as JSON; ``--baseline FILE`` shows such a file (a run of
 older code) beside this run's figures.
 """
@@ -29,9 +32,17 @@ from bench import machine
 from bench.scale_attach import AttachScale, run_attaches
 from bench.scale_local import LocalScale, run_local
 from bench.scale_report import Results, plot, render_section, replace_section
+from bench.scale_soak import SoakScale, run_soak
 from bench.scale_startup import StartupScale, run_startup
 from bench.scale_store import StoreScale, fill, measure
-from bench.scale_watch import WatchScale, gateway_process, run_fanout, watched_sandboxes
+from bench.scale_watch import (
+    RpcWriter,
+    WatchScale,
+    gateway_process,
+    run_fanout,
+    store_writer,
+    watched_sandboxes,
+)
 from bench.stats import Latency
 from bench.suite import BACKENDS, database_url
 from shellgate.store import connect
@@ -69,6 +80,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--startup-sizes", type=_numbers, default=[1000, 10000], help="'' skips startup"
     )
+    parser.add_argument(
+        "--soak-minutes", type=float, default=10.0, help="mixed load on a gateway (0: skip)"
+    )
+    parser.add_argument("--soak-rate", type=float, default=100.0, help="calls/s during the soak")
     parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument("--output", default=DEFAULT_OUTPUT, help="'' writes no document")
     parser.add_argument("--save", default="", help="also write the results as JSON here")
@@ -113,15 +128,39 @@ async def run_attach(url: str, seconds: float) -> list[AttachScale]:
 async def run_watch(
     url: str, streams: Sequence[int], rate: float, seconds: float
 ) -> list[WatchScale]:
+    """Fan-out at each stream count. Postgres: written by this process's store (another
+    replica); SQLite: written through the gateway's RPCs, first with nothing watching."""
     store = await connect(url)
+    backend = store.backend
     results = []
     try:
         watched = await watched_sandboxes(store, max(streams))
         async with gateway_process(url) as (pid, address):
-            for count in streams:
-                found = await run_fanout(store, pid, address, watched[:count], rate, seconds)
-                results.append(found)
-                progress(f"{count} streams: delivery p99 {found.delivery.p99_ms:.1f} ms")
+            writer = RpcWriter(address, watched) if backend == "sqlite" else None
+            counts = [0, *streams] if writer is not None else list(streams)
+            try:
+                if writer is not None:
+                    await writer.create_providers()
+                for count in counts:
+                    chosen = watched[:count]
+                    found = await run_fanout(
+                        writer or store_writer(store),
+                        pid,
+                        address,
+                        chosen,
+                        [i for i, _n in (chosen or watched[:100])],
+                        rate,
+                        seconds,
+                        backend,
+                    )
+                    results.append(found)
+                    progress(
+                        f"{backend} {count} streams: delivery p99 {found.delivery.p99_ms:.1f} ms,"
+                        f" {found.cpu_ms_per_write:.2f} ms CPU per write"
+                    )
+            finally:
+                if writer is not None:
+                    await writer.close()
     finally:
         await store.close()
     return results
@@ -138,12 +177,17 @@ def run(args: argparse.Namespace) -> Results:
             results.store += asyncio.run(run_store(url, args.sizes))
             if args.attach_seconds > 0:
                 results.attach += asyncio.run(run_attach(url, args.attach_seconds))
-            if backend == "postgres" and args.streams:
-                results.watch = asyncio.run(run_watch(url, args.streams, args.rate, args.seconds))
+            if args.streams:
+                results.watch += asyncio.run(run_watch(url, args.streams, args.rate, args.seconds))
         if args.startup_sizes:  # a table of its own: the sizes are grown from empty
             with database_url(backend) as url:
                 results.startup += asyncio.run(run_startup(url, args.startup_sizes))
                 progress(f"{backend} startup: {results.startup[-1]}")
+        if args.soak_minutes > 0:
+            with database_url(backend) as url:  # a fresh database: no rows of the parts above
+                seconds = args.soak_minutes * 60
+                results.soak.append(asyncio.run(run_soak(url, backend, seconds, args.soak_rate)))
+                progress(f"{backend} soak: {results.soak[-1].slope_mb_per_min:+.2f} MB/min")
     return results
 
 
@@ -171,7 +215,9 @@ def load_results(path: str) -> Results | None:
         attach.append(AttachScale(**row))
     local = [LocalScale(**row) for row in data.get("local", [])]
     startup = [StartupScale(**row) for row in data.get("startup", [])]
-    return Results(store, watch, data.get("label", ""), attach, local, startup=startup)
+    soak = [SoakScale(**row) for row in data.get("soak", [])]
+    label = data.get("label", "")
+    return Results(store, watch, label, attach, local, startup=startup, soak=soak)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

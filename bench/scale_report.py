@@ -10,6 +10,7 @@ from bench.machine import MachineFacts
 from bench.report import markdown_table
 from bench.scale_attach import CLIENTS, AttachScale
 from bench.scale_local import LocalScale
+from bench.scale_soak import MIX, SoakScale
 from bench.scale_startup import StartupScale, startup_lines
 from bench.scale_store import StoreScale
 from bench.scale_watch import WatchScale
@@ -19,6 +20,7 @@ BEGIN = "<!-- bench.scale:begin -->"
 END = "<!-- bench.scale:end -->"
 LIST_IMAGE = "img/scale_lists.png"
 WATCH_IMAGE = "img/scale_watch.png"
+SOAK_IMAGE = "img/scale_soak.png"
 
 
 @dataclass
@@ -29,6 +31,7 @@ class Results:
     attach: list[AttachScale] = field(default_factory=list)
     local: list[LocalScale] = field(default_factory=list)
     startup: list[StartupScale] = field(default_factory=list)
+    soak: list[SoakScale] = field(default_factory=list)
 
 
 def replace_section(document: str, section: str) -> str:
@@ -96,6 +99,7 @@ def selector_table(rows: Sequence[StoreScale]) -> str:
 def watch_table(rows: Sequence[WatchScale]) -> str:
     return markdown_table(
         [
+            "backend",
             "streams",
             "writes",
             "delivered",
@@ -106,10 +110,11 @@ def watch_table(rows: Sequence[WatchScale]) -> str:
         ],
         [
             [
+                r.backend,
                 f"{r.streams:,}",
                 str(r.writes),
                 str(r.delivered),
-                _ms(r.delivery),
+                _ms(r.delivery) if r.streams else "-",
                 f"{r.cpu_ms_per_write:.2f}",
                 f"{r.idle_cpu_percent:.1f}",
                 f"{r.opened:,} ({r.open_seconds:.1f})",
@@ -161,6 +166,85 @@ def local_table(rows: Sequence[LocalScale]) -> str:
     )
 
 
+def soak_table(rows: Sequence[SoakScale]) -> str:
+    return markdown_table(
+        [
+            "backend",
+            "minutes",
+            "ops (errors, skipped)",
+            "gateway CPU %",
+            "RSS start / end / max MB",
+            "RSS slope, 2nd half, MB/min",
+            "open fds start / end",
+            "threads start / end",
+        ],
+        [
+            [
+                r.backend,
+                f"{r.minutes:g}",
+                f"{r.ops:,} ({r.errors}, {r.skipped})",
+                f"{r.cpu_percent:.0f}",
+                f"{r.rss_start_mb:.1f} / {r.rss_end_mb:.1f} / {r.rss_max_mb:.1f}",
+                f"{r.slope_mb_per_min:+.2f}",
+                f"{r.fds_start} / {r.fds_end}",
+                f"{r.threads_start} / {r.threads_end}",
+            ]
+            for r in rows
+        ],
+    )
+
+
+def _soak_part(rows: Sequence[SoakScale]) -> list[str]:
+    mix = ", ".join(f"{kind} {weight}" for kind, weight in MIX.items())
+    errors = "; ".join(
+        f"{r.backend}: " + ", ".join(f"{k} {v}" for k, v in sorted(r.error_kinds.items()))
+        for r in rows
+        if r.error_kinds
+    )
+    return [
+        "",
+        f"Soak: a `shellgate serve` process (local driver, its own fresh database) under a "
+        f"mixed gRPC load at {rows[0].rate:g} calls/s, open loop, with this weight per "
+        f"operation: {mix} (creates and deletes keep 10-40 sandboxes alive; the updates go "
+        "through CAS: a sandbox setting, a provider update, a provider attached and "
+        "detached; a watch opens a WatchSandbox stream, reads its first message and closes "
+        "it; exec runs `true`). RSS, open fds and threads of the gateway are read from "
+        "/proc every few seconds; the slope is a least-squares line through the second "
+        "half. A skipped call is one due while 64 were still open.",
+        "",
+        soak_table(rows),
+        *(["", f"Errors by operation and code: {errors}."] if errors else []),
+        "",
+        f"![gateway RSS during the soak]({SOAK_IMAGE})",
+    ]
+
+
+def plot_soak(rows: Sequence[SoakScale], folder: Path) -> None:
+    """RSS (and open fds) of the gateway against time, one line per backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
+    for r in rows:
+        minutes = [s[0] / 60 for s in r.samples]
+        axes[0].plot(minutes, [s[1] for s in r.samples], label=r.backend)
+        axes[1].plot(minutes, [s[2] for s in r.samples], label=r.backend)
+    for ax, title, unit in zip(
+        axes, ("Gateway RSS", "Gateway open fds"), ("MB", "fds"), strict=True
+    ):
+        ax.set_xlabel("minutes of mixed load")
+        ax.set_ylabel(unit)
+        ax.set_ylim(bottom=0)
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(folder / Path(SOAK_IMAGE).name)
+    plt.close(fig)
+
+
 def _plans(rows: Sequence[StoreScale]) -> str:
     parts = []
     for backend in sorted({r.backend for r in rows}):
@@ -204,11 +288,15 @@ def render_section(
     if results.watch:
         lines += [
             "",
-            "WatchSandbox fan-out on one gateway process on Postgres, each stream on its own "
-            "sandbox, writes made by another process (as another replica makes them) at a "
-            "steady rate to random watched sandboxes. Delivery is from just before the write "
-            "to the stream handing over the new version; at 100 streams it is the "
-            "cross-replica propagation time.",
+            "WatchSandbox fan-out on one gateway process, each stream on its own sandbox, "
+            "writes at a steady rate to random watched sandboxes. Delivery is from just before "
+            "the write to the stream handing over the new version. Postgres: the writes are "
+            "made by another process (as another replica makes them), so at 100 streams "
+            "delivery is the cross-replica propagation time. SQLite: one process owns the "
+            "file, so a client calls AttachSandboxProvider / DetachSandboxProvider on the "
+            "watched sandbox and the gateway's in-process change feed delivers the write; its "
+            "CPU per write includes those RPCs, and the 0-stream row is the same writes with "
+            "nothing watching.",
             "",
             watch_table(results.watch),
         ]
@@ -230,6 +318,8 @@ def render_section(
             local_table(results.local),
         ]
     lines += startup_lines(results.startup)
+    if results.soak:
+        lines += _soak_part(results.soak)
     lines += ["", f"![list latency against rows]({LIST_IMAGE})"]
     if results.watch:
         lines += ["", f"![watch delivery against streams]({WATCH_IMAGE})"]
@@ -248,6 +338,8 @@ def render_section(
         if baseline.local:
             lines += ["", local_table(baseline.local)]
         lines += startup_lines(baseline.startup)
+        if baseline.soak:
+            lines += ["", soak_table(baseline.soak)]
     if results.store:
         lines += ["", "### Plans the databases chose (largest size)", "", _plans(results.store)]
     return "\n".join(lines) + "\n"
@@ -261,6 +353,8 @@ def plot(results: Results, baseline: Results | None, folder: Path) -> None:
     import matplotlib.pyplot as plt
 
     folder.mkdir(parents=True, exist_ok=True)
+    if results.soak:
+        plot_soak(results.soak, folder)
     runs = [("", results)] + ([("before: ", baseline)] if baseline is not None else [])
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
     for prefix, run in runs:
@@ -300,21 +394,23 @@ def plot(results: Results, baseline: Results | None, folder: Path) -> None:
         if not run.watch:
             continue
         style = "--" if prefix else "-"
-        streams = [w.streams for w in run.watch]
-        axes[0].plot(
-            streams,
-            [w.delivery.p99_ms for w in run.watch],
-            style,
-            marker="o",
-            label=f"{prefix}delivery p99",
-        )
-        axes[1].plot(
-            streams,
-            [w.cpu_ms_per_write for w in run.watch],
-            style,
-            marker="o",
-            label=f"{prefix}CPU per write",
-        )
+        for backend in sorted({w.backend for w in run.watch}):
+            rows = [w for w in run.watch if w.backend == backend and w.streams > 0]
+            streams = [w.streams for w in rows]
+            axes[0].plot(
+                streams,
+                [w.delivery.p99_ms for w in rows],
+                style,
+                marker="o",
+                label=f"{prefix}{backend} delivery p99",
+            )
+            axes[1].plot(
+                streams,
+                [w.cpu_ms_per_write for w in rows],
+                style,
+                marker="o",
+                label=f"{prefix}{backend} CPU per write",
+            )
     for ax, title, unit in zip(
         axes, ("Watch delivery p99", "Gateway CPU per write"), ("ms", "ms CPU"), strict=True
     ):

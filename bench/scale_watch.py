@@ -1,16 +1,22 @@
 """The watch half of ``bench.scale``: WatchSandbox fan-out on one gateway replica.
 
 A gateway process (bench/scale_server.py) serves S streams, each on its own sandbox, opened
-by this process over a few channels. This process then writes at a steady rate, through its
-own store, to sandboxes chosen at random among the watched ones: every write reaches the
-gateway through the change feed, exactly as a write made by another replica does. Delivery
-latency is from just before the write call to the moment the stream hands this process the
-new version; the gateway's CPU is read from /proc before and after. With 100 streams the
-delivery latency is also the cross-replica propagation time.
+by this process over a few channels. This process then writes at a steady rate to sandboxes
+chosen at random among the watched ones. Delivery latency is from just before the write call
+to the moment the stream hands this process the new version; the gateway's CPU is read from
+/proc before and after.
 
-Postgres only: on SQLite a write by another process reaches the gateway as a wildcard hint
-(its poll cannot say which row changed), so the fan-out that matters, a write made by the
-gateway process itself, would need the load inside that process.
+How the writes reach the gateway depends on the backend, as it does in production:
+
+* Postgres: through this process's own store, so every write reaches the gateway through the
+  change feed exactly as a write made by another replica does. With 100 streams the delivery
+  latency is also the cross-replica propagation time.
+* SQLite: one gateway process owns the file (a write by another process would reach it only
+  as a wildcard hint of its poll, which cannot say which row changed). So this process, as a
+  client, calls an RPC that writes the watched sandbox (AttachSandboxProvider, then
+  DetachSandboxProvider, in turn), and the gateway's in-process change feed delivers it. The
+  gateway's CPU per write then includes the RPC itself, so SQLite also gets a row at 0
+  streams: the same writes with nothing watching, the cost the fan-out adds to.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import random
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +37,7 @@ import grpc
 from bench.objects import Sandbox, bench_sandbox, increment
 from bench.scale_store import CREATORS
 from bench.stats import Latency
-from shellgate.api import openshell_pb2, openshell_pb2_grpc
+from shellgate.api import datamodel_pb2, openshell_pb2, openshell_pb2_grpc
 from shellgate.store import Store
 
 STREAMS_PER_CHANNEL = 250
@@ -53,6 +59,7 @@ class WatchScale:
     opened: int
     """Streams that had sent their first message within OPEN_WITHIN_S (the rest count as
     not delivered)."""
+    backend: str = "postgres"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -101,6 +108,8 @@ class Streams:
         # 5,000 here, with either server version); clients open their watches over time.
         self._opening = asyncio.Semaphore(OPENING_AT_ONCE)
         self.tasks: list[asyncio.Task[None]] = []
+        if not names:
+            self.all_open.set()
 
     async def open(self, within_s: float) -> float:
         began = time.perf_counter()
@@ -139,15 +148,22 @@ class Streams:
             await channel.close()
 
 
+Write = Callable[[str], Awaitable[tuple[float, int]]]
+"""Writes the sandbox of this id: when the write began and the version it wrote."""
+
+
 async def run_fanout(
-    store: Store,
+    write: Write,
     pid: int,
     address: str,
     watched: list[tuple[str, str]],
+    writable: list[str],
     rate: float,
     seconds: float,
+    backend: str = "postgres",
 ) -> WatchScale:
-    """``watched``: (id, name) of each sandbox to stream; writes at ``rate`` for ``seconds``."""
+    """``watched``: (id, name) of each sandbox to stream; ``writable``: the ids to write, at
+    ``rate`` for ``seconds`` (the watched ones, or others when nothing is watched)."""
     streams = Streams(address, [name for _id, name in watched])
     try:
         open_s = await streams.open(within_s=OPEN_WITHIN_S)
@@ -155,7 +171,7 @@ async def run_fanout(
         idle_from = cpu_seconds(pid)
         await asyncio.sleep(IDLE_SECONDS)
         idle = (cpu_seconds(pid) - idle_from) / IDLE_SECONDS
-        issued = await write_steadily(store, [i for i, _n in watched], rate, seconds, pid)
+        issued = await write_steadily(write, writable, rate, seconds, pid)
         await asyncio.sleep(1.0)  # stragglers
         cpu_busy, issued_at = issued
         latencies = [
@@ -170,23 +186,23 @@ async def run_fanout(
             idle * 100,
             open_s,
             streams.opened,
+            backend,
         )
     finally:
         await streams.close()
 
 
 async def write_steadily(
-    store: Store, ids: list[str], rate: float, seconds: float, pid: int
+    write: Write, ids: list[str], rate: float, seconds: float, pid: int
 ) -> tuple[float, dict[tuple[str, int], float]]:
     """Writes at ``rate``/s to random ids; the gateway's CPU seconds and each write's start."""
     rng = random.Random(11)
     issued: dict[tuple[str, int], float] = {}
     pending: set[asyncio.Task[None]] = set()
 
-    async def write(sandbox_id: str) -> None:
-        began = time.perf_counter()
-        outcome = await store.update_message_cas(Sandbox, sandbox_id, increment)
-        issued[(sandbox_id, outcome.message.metadata.resource_version)] = began
+    async def write_one(sandbox_id: str) -> None:
+        began, version = await write(sandbox_id)
+        issued[(sandbox_id, version)] = began
 
     cpu_from = cpu_seconds(pid)
     start = time.perf_counter()
@@ -194,7 +210,7 @@ async def write_steadily(
         delay = start + n / rate - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        task = asyncio.create_task(write(rng.choice(ids)))
+        task = asyncio.create_task(write_one(rng.choice(ids)))
         pending.add(task)
         task.add_done_callback(pending.discard)
     await asyncio.gather(*pending)
@@ -213,3 +229,53 @@ async def watched_sandboxes(store: Store, count: int) -> list[tuple[str, str]]:
 
     await asyncio.gather(*(creator() for _ in range(CREATORS)))
     return found
+
+
+def store_writer(store: Store) -> Write:
+    """Postgres: a CAS through this process's own store, as another replica writes."""
+
+    async def write(sandbox_id: str) -> tuple[float, int]:
+        began = time.perf_counter()
+        outcome = await store.update_message_cas(Sandbox, sandbox_id, increment)
+        return began, outcome.message.metadata.resource_version
+
+    return write
+
+
+class RpcWriter:
+    """SQLite: writes through the gateway's own API. Each sandbox gets a provider attached,
+    then detached, in turn (both change its row); PROVIDERS providers spread the attaches'
+    provider fences. A sandbox's writes are one at a time, so each toggle writes."""
+
+    PROVIDERS = 16
+
+    def __init__(self, address: str, watched: list[tuple[str, str]]) -> None:
+        self.channel = grpc.aio.insecure_channel(address)
+        self.stub = openshell_pb2_grpc.OpenShellStub(self.channel)
+        self.names = dict(watched)
+        self.providers = {i: f"fanout-{n % self.PROVIDERS}" for n, (i, _) in enumerate(watched)}
+        self.attached: set[str] = set()
+        self.locks: dict[str, asyncio.Lock] = {}
+
+    async def create_providers(self) -> None:
+        for n in range(self.PROVIDERS):
+            provider = datamodel_pb2.Provider(type="github", credentials={"TOKEN": "x"})
+            provider.metadata.name = f"fanout-{n}"
+            await self.stub.CreateProvider(openshell_pb2.CreateProviderRequest(provider=provider))
+
+    async def __call__(self, sandbox_id: str) -> tuple[float, int]:
+        async with self.locks.setdefault(sandbox_id, asyncio.Lock()):
+            name, provider = self.names[sandbox_id], self.providers[sandbox_id]
+            began = time.perf_counter()
+            if sandbox_id in self.attached:
+                detach = openshell_pb2.DetachSandboxProviderRequest(sandbox=name, provider=provider)
+                sandbox = (await self.stub.DetachSandboxProvider(detach)).sandbox
+                self.attached.discard(sandbox_id)
+            else:
+                attach = openshell_pb2.AttachSandboxProviderRequest(sandbox=name, provider=provider)
+                sandbox = (await self.stub.AttachSandboxProvider(attach)).sandbox
+                self.attached.add(sandbox_id)
+            return began, sandbox.metadata.resource_version
+
+    async def close(self) -> None:
+        await self.channel.close()

@@ -48,6 +48,8 @@ def test_scale_runs_on_sqlite_and_writes_its_section(tmp_path: Path) -> None:
         "2",
         "--startup-sizes",
         "25",
+        "--soak-minutes",
+        "0",
         "--output",
         str(output),
         "--save",
@@ -95,12 +97,65 @@ def test_scale_runs_the_watch_fanout_on_postgres(
         "0",
         "--startup-sizes",
         "15",
+        "--soak-minutes",
+        "0.05",
         "--output",
         str(output),
     ]
     assert scale.main(argv) == 0
     text = output.read_text()
     assert rows_of(text, "postgres")[:2] == ["20", "20"]
+    assert "| postgres | 0.05 " in text  # the soak's row
+    assert (tmp_path / "img" / "scale_soak.png").stat().st_size > 0
     assert "| 3 " in text
     assert "GetSandbox answered" in text  # the startup part, on the database the others grew
     assert (tmp_path / "img" / "scale_watch.png").stat().st_size > 0
+
+
+@pytest.mark.timeout(120)
+def test_scale_runs_the_sqlite_fanout_and_the_soak(tmp_path: Path) -> None:
+    """The fan-out on SQLite (written through the gateway's RPCs, with a 0-stream row) and
+    a few seconds of the soak against a real ``shellgate serve``: every call of the mix is
+    one the gateway accepts, and the results survive a round trip through ``--save``."""
+    output = tmp_path / "benchmarks.md"
+    saved = tmp_path / "results.json"
+    argv = [
+        "--backends",
+        "sqlite",
+        "--sizes",
+        "20",
+        "--streams",
+        "2",
+        "--seconds",
+        "0.5",
+        "--rate",
+        "10",
+        "--attach-seconds",
+        "0",
+        "--local-sandboxes",
+        "0",
+        "--startup-sizes",
+        "",
+        "--soak-minutes",
+        "0.05",
+        "--soak-rate",
+        "40",
+        "--output",
+        str(output),
+        "--save",
+        str(saved),
+    ]
+    assert scale.main(argv) == 0
+    section = output.read_text().split(BEGIN, 1)[1].split(END, 1)[0]
+    # the store table, the selector table, the fan-out with nothing watched and with 2
+    # streams, then the soak
+    assert rows_of(section, "sqlite") == ["20", "20", "0", "2", "0.05"]
+    results = scale.load_results(str(saved))
+    assert results is not None
+    assert [(w.backend, w.streams) for w in results.watch] == [("sqlite", 0), ("sqlite", 2)]
+    assert results.watch[1].writes > 0
+    (soak,) = results.soak
+    assert soak.ops > 0 and soak.error_kinds == {} and soak.errors == 0
+    assert len(soak.samples) >= 2 and soak.rss_max_mb >= soak.rss_start_mb > 0
+    for image in ("scale_watch.png", "scale_soak.png"):
+        assert (tmp_path / "img" / image).stat().st_size > 0

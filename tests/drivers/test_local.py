@@ -279,6 +279,41 @@ async def test_create_twice_runs_one_process(driver: LocalDriver) -> None:
     assert alive(pid_of(snap))
 
 
+async def test_no_lock_outlives_the_calls_on_its_sandbox(driver: LocalDriver) -> None:
+    """A gateway creates and deletes sandboxes all day: the per-sandbox locks must go with
+    the last call that used them (one kept per id ever seen grew the process without end),
+    yet calls on one sandbox that overlap must still share one lock."""
+    ids = []
+    for _ in range(3):
+        sb = make_sandbox()
+        await asyncio.gather(driver.create_sandbox(sb), driver.create_sandbox(sb))
+        ids.append(sb.metadata.id)
+    await driver.stop_sandbox(ids[0])
+    await driver.start_sandbox(ids[0])
+    await asyncio.gather(driver.delete_sandbox(ids[1]), driver.delete_sandbox(ids[1]))
+    await driver.delete_sandbox(ids[2])
+    assert driver._locks == {}
+    assert [s.sandbox_id for s in await driver.list_sandboxes()] == [ids[0]]
+
+
+async def test_a_create_during_a_delete_waits_for_it(driver: LocalDriver, state_dir: Path) -> None:
+    """Calls on one sandbox run one at a time: a create that arrives while the delete is
+    still stopping the child waits, then starts afresh (run together, the create would start
+    a child in the directory the delete then removes)."""
+    sb = make_sandbox()
+    await driver.create_sandbox(sb)
+    first = await driver.get_sandbox(sb.metadata.id)
+    assert first is not None
+    deleted, _ = await asyncio.gather(
+        driver.delete_sandbox(sb.metadata.id), driver.create_sandbox(sb)
+    )
+    assert deleted is True and await gone(pid_of(first))
+    again = await driver.get_sandbox(sb.metadata.id)
+    assert again is not None and alive(pid_of(again))
+    assert (state_dir / "sandboxes" / sb.metadata.id / "sandbox.pb").exists()
+    assert driver._locks == {}
+
+
 async def test_revisions_strictly_increase(driver: LocalDriver) -> None:
     events = driver.events()
     a, b = make_sandbox(), make_sandbox(["sh", "-c", "exit 1"])

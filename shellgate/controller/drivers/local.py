@@ -86,7 +86,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -208,6 +208,15 @@ class _Run:
 
 
 @dataclass
+class _KeyLock:
+    """One sandbox's lock and the calls that hold it or wait for it; the entry goes with the
+    last of them, so the driver keeps nothing for a sandbox it no longer works on."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
+@dataclass
 class _Sandbox:
     message: openshell_pb2.Sandbox
     workdir: Path
@@ -248,7 +257,7 @@ class LocalDriver(PublishesThroughFanout):
         self._revision = self._clock() * 1000
         self._node_name = socket.gethostname()
         self._sandboxes: dict[str, _Sandbox] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: dict[str, _KeyLock] = {}
         self._fanout = EventFanout()
         self._started = False
         self._closed = False
@@ -279,7 +288,8 @@ class LocalDriver(PublishesThroughFanout):
         if self._closed:
             return
         self._closed = True
-        await asyncio.gather(*(self._terminate_for_close(i) for i in list(self._locks)))
+        under_way = {*self._sandboxes, *self._locks}  # and the creates not finished yet
+        await asyncio.gather(*(self._terminate_for_close(i) for i in under_way))
         self._fanout.close()
 
     # ---- operations ------------------------------------------------------------------------
@@ -556,8 +566,20 @@ class LocalDriver(PublishesThroughFanout):
 
     # ---- ownership and files ---------------------------------------------------------------
 
-    def _lock(self, sandbox_id: str) -> asyncio.Lock:
-        return self._locks.setdefault(sandbox_id, asyncio.Lock())
+    @contextlib.asynccontextmanager
+    async def _lock(self, sandbox_id: str) -> AsyncIterator[None]:
+        """Operations on one sandbox, one at a time. The lock exists only while a call holds
+        or awaits it: one kept per id ever seen grew the gateway by every sandbox it had
+        created (bench/scale_soak.py found it)."""
+        held = self._locks.setdefault(sandbox_id, _KeyLock())
+        held.users += 1
+        try:
+            async with held.lock:
+                yield
+        finally:
+            held.users -= 1
+            if held.users == 0:
+                del self._locks[sandbox_id]
 
     def _owns(self, workdir: Path) -> bool:
         return (
