@@ -10,7 +10,10 @@ system goes through.
 * server-driven mode (``expected_version == 0``): at most ``RetryPolicy.attempts`` attempts;
   each re-reads the row and re-applies the *mutation* to the fresh copy, never re-sending bytes
   built for an earlier attempt; between attempts a random pause under a growing ceiling (full
-  jitter) spreads a burst of writers out instead of letting them collide again in lockstep;
+  jitter) spreads a burst of writers out instead of letting them collide again in lockstep.
+  Before them, a backend may try once without a read, from the row it last wrote
+  (``_update_from_memory``): a write that lands ends the call; anything else from that
+  try (no match, an error, nothing to change) is forgotten and the attempts run as above;
 * client-driven mode (``expected_version != 0``): one attempt; a stale version is a Conflict;
 * a mutation may raise to abort: nothing is written and the exception propagates;
 * a mutation that changes nothing writes nothing: no version bump, no notification.
@@ -405,6 +408,13 @@ class Store(abc.ABC):
         disagrees with the payload.
         """
         object_type = object_type_of(message_type)
+        if not expected_version:
+            remembered = await self._update_from_memory(
+                message_type, object_type, id, mutate, status
+            )
+            if remembered is not None:
+                self.observer.cas_call(object_type, 1, exhausted=False)
+                return CasOutcome(remembered, True, 1)
         try:
             (message, written), attempts = await retry_counting(
                 self.retry,
@@ -428,6 +438,19 @@ class Store(abc.ABC):
             self.observer.cas_attempt(object_type, "aborted")
             raise
         return CasOutcome(message, written, attempts)
+
+    async def _update_from_memory(
+        self,
+        message_type: type[M],
+        object_type: str,
+        id: str,
+        mutate: Mutation[M],
+        status: Callable[[M], str | None] | None,
+    ) -> M | None:
+        """A first try without a read, from a row the backend remembers writing; the written
+        message, or None (then the read-mutate-write attempts run). None here: nothing is
+        remembered."""
+        return None
 
     @abc.abstractmethod
     async def _cas_attempt(

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from typing import Literal, Protocol
 
-CasResult = Literal["written", "noop", "conflict", "aborted"]
+CasResult = Literal["written", "noop", "conflict", "aborted", "stale"]
+"""How a CAS attempt ended. ``stale``: the first try of an update, made from the row the
+store last wrote without reading it (written_rows.py), found that row changed; the update
+went on to read it. Not an attempt of the retry rule."""
 
 
 class StoreObserver(Protocol):

@@ -36,7 +36,7 @@ from shellgate.store.errors import (
 )
 from shellgate.store.pg_pool import ConnectionPool
 from shellgate.store.records import ChangeEvent, StoreTimeouts
-from shellgate.store.sql import Dialect, Params, SqlStore
+from shellgate.store.sql import CasWrite, Dialect, Params, SqlStore
 
 log = logging.getLogger(__name__)
 
@@ -336,12 +336,7 @@ class PostgresStore(SqlStore):
                 message_type, object_type, id, mutate, expected_version, status
             )
         pool = self._open_pool
-        conn = pool.acquire_now()
-        if conn is None:
-            try:
-                conn = await pool.acquire()
-            except _DRIVER_ERRORS as exc:
-                raise self.dialect.translate(exc) from exc
+        conn = pool.acquire_now() or await self._acquire(pool)
         try:
             read = self._sql.cas_read
             row = await self._prepared_row(conn, "get", read.sql, (object_type, id))
@@ -360,7 +355,30 @@ class PostgresStore(SqlStore):
         version = self._cas_written(write, row)
         if version is None:
             raise await self._why_not_written(object_type, id)
-        return self._written(candidate, object_type, version), True
+        return self._written(candidate, write, version), True
+
+    async def _cas_write_once(self, write: CasWrite) -> int | None:
+        """The CAS update alone, prepared on a pooled connection (as in ``_cas_attempt``)."""
+        if _PINNED.get() is not None:
+            return await super()._cas_write_once(write)
+        pool = self._open_pool
+        conn = pool.acquire_now() or await self._acquire(pool)
+        try:
+            row = await self._prepared_row(conn, "put_if", write.sql, write.params)
+        except BaseException as exc:
+            if _lost(exc) and not conn.is_closed():
+                conn.terminate()
+            raise
+        finally:
+            pool.release(conn)
+        return self._cas_written(write, row)
+
+    async def _acquire(self, pool: ConnectionPool) -> asyncpg.Connection:
+        """A pooled connection, waiting for one; the driver's errors as the store's."""
+        try:
+            return await pool.acquire()
+        except _DRIVER_ERRORS as exc:
+            raise self.dialect.translate(exc) from exc
 
     async def _prepared_row(
         self, conn: asyncpg.Connection, operation: str, sql: str, args: Sequence[Any]
@@ -411,7 +429,7 @@ class PostgresStore(SqlStore):
                 await conn.add_listener(CHANNEL, self._on_notify)
                 if listening.is_set():
                     # Anything may have changed while no listener was connected.
-                    self._hub.publish(ChangeEvent(None, None))
+                    self._heard(ChangeEvent(None, None))
                 listening.set()
                 await lost.wait()
                 log.warning("change feed: LISTEN connection lost; reconnecting")
@@ -424,6 +442,4 @@ class PostgresStore(SqlStore):
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         data = json.loads(payload)
-        self._hub.publish(
-            ChangeEvent(data["t"], data["i"], data["v"], bool(data["d"]), data.get("m"))
-        )
+        self._heard(ChangeEvent(data["t"], data["i"], data["v"], bool(data["d"]), data.get("m")))

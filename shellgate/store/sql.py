@@ -58,6 +58,7 @@ from shellgate.store.records import (
     WriteResult,
 )
 from shellgate.store.selectors import Operator, Requirement, parse_selector
+from shellgate.store.written_rows import WrittenRows
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,15 @@ def must_create_on_duplicate() -> str:
     return ""
 
 
-CAS_WRITE_VALUES = ("payload", "labels", "status", "object_type", "id", "expected_version")
+CAS_WRITE_VALUES = (
+    "payload",
+    "labels",
+    "status",
+    "object_type",
+    "id",
+    "expected_version",
+    "created_at_ms",
+)
 """The values ``_plan_cas`` hands to the CAS update, in this order (each statement picks the
 ones it binds: a tuple and an ``itemgetter``, no dict per write)."""
 
@@ -116,8 +125,11 @@ def cas_write(d: Dialect, labels: bool, status: bool, b: Bind) -> str:
     if status:
         columns.append(f"status = {b('status')}")
     columns += ["resource_version = resource_version + 1", f"updated_at_ms = {d.now_ms}"]
+    # The creation time too: an update made from a remembered row (written_rows.py) must not
+    # land on a row deleted and created again under the same id and back at that version.
     return d.announced(
-        f"UPDATE objects SET {', '.join(columns)} WHERE {_the_row(b)} AND {cas_predicate(b)}",
+        f"UPDATE objects SET {', '.join(columns)} WHERE {_the_row(b)} AND {cas_predicate(b)} "
+        f"AND created_at_ms = {b('created_at_ms')}",
         WRITTEN,
         deleted=False,
     )
@@ -215,12 +227,14 @@ class LabelWalk(NamedTuple):
 
 
 class CasWrite(NamedTuple):
-    """The update one CAS attempt decided on: the statement and its bound values."""
+    """The update one CAS attempt decided on: the statement and its bound values, and the
+    row as it will read once written (CAS-read shape, the new version left at 0)."""
 
     object_type: str
     id: str
     sql: str
     params: tuple[Any, ...]
+    after: tuple[Any, ...]
 
 
 class Params:
@@ -367,6 +381,7 @@ class SqlStore(Store):
         super().__init__(**options)
         self._sql = Statements(self.dialect)
         self._feed_task: asyncio.Task[None] | None = None
+        self._written_rows = WrittenRows()
 
     async def close(self) -> None:
         if self._feed_task is not None:
@@ -404,6 +419,7 @@ class SqlStore(Store):
 
     @timed("put_if")
     async def _put(self, write: RowWrite) -> WriteResult:
+        self._written_rows.forget((write.object_type, write.id))
         condition = write.condition
         values: dict[str, Any] = {
             "object_type": write.object_type,
@@ -430,6 +446,7 @@ class SqlStore(Store):
 
     @timed("delete_if")
     async def delete_if(self, object_type: str, id: str, expected_resource_version: int) -> bool:
+        self._written_rows.forget((object_type, id))
         statement = self._sql.delete
         values = {
             "object_type": object_type,
@@ -454,6 +471,7 @@ class SqlStore(Store):
         row = await self._row(statement.sql, statement.params(values))
         if row is None:
             return None
+        self._written_rows.forget((object_type, row[0]))
         if self.dialect.publishes_own_writes:
             self._hub.publish(ChangeEvent(object_type, row[0], row[1], committed_at_ms=row[2]))
         return int(row[1])
@@ -599,7 +617,7 @@ class SqlStore(Store):
             if write is None:
                 return candidate, False
             version = await observed(self, "put_if", self._write_at_version(write))
-        return self._written(candidate, object_type, version), True
+        return self._written(candidate, write, version), True
 
     def _plan_cas(
         self,
@@ -610,6 +628,8 @@ class SqlStore(Store):
         mutate: Mutation[M],
         expected_version: int,
         status: Callable[[M], str | None] | None,
+        *,
+        remembered: bool = False,
     ) -> tuple[M, CasWrite | None]:
         """The decision between the read and the write: the mutated message, and the write
         to make (None when the mutation changed nothing). Runs no statement.
@@ -633,8 +653,10 @@ class SqlStore(Store):
         payload = encode_for_storage(candidate)
         if payload == stored:
             # Equal bytes: the mutation changed nothing (stored payloads are the same
-            # deterministic encoding), so nothing is written.
-            self.observer.cas_attempt(object_type, "noop")
+            # deterministic encoding), so nothing is written. (Of a remembered row that is
+            # no answer yet: the caller reads the row and decides again.)
+            if not remembered:
+                self.observer.cas_attempt(object_type, "noop")
             return candidate, None
         labels = dict(candidate.metadata.labels.items())  # type: ignore[attr-defined]
         new_status = None if status is None else status(candidate)
@@ -642,14 +664,76 @@ class SqlStore(Store):
         write_status = new_status is not None and new_status != stored_status
         key = write_labels, write_status
         labels_json = _labels_json(labels, keep=False) if write_labels else None
-        values = (payload, labels_json, new_status, object_type, id, version)  # CAS_WRITE_VALUES
-        params = self._sql.cas_write_params[key](values)
-        return candidate, CasWrite(object_type, id, self._sql.cas_writes[key].sql, params)
+        values = (payload, labels_json, new_status, object_type, id, version, created_ms)
+        params = self._sql.cas_write_params[key](values)  # picked from CAS_WRITE_VALUES
+        after = (payload, 0, name, workspace, new_status if write_status else stored_status)
+        write = CasWrite(
+            object_type, id, self._sql.cas_writes[key].sql, params, (*after, created_ms)
+        )
+        return candidate, write
 
-    def _written(self, candidate: M, object_type: str, version: int) -> M:
+    def _written(self, candidate: M, write: CasWrite, version: int) -> M:
+        """After a CAS write at ``version``: the message carries it, the row is remembered
+        for the next update (``WrittenRows``), and the attempt is reported."""
         candidate.metadata.resource_version = version  # type: ignore[attr-defined]
-        self.observer.cas_attempt(object_type, "written")
+        after = write.after
+        self._written_rows.remember((write.object_type, write.id), (after[0], version, *after[2:]))
+        self.observer.cas_attempt(write.object_type, "written")
         return candidate
+
+    async def _update_from_memory(
+        self,
+        message_type: type[M],
+        object_type: str,
+        id: str,
+        mutate: Mutation[M],
+        status: Callable[[M], str | None] | None,
+    ) -> M | None:
+        """The first try of a server-driven update: from the row this store last wrote, if
+        it remembers it, with no read. The written message, or None when there is nothing
+        to try or the try told nothing (then ``update_message_cas`` reads and decides as
+        always).
+
+        The try tells nothing when the remembered row is no longer the row (the write,
+        conditioned on its version and creation time, matches nothing: the row is
+        forgotten), when the mutation changes nothing in it or raises (the current row may
+        differ: its own attempt will say). No answer, error or "unchanged" ever comes from
+        a remembered row; only a write that landed does. Not an attempt of the retry rule:
+        the attempts that follow read the row, as the rule says.
+        """
+        key = (object_type, id)
+        row = self._written_rows.get(key)
+        if row is None:
+            return None
+        try:
+            candidate, write = self._plan_cas(
+                message_type, object_type, id, row, mutate, 0, status, remembered=True
+            )
+        except Exception:  # decided from a guess: the attempts that read will decide
+            return None
+        if write is None:
+            return None
+        version = await self._cas_write_once(write)
+        if version is None:
+            self._written_rows.forget(key)
+            self.observer.cas_attempt(object_type, "stale")
+            return None
+        return self._written(candidate, write, version)
+
+    def _heard(self, event: ChangeEvent) -> None:
+        """A hint from the change feed's source (another writer, or a wildcard): forget the
+        remembered rows it makes stale, then pass it on to the subscribers."""
+        if event.id is None or event.object_type is None:
+            self._written_rows.clear()
+        else:
+            version = None if event.deleted else event.resource_version
+            self._written_rows.forget_unless((event.object_type, event.id), version)
+        self._hub.publish(event)
+
+    async def _cas_write_once(self, write: CasWrite) -> int | None:
+        """The CAS update alone; its new version, or None when it matched no row."""
+        row = await observed(self, "put_if", self._row(write.sql, write.params))
+        return self._cas_written(write, row)
 
     async def _read_for_cas(self, object_type: str, id: str) -> Any:
         """The row's payload, version, name, workspace, status and creation time, or None."""

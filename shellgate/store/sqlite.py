@@ -455,7 +455,7 @@ class SqliteStore(SqlStore):
             # Another process holds the lock: wait for it on the thread, and leave it gaps.
             self._shared_until = time.monotonic() + SHARED_LOCK_SECONDS
             version = await observed(self, "put_if", self._write_at_version(write))
-            return self._written(candidate, object_type, version), True
+            return self._written(candidate, write, version), True
         seconds = time.perf_counter() - started
         self._note_write_cost(seconds)
         observer.operation(backend, "put_if", seconds, True)
@@ -463,9 +463,7 @@ class SqliteStore(SqlStore):
             raise await self._why_not_written(object_type, id)
         if self._hub.listened:
             self._hub.publish(ChangeEvent(object_type, id, rows[0][0], committed_at_ms=rows[0][2]))
-        candidate.metadata.resource_version = rows[0][0]  # type: ignore[attr-defined]
-        observer.cas_attempt(object_type, "written")
-        return candidate, True
+        return self._written(candidate, write, rows[0][0]), True
 
     def _reported(self, operation: str, started: float, exc: sqlite3.Error) -> StoreError:
         """The store's error for ``exc``, reported as ``observed`` reports a failure."""
@@ -633,7 +631,7 @@ class SqliteStore(SqlStore):
                 log.warning("sqlite change poll failed: %s", exc)
                 current = last
             if last is not None and current != last:
-                self._hub.publish(ChangeEvent(None, None))
+                self._heard(ChangeEvent(None, None))
             last = current
             await asyncio.sleep(POLL_INTERVAL)
 
