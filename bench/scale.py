@@ -88,6 +88,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--output", default=DEFAULT_OUTPUT, help="'' writes no document")
     parser.add_argument("--save", default="", help="also write the results as JSON here")
     parser.add_argument("--baseline", default="", help="JSON of an earlier run to compare")
+    parser.add_argument(
+        "--merge",
+        action="append",
+        default=[],
+        help="JSON (--save) of another run of the same code, whose parts join this run's "
+        "tables (e.g. the soak, run apart); repeatable",
+    )
     parser.add_argument("--label", default="", help="names the code measured (default: commit)")
     return parser.parse_args(argv)
 
@@ -220,12 +227,22 @@ def load_results(path: str) -> Results | None:
     return Results(store, watch, label, attach, local, startup=startup, soak=soak)
 
 
+def merge_into(results: Results, other: Results | None) -> None:
+    """Append the rows of ``other`` (a saved run) to each part of ``results``."""
+    if other is None:
+        return
+    for part in ("store", "watch", "attach", "local", "startup", "soak"):
+        getattr(results, part).extend(getattr(other, part))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     facts = machine.collect()
     results = run(args)
     facts = machine.finished(facts)
     results.label = args.label or f"commit {facts.code.commit}"
+    for path in args.merge:
+        merge_into(results, load_results(path))
     if args.save:
         Path(args.save).write_text(json.dumps(dataclasses.asdict(results), indent=1))
     baseline = load_results(args.baseline)
