@@ -119,30 +119,32 @@ async def test_global_key_wins_and_cannot_be_overridden(gw: Running) -> None:
 
 
 async def test_a_stale_save_is_never_sent_again(gw: Running, store_url: str) -> None:
-    """Another writer bumps the row between our read and our write: the CAS fails, we read
-    again and apply the change to the fresh row, so both changes survive."""
+    """Another writer bumps the row between our decision and our write: the CAS fails, we
+    read again and apply the change to the fresh row, so both changes survive."""
     sandbox = await create_sandbox(gw, "alpha")
     await gw.stub.UpdateConfig(setting("alpha", "dummy_bool", bool_value(True)))
     settings_id = sandbox_settings_id(sandbox.metadata.id)
     store = gw.gateway.store
-    original = store._read_for_cas  # type: ignore[attr-defined]  # the read of a CAS attempt
+    # The decision of a CAS attempt, between its read (or the row it remembers writing) and
+    # its write: every path of update_message_cas goes through it.
+    original = store._plan_cas  # type: ignore[attr-defined]
     bumped = False
 
-    async def read_then_bump(object_type: str, id: str):  # type: ignore[no-untyped-def]
+    def decide_then_bump(message_type, object_type, id, *args, **kwargs):  # type: ignore[no-untyped-def]
         nonlocal bumped
-        row = await original(object_type, id)
+        decided = original(message_type, object_type, id, *args, **kwargs)
         if id == settings_id and not bumped:
             bumped = True
             raw_bump(store_url, settings_id)
-        return row
+        return decided
 
-    store._read_for_cas = read_then_bump  # type: ignore[attr-defined]
+    store._plan_cas = decide_then_bump  # type: ignore[attr-defined]
     try:
         response = await gw.stub.UpdateConfig(
             setting("alpha", "dummy_int", S.SettingValue(int_value=7))
         )
     finally:
-        store._read_for_cas = original  # type: ignore[attr-defined]
+        store._plan_cas = original  # type: ignore[attr-defined]
     assert bumped
     stored = await store.get_message(internal_pb2.SandboxSettings, settings_id)
     assert stored is not None
