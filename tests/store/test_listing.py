@@ -297,15 +297,17 @@ async def label_tables(store: Store) -> tuple[list[Any], list[Any]]:
 async def test_the_label_table_mirrors_the_labels_column(store: Store) -> None:
     """object_labels (kept by triggers, on both backends) holds exactly one row per label
     of every object, with the object's list order, through creates, label changes (by
-    put_if and by a CAS update), updates that keep the labels, deletes and an id created
-    again."""
+    put_if and by a CAS update, which on Postgres rewrites only the labels that differ),
+    updates that keep the labels, deletes and an id created again."""
     await seed(store, {"a": {"team": "x", "tier": "1"}, "b": {"team": "y"}, "c": {}})
     await store.put_if("sandbox", "a", "n-a", b"1", {"team": "y"}, WriteCondition.match(1))
     await store.put_if("sandbox", "b", "n-b", b"1", None, WriteCondition.match(1))
     await store.put_if("sandbox", "c", "n-c", b"1", {"new": "1"}, WriteCondition.match(1))
     assert await store.delete_if("sandbox", "b", 2)
     await seed(store, {"b": {"team": "z"}})
-    created = await store.create_message(sandbox("m", labels={"team": "x"}, workspace="w1"))
+    created = await store.create_message(
+        sandbox("m", labels={"team": "x", "keep": "1"}, workspace="w1")
+    )
 
     def relabel(message: openshell_pb2.Sandbox) -> openshell_pb2.Sandbox:
         message.metadata.labels["team"] = "w"
@@ -319,5 +321,6 @@ async def test_the_label_table_mirrors_the_labels_column(store: Store) -> None:
         await store.update_message_cas(openshell_pb2.Sandbox, created.metadata.id, mutate)
     table, column = await label_tables(store)
     assert table == column
-    assert len(table) == 4  # a: team; b: team; c: new; m: team
+    assert len(table) == 5  # a: team; b: team; c: new; m: team, keep
     assert await ids(store, "team=w", workspace="w1") == [created.metadata.id]
+    assert await ids(store, "keep=1", workspace="w1") == [created.metadata.id]
