@@ -32,8 +32,14 @@ CREATES_PER_PROCESS = 10
 
 
 def _remove_cas_predicate() -> None:
-    """Updates and deletes no longer check the version their caller read."""
-    sql.cas_predicate = lambda bind: "TRUE"  # type: ignore[assignment]
+    """Updates and deletes no longer check the version their caller read.
+
+    The version is still bound (in a condition that is always true), so the statements
+    keep the parameters the SQL core checks they bind: a mutant binding nothing failed
+    that check, and the companion passed on that error instead of on lost increments."""
+    sql.cas_predicate = lambda bind: (  # type: ignore[assignment]
+        f"(resource_version = {bind('expected_version')} OR TRUE)"
+    )
 
 
 def _make_create_replace() -> None:
