@@ -101,7 +101,8 @@ def _lost(error: BaseException) -> bool:
 
 
 class PostgresDialect(Dialect):
-    """Labels are JSONB; parameters are ``$n``; a set of values is bound as one array."""
+    """Labels are JSONB, mirrored into the indexed ``object_labels`` table for selectors;
+    parameters are ``$n``; a set of values is bound as one array."""
 
     name: ClassVar[str] = "postgres"
     # The NOTIFY trigger reports every write, this process's own included.
@@ -115,6 +116,14 @@ class PostgresDialect(Dialect):
     )
     applied_at_ddl: ClassVar[str] = "applied_at TIMESTAMPTZ NOT NULL DEFAULT now()"
     applied_at: ClassVar[tuple[str, str]] = ("applied_at", "now()")
+    # A lateral subquery the planner cannot pull up (OFFSET 0) can only be a nested loop: the
+    # walk stays outer and each of its rows looks its object up by primary key. A plain JOIN
+    # let the planner hash-join a seq scan of objects when it took another requirement
+    # (team!=b) for selective, not knowing it correlates with the walked one.
+    label_join: ClassVar[str] = (
+        "CROSS JOIN LATERAL (SELECT * FROM objects WHERE objects.id = walk.object_id OFFSET 0) "
+        "AS objects"
+    )
 
     def placeholder(self, position: int) -> str:
         return f"${position}"
@@ -122,8 +131,11 @@ class PostgresDialect(Dialect):
     def json_value(self, placeholder: str) -> str:
         return f"{placeholder}::jsonb"
 
-    # Existence (``?``) and containment (``@>``) are the operators the GIN index on labels
-    # (migration 005) serves; ``->>`` comparisons would read every row.
+    # A requirement tested on one object reads the labels of the row at hand: a selector's
+    # leading requirement walks object_labels (migration 007, the SQL core's label walk) and
+    # the row is already fetched by id, and a negative requirement is tested on each row of
+    # the objects' order index. No index serves these operators since 007 dropped the GIN
+    # index (nothing could use it any more, and every write of labels paid for it).
     def has_label_key(self, key: str) -> str:
         return f"labels ? {key}"
 

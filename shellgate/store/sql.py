@@ -4,8 +4,9 @@
 between the databases is asked of a small ``Dialect`` (placeholders, the "now in ms"
 expression, the JSON and array operators of selectors and ``status IN``, how labels come back,
 how driver errors become the store's typed errors, the migrations and their lock, whether
-a write announces itself to the change feed, and whether a selector's list walks a label
-index in list order instead of the objects' order index: ``lead_candidates``, SQLite's).
+a write announces itself to the change feed, and how a label walk joins objects). A selector
+with an equality, set or existence requirement walks the ``object_labels`` table in list
+order on both databases (``label_ordered_list``, written once here).
 How a statement reaches the database (SQLite's event loop or database thread, or a Postgres
 connection pinned per CAS attempt) and where the change feed comes from stay in the two
 backend classes.
@@ -68,6 +69,11 @@ COLUMNS = (
 )
 WRITTEN = "resource_version, created_at_ms, updated_at_ms"
 """What an insert or an update returns: the row's new version and its timestamps."""
+_OBJECT_COLUMNS = ", ".join(f"objects.{column}" for column in COLUMNS.split(", "))
+_VALUE_KINDS = (Operator.EQUALS, Operator.IN)
+
+MAX_MERGED_VALUES = 8
+"""The most values of a set whose walks are merged page by page (``label_ordered_list``)."""
 
 LEAD_COUNT_LIMIT = 2000
 """How far each candidate's rows are counted when choosing which one a list walks: a
@@ -155,6 +161,9 @@ class Dialect(abc.ABC):
     publishes_own_writes: ClassVar[bool]
     """True when the writing process must publish its own writes to the change feed (the
     database sends no notification that reaches it)."""
+    label_join: ClassVar[str]
+    """What follows ``FROM object_labels AS walk`` to look each walked row's object up by id,
+    as ``objects``, with the walk kept the outer loop whatever the planner estimates."""
 
     @abc.abstractmethod
     def placeholder(self, position: int) -> str:
@@ -172,23 +181,93 @@ class Dialect(abc.ABC):
     def label_value_in(self, key: str, values: list[str]) -> str:
         """True when the key is present with one of ``values`` (False when absent)."""
 
+    # ----- the label walk (object_labels, SQLite 007 and Postgres 007) ---------------------
+    # object_labels holds one row per label with the list order of its object (type,
+    # workspace, created_at_ms, id), kept by triggers in the statement that writes the row.
+    # ``key = ? AND value = ?`` (or ``key = ?``) with the object type (and workspace) fixed is
+    # a range of its primary key (or of one of its indexes) already in list order.
+
     def lead_candidates(self, requirements: Sequence[Requirement]) -> list[Requirement]:
-        """The requirements whose own index can give the list order, so that a page reads
-        about a page of rows however many rows match (``label_ordered_list``), best first.
-        None (the default) walks the objects' order index and tests every requirement on
-        each row."""
-        return []
+        """The requirements whose label index can give the list order, so that a page reads
+        about a page of rows however many rows match (``label_ordered_list``), best first:
+        equality and set requirements, then existence ones. A negative requirement cannot
+        lead (the rows it selects are those absent from the table); a selector with none of
+        these walks the objects' order index and tests every requirement on each row."""
+        return [r for r in requirements if r.operator in _VALUE_KINDS] + [
+            r for r in requirements if r.operator is Operator.EXISTS
+        ]
 
     def lead_counts(
         self, candidates: Sequence[Requirement], walk: LabelWalk, params: Params
     ) -> str:
-        """One row: how many rows each candidate selects after ``walk.after``, counted up to
-        ``walk.limit`` (an index range each)."""
-        raise NotImplementedError(f"{self.name} lists in the objects' order only")
+        """One row: how many label rows each candidate selects after ``walk.after``, counted
+        up to ``walk.limit`` in the same index range it would walk."""
+        counts = []
+        for candidate in candidates:
+            values: list[str | None] = [*candidate.values] or [None]
+            rows = self._label_walk(candidate.key, values, walk, params, ids_only=True)
+            counts.append(f"(SELECT count(*) FROM ({rows}) AS counted)")
+        return f"SELECT {', '.join(counts)}"
 
     def label_ordered_list(self, lead: Requirement, walk: LabelWalk, params: Params) -> str:
-        """The page's statement, walking ``lead``'s index in (created_at_ms, id) order."""
-        raise NotImplementedError(f"{self.name} lists in the objects' order only")
+        """The page's statement, walking ``lead``'s rows in object_labels in
+        (created_at_ms, id) order and joining objects by id for each.
+
+        The walk stops after ``limit`` rows that pass the other conditions. A set
+        (``in (a, b)``) is one such walk per value, each stopping after ``limit`` rows,
+        merged: at most ``limit`` rows per value, however many match. Up to
+        ``MAX_MERGED_VALUES`` values: the statement grows with each (every walk repeats the
+        other requirements' tests), and a selector of 64 requirements and 256 values would
+        take hundreds of milliseconds to compile; a larger set is one walk whose matching
+        rows are sorted.
+        """
+        values: list[str | None] = list(dict.fromkeys(lead.values)) or [None]
+        if len(values) == 1 or len(values) > MAX_MERGED_VALUES:
+            return self._label_walk(lead.key, values, walk, params)
+        arms = [
+            f"SELECT * FROM ({self._label_walk(lead.key, [value], walk, params)}) AS arm{n}"
+            for n, value in enumerate(values)
+        ]
+        return (
+            f"{' UNION ALL '.join(arms)} ORDER BY created_at_ms, id LIMIT {params.bind(walk.limit)}"
+        )
+
+    def _label_walk(
+        self,
+        key: str,
+        values: Sequence[str | None],
+        walk: LabelWalk,
+        params: Params,
+        *,
+        ids_only: bool = False,
+    ) -> str:
+        """One walk of the label index; more than one value is a range per value, which
+        the database then sorts (all the rows that match, not only a page's)."""
+        where = [f"walk.key = {params.bind(key)}"]
+        if len(values) > 1:
+            where.append(f"walk.value IN ({', '.join(params.bind(v) for v in values)})")
+        elif values[0] is not None:
+            where.append(f"walk.value = {params.bind(values[0])}")
+        where.append(f"walk.object_type = {params.bind(walk.object_type)}")
+        if walk.workspace is not None:
+            where.append(f"walk.workspace = {params.bind(walk.workspace)}")
+        if walk.after is not None:
+            created, last_id = walk.after
+            where.append(
+                f"(walk.created_at_ms, walk.object_id) > ({params.bind(created)}, "
+                f"{params.bind(last_id)})"
+            )
+        if ids_only:  # the label rows alone, in no particular order: for counting them
+            return (
+                f"SELECT 1 FROM object_labels AS walk WHERE {' AND '.join(where)} "
+                f"LIMIT {params.bind(walk.limit)}"
+            )
+        where += walk.rest(params)
+        return (
+            f"SELECT {_OBJECT_COLUMNS} FROM object_labels AS walk {self.label_join} "
+            f"WHERE {' AND '.join(where)} "
+            f"ORDER BY walk.created_at_ms, walk.object_id LIMIT {params.bind(walk.limit)}"
+        )
 
     @abc.abstractmethod
     def one_of(self, column: str, values: Sequence[str], params: Params) -> str:

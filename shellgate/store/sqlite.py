@@ -36,21 +36,16 @@ from shellgate.store.errors import (
     UniqueViolation,
 )
 from shellgate.store.records import ChangeEvent
-from shellgate.store.selectors import Operator, Requirement
-from shellgate.store.sql import COLUMNS, Dialect, LabelWalk, Params, SqlStore
+from shellgate.store.sql import Dialect, Params, SqlStore
 
 log = logging.getLogger(__name__)
 
-_OBJECT_COLUMNS = ", ".join(f"objects.{column}" for column in COLUMNS.split(", "))
 # The label rows of the object at hand: the columns after the key (and value) in every
 # label index, so a probe is one index seek.
 _PROBE = (
     "probe.object_type = objects.object_type AND probe.created_at_ms = objects.created_at_ms "
     "AND probe.object_id = objects.id"
 )
-_VALUE_KINDS = (Operator.EQUALS, Operator.IN)
-MAX_MERGED_VALUES = 8
-"""The most values of a set whose walks are merged page by page (``label_ordered_list``)."""
 
 POLL_INTERVAL = 0.2
 DEFAULT_LOCK_WAIT_MS = 1000
@@ -87,6 +82,8 @@ class SqliteDialect(Dialect):
     begin_migrations: ClassVar[tuple[str, ...]] = ("BEGIN IMMEDIATE",)
     applied_at_ddl: ClassVar[str] = "applied_at_ms INTEGER NOT NULL"
     applied_at: ClassVar[tuple[str, str]] = ("applied_at_ms", now_ms)
+    # SQLite never reorders a CROSS JOIN: the label walk stays the outer loop.
+    label_join: ClassVar[str] = "CROSS JOIN objects ON objects.id = walk.object_id"
 
     def placeholder(self, position: int) -> str:
         return "?"
@@ -102,83 +99,6 @@ class SqliteDialect(Dialect):
         return (
             "EXISTS (SELECT 1 FROM object_labels AS probe WHERE probe.key = "
             f"{key} AND probe.value IN ({', '.join(values)}) AND {_PROBE})"
-        )
-
-    def lead_candidates(self, requirements: Sequence[Requirement]) -> list[Requirement]:
-        """Equality and set requirements, then existence ones: a negative requirement cannot
-        lead (the rows it selects are those absent from the table)."""
-        return [r for r in requirements if r.operator in _VALUE_KINDS] + [
-            r for r in requirements if r.operator is Operator.EXISTS
-        ]
-
-    def lead_counts(
-        self, candidates: Sequence[Requirement], walk: LabelWalk, params: Params
-    ) -> str:
-        """Each candidate's label rows, counted in the same index range it would walk."""
-        counts = []
-        for candidate in candidates:
-            values: list[str | None] = [*candidate.values] or [None]
-            rows = self._label_walk(candidate.key, values, walk, params, ids_only=True)
-            counts.append(f"(SELECT count(*) FROM ({rows}))")
-        return f"SELECT {', '.join(counts)}"
-
-    def label_ordered_list(self, lead: Requirement, walk: LabelWalk, params: Params) -> str:
-        """Walk ``lead``'s rows in object_labels in (created_at_ms, id) order.
-
-        ``key = ? AND value = ?`` (or ``key = ?``) with the object type (and workspace)
-        fixed is a range of the table's primary key (or one of its indexes) that is already
-        in list order, so the page stops after ``limit`` rows that pass the other
-        conditions. A set (``in (a, b)``) is one such walk per value, each stopping after
-        ``limit`` rows, merged: at most ``limit`` rows per value, however many match. Up to
-        ``MAX_MERGED_VALUES`` values: the statement grows with each (every walk repeats the
-        other requirements' probes), and a selector of 64 requirements and 256 values
-        would take hundreds of milliseconds to compile; a larger set is one walk whose
-        matching rows are sorted, as the 005 table served every selector.
-        ``CROSS JOIN`` keeps object_labels the outer loop: SQLite never reorders it.
-        """
-        values: list[str | None] = list(dict.fromkeys(lead.values)) or [None]
-        if len(values) == 1 or len(values) > MAX_MERGED_VALUES:
-            return self._label_walk(lead.key, values, walk, params)
-        arms = [f"SELECT * FROM ({self._label_walk(lead.key, [v], walk, params)})" for v in values]
-        return (
-            f"{' UNION ALL '.join(arms)} ORDER BY created_at_ms, id LIMIT {params.bind(walk.limit)}"
-        )
-
-    def _label_walk(
-        self,
-        key: str,
-        values: Sequence[str | None],
-        walk: LabelWalk,
-        params: Params,
-        *,
-        ids_only: bool = False,
-    ) -> str:
-        """One walk of the label index; more than one value is a range per value, which
-        SQLite then sorts (all the rows that match, not only a page's)."""
-        where = [f"walk.key = {params.bind(key)}"]
-        if len(values) > 1:
-            where.append(f"walk.value IN ({', '.join(params.bind(v) for v in values)})")
-        elif values[0] is not None:
-            where.append(f"walk.value = {params.bind(values[0])}")
-        where.append(f"walk.object_type = {params.bind(walk.object_type)}")
-        if walk.workspace is not None:
-            where.append(f"walk.workspace = {params.bind(walk.workspace)}")
-        if walk.after is not None:
-            created, last_id = walk.after
-            where.append(
-                f"(walk.created_at_ms, walk.object_id) > ({params.bind(created)}, "
-                f"{params.bind(last_id)})"
-            )
-        if ids_only:  # the label rows alone, in no particular order: for counting them
-            return (
-                f"SELECT 1 FROM object_labels AS walk WHERE {' AND '.join(where)} "
-                f"LIMIT {params.bind(walk.limit)}"
-            )
-        where += walk.rest(params)
-        return (
-            f"SELECT {_OBJECT_COLUMNS} FROM object_labels AS walk CROSS JOIN objects "
-            f"ON objects.id = walk.object_id WHERE {' AND '.join(where)} "
-            f"ORDER BY walk.created_at_ms, walk.object_id LIMIT {params.bind(walk.limit)}"
         )
 
     def one_of(self, column: str, values: Sequence[str], params: Params) -> str:

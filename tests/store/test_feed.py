@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 
 import asyncpg
 import pytest
@@ -172,3 +173,35 @@ async def test_a_version_touch_reaches_another_store(store_url: str) -> None:
     finally:
         await writer.close()
         await watcher.close()
+
+
+@pytest.mark.postgres
+async def test_label_writes_are_announced_once_each(pg_dsn: str) -> None:
+    """Writes that change labels also run migration 007's label-table trigger in their
+    statement; the trigger writes object_labels only, so LISTEN hears each write exactly
+    once, from the statement (PostgresDialect.announced), and nothing else."""
+    store = await connect(pg_dsn)
+    listener = await asyncpg.connect(pg_dsn)
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    try:
+        await listener.add_listener("shellgate_objects", lambda *args: heard.put_nowait(args[3]))
+        await store.put_if("sandbox", "a", "a", b"", {"team": "x", "tier": "1"}, MUST_CREATE)
+        await store.put_if("sandbox", "a", "a", b"1", {"team": "y"}, WriteCondition.match(1))
+        await store.put_if("sandbox", "a", "a", b"2", None, WriteCondition.match(2))
+        assert await store.delete_if("sandbox", "a", 3)
+        await store.put_if("sandbox", "marker", "m", b"", {}, MUST_CREATE)
+        seen = []
+        while not seen or seen[-1][0] != "marker":
+            event = json.loads(await asyncio.wait_for(heard.get(), 5.0))
+            seen.append((event["i"], event["v"], event["d"]))
+        assert seen == [
+            ("a", 1, False),
+            ("a", 2, False),
+            ("a", 3, False),
+            ("a", None, True),
+            ("marker", 1, False),
+        ]
+        assert await store._rows("SELECT count(*) FROM object_labels", ()) == [(0,)]  # type: ignore[attr-defined]
+    finally:
+        await listener.close()
+        await store.close()

@@ -253,7 +253,7 @@ async def test_a_page_ends_early_at_its_byte_budget(store: Store) -> None:
 
 
 async def test_selectors_follow_label_changes_and_deletes(store: Store) -> None:
-    """The label index (SQLite's object_labels table, Postgres' GIN) follows every write:
+    """The label index (object_labels, kept by triggers on both backends) follows every write:
     a label changed, a label removed, labels kept by an update that passes none, a delete."""
     await seed(store, {"a": {"team": "x", "tier": "1"}, "b": {"team": "y"}})
     await store.put_if("sandbox", "a", "n-a", b"1", {"team": "y"}, WriteCondition.match(1))
@@ -279,7 +279,8 @@ async def test_a_selector_is_bounded_to_its_object_type(store: Store) -> None:
 
 
 async def label_tables(store: Store) -> tuple[list[Any], list[Any]]:
-    """object_labels as it is, and as the labels column says it must be (SQLite)."""
+    """object_labels as it is, and as the labels column says it must be."""
+    each = "json_each" if store.backend == "sqlite" else "jsonb_each_text"
     table = await store._rows(  # type: ignore[attr-defined]
         "SELECT key, value, object_type, created_at_ms, object_id, workspace FROM object_labels "
         "ORDER BY 1, 2, 3, 4, 5",
@@ -287,25 +288,26 @@ async def label_tables(store: Store) -> tuple[list[Any], list[Any]]:
     )
     column = await store._rows(  # type: ignore[attr-defined]
         "SELECT label.key, label.value, o.object_type, o.created_at_ms, o.id, o.workspace "
-        "FROM objects AS o, json_each(o.labels) AS label ORDER BY 1, 2, 3, 4, 5",
+        f"FROM objects AS o, {each}(o.labels) AS label ORDER BY 1, 2, 3, 4, 5",
         (),
     )
-    return list(table), list(column)
+    return [tuple(row) for row in table], [tuple(row) for row in column]
 
 
 async def test_the_label_table_mirrors_the_labels_column(store: Store) -> None:
-    """SQLite's object_labels (kept by triggers) holds exactly one row per label of every
-    object, with the object's list order, through creates, label changes (by put_if and by
-    a CAS update), updates that keep the labels, deletes and an id created again."""
-    if store.backend != "sqlite":
-        pytest.skip("the label table is SQLite's")
+    """object_labels (kept by triggers, on both backends) holds exactly one row per label
+    of every object, with the object's list order, through creates, label changes (by
+    put_if and by a CAS update, which on Postgres rewrites only the labels that differ),
+    updates that keep the labels, deletes and an id created again."""
     await seed(store, {"a": {"team": "x", "tier": "1"}, "b": {"team": "y"}, "c": {}})
     await store.put_if("sandbox", "a", "n-a", b"1", {"team": "y"}, WriteCondition.match(1))
     await store.put_if("sandbox", "b", "n-b", b"1", None, WriteCondition.match(1))
     await store.put_if("sandbox", "c", "n-c", b"1", {"new": "1"}, WriteCondition.match(1))
     assert await store.delete_if("sandbox", "b", 2)
     await seed(store, {"b": {"team": "z"}})
-    created = await store.create_message(sandbox("m", labels={"team": "x"}, workspace="w1"))
+    created = await store.create_message(
+        sandbox("m", labels={"team": "x", "keep": "1"}, workspace="w1")
+    )
 
     def relabel(message: openshell_pb2.Sandbox) -> openshell_pb2.Sandbox:
         message.metadata.labels["team"] = "w"
@@ -319,5 +321,6 @@ async def test_the_label_table_mirrors_the_labels_column(store: Store) -> None:
         await store.update_message_cas(openshell_pb2.Sandbox, created.metadata.id, mutate)
     table, column = await label_tables(store)
     assert table == column
-    assert len(table) == 4  # a: team; b: team; c: new; m: team
+    assert len(table) == 5  # a: team; b: team; c: new; m: team, keep
     assert await ids(store, "team=w", workspace="w1") == [created.metadata.id]
+    assert await ids(store, "keep=1", workspace="w1") == [created.metadata.id]

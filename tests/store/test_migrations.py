@@ -11,6 +11,7 @@ import pytest
 
 from shellgate.store import MigrationError, Store, WriteCondition, connect
 from shellgate.store.migrations import load
+from tests.store.test_listing import label_tables
 from tests.support.racing import run_in_processes, wait_for_the_others
 
 PRE_CAS_VERSION = 1
@@ -137,9 +138,10 @@ async def test_labels_written_before_the_label_index_are_selectable(store_url: s
 async def test_labels_written_before_the_ordered_label_table_page_in_order(
     store_url: str,
 ) -> None:
-    """Migration 007 (SQLite) rebuilds object_labels with each object's list order: rows
-    written before it (in two workspaces) are found by equality, set and existence
-    selectors, page by page in creation order, and the table keeps following writes."""
+    """Migration 007 (SQLite: rebuilds object_labels; Postgres: creates it, and drops the
+    GIN index) fills the table with each object's labels and list order: rows written
+    before it (in two workspaces) are found by equality, set and existence selectors, page
+    by page in creation order, and the table keeps following writes."""
     old = await connect(store_url, migrate_to=6)
     for n in range(7):
         labels = {"team": "x" if n % 2 else "y", **({"tier": "1"} if n % 3 == 0 else {})}
@@ -155,6 +157,9 @@ async def test_labels_written_before_the_ordered_label_table_page_in_order(
     await old.close()
     upgraded = await connect(store_url)
     try:
+        table, column = await label_tables(upgraded)
+        assert table == column
+        assert len(table) == 10  # seven team labels, three tier labels
         for selector, expected in [
             ("team=x", ["s1", "s3", "s5"]),
             ("team in (x, y)", [f"s{n}" for n in range(7)]),
@@ -177,5 +182,7 @@ async def test_labels_written_before_the_ordered_label_table_page_in_order(
         assert await upgraded.delete_if("sandbox", "s3", 1)
         found = await upgraded.list("sandbox", workspace=None, selector="team=x")
         assert [record.id for record in found.records] == ["s5"]
+        table, column = await label_tables(upgraded)
+        assert table == column
     finally:
         await upgraded.close()

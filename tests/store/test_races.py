@@ -13,13 +13,25 @@ without its guard would prove nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from shellgate.api import openshell_pb2
-from shellgate.store import Conflict, Store, StoreUnavailable, UniqueViolation, connect, sql, sqlite
+from shellgate.store import (
+    Conflict,
+    Store,
+    StoreUnavailable,
+    UniqueViolation,
+    WriteCondition,
+    connect,
+    sql,
+    sqlite,
+)
 from shellgate.store.db_thread import FileUsers
+from tests.store.test_listing import label_tables
 from tests.support.objects import sandbox
 from tests.support.racing import run_in_processes, wait_for_the_others
 
@@ -32,8 +44,14 @@ CREATES_PER_PROCESS = 10
 
 
 def _remove_cas_predicate() -> None:
-    """Updates and deletes no longer check the version their caller read."""
-    sql.cas_predicate = lambda bind: "TRUE"  # type: ignore[assignment]
+    """Updates and deletes no longer check the version their caller read.
+
+    The version is still bound (in a condition that is always true), so the statements
+    keep the parameters the SQL core checks they bind: a mutant binding nothing failed
+    that check, and the companion passed on that error instead of on lost increments."""
+    sql.cas_predicate = lambda bind: (  # type: ignore[assignment]
+        f"(resource_version = {bind('expected_version')} OR TRUE)"
+    )
 
 
 def _make_create_replace() -> None:
@@ -195,3 +213,74 @@ async def test_must_create_race_has_one_winner(store: Store, store_url: str) -> 
 async def test_must_create_that_replaces_has_many_winners(store: Store, store_url: str) -> None:
     with pytest.raises(AssertionError, match="more than one create won"):
         await race_creates(store, store_url, without_guard=True)
+
+
+# ----- the label table and a delete racing a relabel ----------------------------------------
+
+
+async def relabel_racing_a_delete(store: Store, store_url: str, *, in_statement: bool) -> None:
+    """A relabel has committed; before its writer goes on, another replica deletes the row.
+
+    Migration 007's triggers keep object_labels inside the writing statement, so the delete
+    finds the new labels in the table and removes them with the row. ``in_statement=False``
+    is the design without that guard: the update trigger dropped and the writer keeping the
+    table itself after its write returns, from what it wrote. Its late rows then belong to
+    a row that no longer exists. The interleaving is forced (the relabel's statement is held
+    after it returns until the delete is done), not left to scheduling.
+    """
+    other = await connect(store_url)
+    created = await store.put_if(
+        "sandbox", "x", "x", b"", {"team": "a"}, WriteCondition.MUST_CREATE, workspace="w0"
+    )
+    if not in_statement:
+        drop = "DROP TRIGGER object_labels_on_update"
+        await store._execute(drop if store.backend == "sqlite" else f"{drop} ON objects")  # type: ignore[attr-defined]
+    written, deleted = asyncio.Event(), asyncio.Event()
+    original = store._row  # type: ignore[attr-defined]
+
+    async def hold_after_the_write(sql: str, params: Any, *, read: bool = False) -> Any:
+        row = await original(sql, params, read=read)
+        if "UPDATE objects SET payload" in sql:
+            written.set()
+            await deleted.wait()
+            if not in_statement:  # the writer keeps the label table after its write
+                await original("DELETE FROM object_labels WHERE object_id = 'x'", ())
+                each = "json_each" if store.backend == "sqlite" else "jsonb_each_text"
+                cast = "" if store.backend == "sqlite" else "::jsonb"
+                await original(
+                    "INSERT INTO object_labels (key, value, object_type, created_at_ms, "
+                    f"object_id, workspace) SELECT key, value, 'sandbox', {created.created_at_ms}, "
+                    f"'x', 'w0' FROM {each}('{{\"team\": \"b\"}}'{cast})",
+                    (),
+                )
+        return row
+
+    store._row = hold_after_the_write  # type: ignore[attr-defined]
+    try:
+        relabel = asyncio.create_task(
+            store.put_if("sandbox", "x", "x", b"1", {"team": "b"}, WriteCondition.match(1))
+        )
+        await asyncio.wait_for(written.wait(), 10)
+        assert await other.delete_if("sandbox", "x", 2)
+        deleted.set()
+        await asyncio.wait_for(relabel, 10)
+        del store._row  # type: ignore[attr-defined]
+        table, column = await label_tables(store)
+        assert table == column == [], f"labels of a deleted row: {table}"
+        assert (await store.list("sandbox", workspace=None, selector="team=b")).records == []
+    finally:
+        deleted.set()
+        with contextlib.suppress(AttributeError):
+            del store._row  # type: ignore[attr-defined]
+        await other.close()
+
+
+async def test_a_delete_racing_a_relabel_leaves_no_labels(store: Store, store_url: str) -> None:
+    await relabel_racing_a_delete(store, store_url, in_statement=True)
+
+
+async def test_labels_kept_after_the_write_outlive_a_racing_delete(
+    store: Store, store_url: str
+) -> None:
+    with pytest.raises(AssertionError, match="labels of a deleted row"):
+        await relabel_racing_a_delete(store, store_url, in_statement=False)
