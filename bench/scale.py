@@ -241,13 +241,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = run(args)
     facts = machine.finished(facts)
     results.label = args.label or f"commit {facts.code.commit}"
+    merged = []
     for path in args.merge:
-        merge_into(results, load_results(path))
+        other = load_results(path)
+        merge_into(results, other)
+        merged.append((path, other.label if other is not None else ""))
     if args.save:
         Path(args.save).write_text(json.dumps(dataclasses.asdict(results), indent=1))
     baseline = load_results(args.baseline)
     command = "python -m bench.scale " + " ".join(argv if argv is not None else sys.argv[1:])
-    section = render_section(results, baseline, facts, command.strip())
+    section = render_section(results, baseline, facts, command.strip(), merged)
     print(section)
     if args.output:
         output = Path(args.output)

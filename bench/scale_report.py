@@ -270,8 +270,17 @@ def _store_part(rows: Sequence[StoreScale]) -> list[str]:
 
 
 def render_section(
-    results: Results, baseline: Results | None, facts: MachineFacts, command: str
+    results: Results,
+    baseline: Results | None,
+    facts: MachineFacts,
+    command: str,
+    merged: Sequence[tuple[str, str]] = (),
 ) -> str:
+    """The section; ``merged`` names the saved runs (file, label) whose parts were joined."""
+    joined = "".join(
+        f" The rows of `{path}` ({label}), a separate run, are joined to its tables."
+        for path, label in merged
+    )
     lines = [
         "## Scale: sandboxes and watchers",
         "",
@@ -280,7 +289,7 @@ def render_section(
         f"Load average (1/5/15 min) at the start {facts.load_at_start}, at the end "
         f"{facts.load_at_end or '-'} on {facts.cores} cores: the machine is shared, so "
         "absolute figures are noisy; the shapes (flat or growing with rows and streams) are "
-        "the result.",
+        f"the result.{joined}",
         "",
     ]
     if results.store:
