@@ -159,3 +159,11 @@ def test_scale_runs_the_sqlite_fanout_and_the_soak(tmp_path: Path) -> None:
     assert len(soak.samples) >= 2 and soak.rss_max_mb >= soak.rss_start_mb > 0
     for image in ("scale_watch.png", "scale_soak.png"):
         assert (tmp_path / "img" / image).stat().st_size > 0
+    # A run of no parts that merges the saved one shows its rows, and says it merged them.
+    merged_output = tmp_path / "merged.md"
+    nothing = ["--sizes", "", "--streams", "", "--attach-seconds", "0", "--local-sandboxes", "0"]
+    nothing += ["--startup-sizes", "", "--soak-minutes", "0", "--backends", "sqlite"]
+    assert scale.main([*nothing, "--merge", str(saved), "--output", str(merged_output)]) == 0
+    merged = merged_output.read_text().split(BEGIN, 1)[1].split(END, 1)[0]
+    assert rows_of(merged, "sqlite") == ["20", "20", "0", "2", "0.05"]
+    assert f"The rows of `{saved}`" in merged
