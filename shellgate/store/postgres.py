@@ -94,6 +94,17 @@ class ConnectionLost(StoreUnavailable):
     """The connection dropped or broke (not a slow or refusing database)."""
 
 
+def _terminate_if_lost(conn: asyncpg.Connection, error: BaseException) -> None:
+    """A connection that failed at the connection level must not go back to the pool as it
+    is: terminated, the pool replaces it instead of handing it to the next caller."""
+    if _lost(error):
+        # One the server closed is already on its way back; one left in a broken state
+        # (InternalClientError) must not be reused.
+        with contextlib.suppress(asyncpg.exceptions.InterfaceError):  # already released
+            if not conn.is_closed():
+                conn.terminate()
+
+
 def _lost(error: BaseException) -> bool:
     if isinstance(error, ConnectionLost):
         return True
@@ -240,24 +251,15 @@ class PostgresStore(SqlStore):
         failed at the connection level is terminated before it returns to the pool, so the
         pool replaces it instead of handing the broken one to the next caller.
         """
-        if self._pool is None:
-            raise StoreUnavailable("the Postgres store is not open")
-        try:
-            conn = await self._pool.acquire()
-        except _DRIVER_ERRORS as exc:
-            raise self.dialect.translate(exc) from exc
+        pool = self._open_pool
+        conn = await self._acquire(pool)
         try:
             yield conn
         except Exception as exc:
-            if _lost(exc):
-                # A connection the server closed is already on its way back to the pool; one
-                # left in a broken state (InternalClientError) must not be reused.
-                with contextlib.suppress(asyncpg.exceptions.InterfaceError):  # released
-                    if not conn.is_closed():
-                        conn.terminate()
+            _terminate_if_lost(conn, exc)
             raise
         finally:
-            self._pool.release(conn)
+            pool.release(conn)
 
     # ----- executor -----------------------------------------------------------------------
 
@@ -359,8 +361,7 @@ class PostgresStore(SqlStore):
                 return candidate, False
             row = await self._prepared_row(conn, "put_if", write.sql, write.params)
         except BaseException as exc:
-            if _lost(exc) and not conn.is_closed():
-                conn.terminate()
+            _terminate_if_lost(conn, exc)
             raise
         finally:
             pool.release(conn)
@@ -378,8 +379,7 @@ class PostgresStore(SqlStore):
         try:
             row = await self._prepared_row(conn, "put_if", write.sql, write.params)
         except BaseException as exc:
-            if _lost(exc) and not conn.is_closed():
-                conn.terminate()
+            _terminate_if_lost(conn, exc)
             raise
         finally:
             pool.release(conn)
