@@ -36,7 +36,7 @@ from shellgate.store.errors import (
     UniqueViolation,
 )
 from shellgate.store.records import ChangeEvent
-from shellgate.store.sql import Dialect, Params, SqlStore
+from shellgate.store.sql import CasWrite, Dialect, Params, SqlStore
 
 log = logging.getLogger(__name__)
 
@@ -332,8 +332,8 @@ class SqliteStore(SqlStore):
         writes do not run inline, or the read meets a lock, the core's attempt runs instead;
         when the write finds another process holding the lock, it waits on the thread.
 
-        Deliberately one flat function: measured as the process's CPU time per update on a
-        file, every Python call on this path costs about four times what it costs in a warm
+        Deliberately flat (the write is ``_cas_write_now``, which the first try from a
+        remembered row shares): measured as the process's CPU time per update on a file, every Python call on this path costs about four times what it costs in a warm
         loop, as the commit's fsync leaves the CPU's caches cold (calls worth 3 us in a
         loop on ``:memory:`` cost 12 us per update on a file).
         """
@@ -341,18 +341,16 @@ class SqliteStore(SqlStore):
             return await super()._cas_attempt(
                 message_type, object_type, id, mutate, expected_version, status
             )
-        conn, observer, backend = self._db, self.observer, self.backend
         started = time.perf_counter()
         try:
-            rows = conn.execute(self._cas_read_sql, (object_type, id)).fetchall()
+            rows = self._db.execute(self._cas_read_sql, (object_type, id)).fetchall()
         except sqlite3.Error as exc:
             if _waits_for_a_lock(exc):  # WAL recovery by another process: wait on the thread
                 return await super()._cas_attempt(
                     message_type, object_type, id, mutate, expected_version, status
                 )
             raise self._reported("get", started, exc) from exc
-        read_at = time.perf_counter()
-        observer.operation(backend, "get", read_at - started, True)
+        self.observer.operation(self.backend, "get", time.perf_counter() - started, True)
         candidate, write = self._plan_cas(
             message_type,
             object_type,
@@ -364,26 +362,42 @@ class SqliteStore(SqlStore):
         )
         if write is None:
             return candidate, False
+        written = self._cas_write_now(write)
+        if written is None:  # another process holds the lock: wait for it on the thread
+            version = await observed(self, "put_if", self._write_at_version(write))
+            return self._written(candidate, write, version), True
+        found = self._cas_written(write, written[0] if written else None)
+        if found is None:
+            raise await self._why_not_written(object_type, id)
+        return self._written(candidate, write, found), True
+
+    async def _cas_write_once(self, write: CasWrite) -> int | None:
+        """The CAS update alone, on the event loop when writes run there."""
+        if not self._writes_inline() or self._turn.locked():
+            return await super()._cas_write_once(write)
+        rows = self._cas_write_now(write)
+        if rows is None:
+            return await super()._cas_write_once(write)
+        return self._cas_written(write, rows[0] if rows else None)
+
+    def _cas_write_now(self, write: CasWrite) -> list[Any] | None:
+        """The CAS update on the event loop, the writer connection being free; its rows, or
+        None when another process holds the lock (the caller then waits on the thread, and
+        writes leave the lock gaps for a while: see the executor's comment)."""
         if self._pragma_busy_ms:
             self._set_busy_timeout(0)
         started = time.perf_counter()
         try:
-            rows = conn.execute(write.sql, write.params).fetchall()
+            rows = self._db.execute(write.sql, write.params).fetchall()
         except sqlite3.Error as exc:
             if not _waits_for_a_lock(exc):
                 raise self._reported("put_if", started, exc) from exc
-            # Another process holds the lock: wait for it on the thread, and leave it gaps.
             self._shared_until = time.monotonic() + SHARED_LOCK_SECONDS
-            version = await observed(self, "put_if", self._write_at_version(write))
-            return self._written(candidate, write, version), True
+            return None
         seconds = time.perf_counter() - started
         self._note_write_cost(seconds)
-        observer.operation(backend, "put_if", seconds, True)
-        if not rows:
-            raise await self._why_not_written(object_type, id)
-        if self._hub.listened:
-            self._hub.publish(ChangeEvent(object_type, id, rows[0][0], committed_at_ms=rows[0][2]))
-        return self._written(candidate, write, rows[0][0]), True
+        self.observer.operation(self.backend, "put_if", seconds, True)
+        return rows
 
     def _reported(self, operation: str, started: float, exc: sqlite3.Error) -> StoreError:
         """The store's error for ``exc``, reported as ``observed`` reports a failure."""
