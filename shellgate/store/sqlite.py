@@ -333,9 +333,10 @@ class SqliteStore(SqlStore):
         when the write finds another process holding the lock, it waits on the thread.
 
         Deliberately flat (the write is ``_cas_write_now``, which the first try from a
-        remembered row shares): measured as the process's CPU time per update on a file, every Python call on this path costs about four times what it costs in a warm
-        loop, as the commit's fsync leaves the CPU's caches cold (calls worth 3 us in a
-        loop on ``:memory:`` cost 12 us per update on a file).
+        remembered row shares): measured as the process's CPU time per update on a file,
+        every Python call on this path costs about four times what it costs in a warm loop,
+        as the commit's fsync leaves the CPU's caches cold (calls worth 3 us in a loop on
+        ``:memory:`` cost 12 us per update on a file).
         """
         if not self._writes_inline() or self._turn.locked():
             return await super()._cas_attempt(

@@ -300,7 +300,8 @@ async def test_attaches_to_one_shared_provider_do_not_conflict(gw: Running) -> N
     """Sixteen attaches of one provider to sixteen sandboxes at once: every one answers OK on
     its first try, and the provider's fences never retry. Each fence moves the provider's
     version on from wherever the last one left it (one statement, conditioned on the row's
-    existence), so the version moved exactly once per attach; a fence that re-wrote the
+    existence), and fences asked for while one runs share the next (``SharedFences``), so the
+    version moved at least once and at most once per attach; a fence that re-wrote the
     provider at the version it read would have lost races here and retried or aborted."""
     created = await create_provider(gw, "shared")
     names = [f"c{n}" for n in range(16)]
@@ -318,7 +319,8 @@ async def test_attaches_to_one_shared_provider_do_not_conflict(gw: Running) -> N
     assert all(not isinstance(r, Exception) and r.attached for r in results), results
     stored = await gw.gateway.store.get_by_name("provider", "shared")
     assert stored is not None
-    assert stored.resource_version == created.metadata.resource_version + len(names)
+    moves = stored.resource_version - created.metadata.resource_version
+    assert 1 <= moves <= len(names)
     conflicts = gw.gateway.metrics.registry.get_sample_value(
         "shellgate_store_cas_attempts_total", {"object_type": "provider", "result": "conflict"}
     )

@@ -31,6 +31,7 @@ from shellgate.store.errors import Conflict
 from shellgate.store.messages import register_object_type
 from shellgate.store.records import CasOutcome, ObjectRecord
 from shellgate.store.repositories.errors import ProviderInUse, ProviderMissing
+from shellgate.store.repositories.fences import SharedFences
 from shellgate.store.repositories.hooks import Hook, no_hook
 from shellgate.store.secrets import SecretSealer, is_sealed
 
@@ -52,6 +53,7 @@ class ProviderRepository:
         self.store = store
         self.sealer = sealer
         self.hooks = ProviderHooks()
+        self._fences = SharedFences()
 
     async def find(self, name: str, workspace: str) -> Provider | None:
         return await self.store.get_message_by_name(Provider, name, workspace)
@@ -116,8 +118,11 @@ class ProviderRepository:
         fences of concurrent attaches to one provider never conflict with each other (each
         moves the version on from wherever the last one left it), so a shared provider does
         not serialise its attaches through retries. What the delete needs is only that the
-        version moved after the reference was written; any move does."""
-        if not await self._write_fence(name, workspace):
+        version moved after the reference was written; any move does, so fences asked for at
+        once in this process share one (``SharedFences``)."""
+        if not await self._fences.fence(
+            (workspace, name), lambda: self._write_fence(name, workspace)
+        ):
             raise ProviderMissing(name)
         self.store.observer.cas_attempt(PROVIDER_TYPE, "written")
 
