@@ -34,7 +34,7 @@ from bench.scale_local import LocalScale, run_local
 from bench.scale_report import Results, plot, render_section, replace_section
 from bench.scale_soak import SoakScale, run_soak
 from bench.scale_startup import StartupScale, run_startup
-from bench.scale_store import StoreScale, fill, measure
+from bench.scale_store import UNAVAILABLE_RETRIES, StoreScale, fill, measure
 from bench.scale_watch import (
     RpcWriter,
     WatchScale,
@@ -115,6 +115,8 @@ async def run_store(url: str, sizes: Sequence[int]) -> list[StoreScale]:
                 await store._execute("ANALYZE objects")  # type: ignore[attr-defined]
             results.append(await measure(store, ids, rate))
             progress(f"{store.backend} {size} rows: {results[-1].page.p99_ms:.1f} ms page p99")
+            if UNAVAILABLE_RETRIES:
+                progress(f"  creates retried after UNAVAILABLE so far: {len(UNAVAILABLE_RETRIES)}")
     finally:
         await store.close()
     return results
