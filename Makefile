@@ -48,7 +48,7 @@ proto: $(STAMP) ## Regenerate shellgate/api/gen from the .proto files
 bench: $(STAMP) $(ETCD) ## Run the store benchmark; writes its section of docs/benchmarks.md
 	$(BIN)/python -m bench.store_cas
 
-bench-scale: $(STAMP) ## Run the scale benchmark (about an hour with the soaks); rewrites its section of docs/benchmarks.md
+bench-scale: $(STAMP) ## Run the scale benchmark (about 30 minutes, 20 of them the soaks); rewrites its section of docs/benchmarks.md
 	$(BIN)/pip install --quiet -e '.[test,dev,bench]'
 	$(BIN)/python -m bench.scale --sizes 1000,10000,100000 --startup-sizes 1000,10000,100000
 
