@@ -12,8 +12,9 @@ system goes through.
   built for an earlier attempt; between attempts a random pause under a growing ceiling (full
   jitter) spreads a burst of writers out instead of letting them collide again in lockstep.
   Before them, a backend may try once without a read, from the row it last wrote
-  (``_update_from_memory``): a write that lands ends the call; anything else from that
-  try (no match, an error, nothing to change) is forgotten and the attempts run as above;
+  (``_update_from_memory``): a write that lands ends the call; a write that matches
+  nothing, or a mutation that raises or changes nothing on that row, is forgotten and the
+  attempts run as above (a database error of that write propagates: it may have landed);
 * client-driven mode (``expected_version != 0``): one attempt; a stale version is a Conflict;
 * a mutation may raise to abort: nothing is written and the exception propagates;
 * a mutation that changes nothing writes nothing: no version bump, no notification.

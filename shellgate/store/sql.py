@@ -793,8 +793,8 @@ class SqlStore(Store):
         if write is None:
             return None
         version = await self._cas_write_once(write)
-        if version is None:
-            self._written_rows.forget(key)
+        if version is None:  # forget it, unless another update remembered a newer one since
+            self._written_rows.forget_if(key, row)
             self.observer.cas_attempt(object_type, "stale")
             return None
         return self._written(candidate, write, version)

@@ -23,14 +23,19 @@ RowKey = tuple[str, str]
 """(object_type, id)"""
 
 DEFAULT_LIMIT = 4096
-"""Rows remembered: a few hundred bytes each (the payload), about 2 MB when full."""
+"""Rows remembered at most."""
+DEFAULT_BYTES = 8 * 1024 * 1024
+"""Payload bytes remembered at most (a sandbox's policy may make a row 256 KiB); the oldest
+rows go first past either bound."""
 
 
 class WrittenRows:
     """An LRU of CAS-read-shaped rows: (payload, version, name, workspace, status, created)."""
 
-    def __init__(self, limit: int = DEFAULT_LIMIT) -> None:
+    def __init__(self, limit: int = DEFAULT_LIMIT, limit_bytes: int = DEFAULT_BYTES) -> None:
         self._limit = limit
+        self._limit_bytes = limit_bytes
+        self._bytes = 0
         self._rows: collections.OrderedDict[RowKey, tuple[Any, ...]] = collections.OrderedDict()
 
     def __len__(self) -> int:
@@ -40,20 +45,33 @@ class WrittenRows:
         return self._rows.get(key)
 
     def remember(self, key: RowKey, row: tuple[Any, ...]) -> None:
+        self.forget(key)
+        size = len(row[0])
+        if size > self._limit_bytes:
+            return
         rows = self._rows
         rows[key] = row
-        rows.move_to_end(key)
-        if len(rows) > self._limit:
-            rows.popitem(last=False)
+        self._bytes += size
+        while len(rows) > self._limit or self._bytes > self._limit_bytes:
+            _key, oldest = rows.popitem(last=False)
+            self._bytes -= len(oldest[0])
 
     def forget(self, key: RowKey) -> None:
-        self._rows.pop(key, None)
+        row = self._rows.pop(key, None)
+        if row is not None:
+            self._bytes -= len(row[0])
+
+    def forget_if(self, key: RowKey, row: tuple[Any, ...]) -> None:
+        """Forget ``row`` if it is still the one kept (not one remembered since)."""
+        if self._rows.get(key) is row:
+            self.forget(key)
 
     def forget_unless(self, key: RowKey, version: int | None) -> None:
         """Another version of the row was reported: forget it unless it is the one kept."""
         row = self._rows.get(key)
         if row is not None and row[1] != version:
-            del self._rows[key]
+            self.forget(key)
 
     def clear(self) -> None:
         self._rows.clear()
+        self._bytes = 0

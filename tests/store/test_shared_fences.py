@@ -4,6 +4,7 @@ it asked (the property the delete-versus-attach guard needs)."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 
 import pytest
 
@@ -80,3 +81,29 @@ async def test_an_error_of_the_shared_move_reaches_every_caller_of_it() -> None:
             await other
     with pytest.raises(RuntimeError):  # nothing left running: a new caller moves at once
         await asyncio.wait_for(fences.fence(KEY, failing_after_the_first), 5)
+
+
+CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="none")
+
+
+async def test_a_shared_move_runs_outside_the_first_callers_context() -> None:
+    """The first caller's context carries its own gRPC deadline (and any pinned connection);
+    the move shared by the callers after it must not run under it."""
+    fences, row = SharedFences(), Row()
+    seen: list[str] = []
+
+    async def move() -> bool:
+        seen.append(CALLER.get())
+        return await row.move()
+
+    async def first_caller() -> bool:
+        CALLER.set("first")
+        return await fences.fence(KEY, move)
+
+    first = asyncio.create_task(first_caller())
+    await asyncio.sleep(0)
+    later = asyncio.create_task(fences.fence(KEY, move))
+    await asyncio.sleep(0)
+    row.release.set()
+    assert (await first, await later) == (True, True)
+    assert seen == ["first", "none"]

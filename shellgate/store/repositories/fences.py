@@ -13,6 +13,7 @@ each waiting for the previous commit) into about two.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -49,19 +50,51 @@ class SharedFences:
         finally:
             waiting, row.waiting = row.waiting, []
             if waiting:
+                # A context of its own: not the first caller's (its gRPC deadline, a pinned
+                # connection), which the callers sharing the move do not share.
+                started: list[bool] = []
                 task = asyncio.get_running_loop().create_task(
-                    self._run_for(key, row, move, waiting)
+                    self._run_for(key, row, move, waiting, started), context=contextvars.Context()
                 )
                 self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                task.add_done_callback(
+                    lambda done: self._shared_done(done, key, row, waiting, started)
+                )
             else:
                 row.running = False
                 del self._rows[key]
 
+    def _shared_done(
+        self,
+        task: asyncio.Task[None],
+        key: tuple[str, str],
+        row: _Row,
+        waiting: list[asyncio.Future[bool]],
+        started: list[bool],
+    ) -> None:
+        """A shared move's task ended. Cancelled before it ran (a shutdown), it never reached
+        ``_run``: release its callers, those who came since, and the row, or later fences of
+        it would wait forever. (Once it ran, ``_run`` and ``_run_for`` did all that.)"""
+        self._tasks.discard(task)
+        if started or not task.cancelled():
+            return
+        for waiter in (*waiting, *row.waiting):
+            waiter.cancel()
+        row.waiting = []
+        row.running = False
+        if self._rows.get(key) is row:
+            del self._rows[key]
+
     async def _run_for(
-        self, key: tuple[str, str], row: _Row, move: Move, waiting: list[asyncio.Future[bool]]
+        self,
+        key: tuple[str, str],
+        row: _Row,
+        move: Move,
+        waiting: list[asyncio.Future[bool]],
+        started: list[bool],
     ) -> None:
         """One move, started now, answering every caller in ``waiting``."""
+        started.append(True)
         try:
             result = await self._run(key, row, move)
         except BaseException as error:  # each waiter gets the same answer, error included
