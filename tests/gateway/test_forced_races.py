@@ -27,12 +27,16 @@ import pytest
 
 from shellgate.api import datamodel_pb2, internal_pb2, openshell_pb2, sandbox_pb2
 from shellgate.reconcilers import drafts as chunk_rules
-from shellgate.store.repositories import PROVIDER_TYPE, ProviderRepository
+from shellgate.store.repositories import PROVIDER_TYPE
 from tests.config.helpers import create_sandbox as create_ready_sandbox
 from tests.config.helpers import policy, proposal
 from tests.support.gateway import Running
 from tests.support.hooks import Gate
-from tests.support.unguard import delete_at_current_version, remove_fence
+from tests.support.unguard import (
+    delete_at_current_version,
+    fence_checks_existence_only,
+    remove_fence,
+)
 
 P = openshell_pb2
 Result = Any  # a response message, or the AioRpcError the call ended with
@@ -152,12 +156,7 @@ async def test_forced_reference_race_never_dangles(gw: Running, race: str) -> No
 
 def without_fence_write(gw: Running, monkeypatch: pytest.MonkeyPatch) -> None:
     """The fence checks the provider exists but no longer moves its version."""
-    repository: ProviderRepository = gw.gateway.repos.providers
-
-    async def exists_only(name: str, workspace: str) -> bool:
-        return await repository.store.get_by_name(PROVIDER_TYPE, name, workspace) is not None
-
-    monkeypatch.setattr(repository, "_write_fence", exists_only)
+    fence_checks_existence_only(gw.gateway.repos.providers, PROVIDER_TYPE, monkeypatch)
 
 
 def without_fence(gw: Running, monkeypatch: pytest.MonkeyPatch) -> None:

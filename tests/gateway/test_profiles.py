@@ -19,6 +19,7 @@ from shellgate.store.repositories import PROFILE_TYPE, ProfileRepository
 from tests.config.helpers import failure
 from tests.support.gateway import Running
 from tests.support.hooks import Gate
+from tests.support.unguard import fence_checks_existence_only
 
 P = openshell_pb2
 
@@ -231,12 +232,7 @@ async def test_forced_profile_race_leaves_no_provider_of_a_deleted_profile(
 
 
 def without_fence_write(gw: Running, monkeypatch: pytest.MonkeyPatch) -> None:
-    repository = gw.gateway.repos.profiles
-
-    async def exists_only(name: str, workspace: str) -> bool:
-        return await repository.store.get_by_name(PROFILE_TYPE, name, workspace) is not None
-
-    monkeypatch.setattr(repository, "_write_fence", exists_only)
+    fence_checks_existence_only(gw.gateway.repos.profiles, PROFILE_TYPE, monkeypatch)
 
 
 def without_fence(gw: Running, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,7 +20,11 @@ from shellgate.store.repositories import TEMPLATE_TYPE
 from tests.config.helpers import failure
 from tests.support.gateway import Running
 from tests.support.hooks import Gate
-from tests.support.unguard import delete_at_current_version, remove_fence
+from tests.support.unguard import (
+    delete_at_current_version,
+    fence_checks_existence_only,
+    remove_fence,
+)
 
 P = openshell_pb2
 Result = Any
@@ -268,13 +272,7 @@ async def test_forced_template_race_never_leaves_a_deleted_template_named(
 
 def without_fence_write(gw: Running, monkeypatch: pytest.MonkeyPatch) -> None:
     """The fence checks the template exists but no longer moves its version."""
-
-    repository = gw.gateway.repos.templates
-
-    async def exists_only(name: str, workspace: str) -> bool:
-        return await repository.store.get_by_name(TEMPLATE_TYPE, name, workspace) is not None
-
-    monkeypatch.setattr(repository, "_write_fence", exists_only)
+    fence_checks_existence_only(gw.gateway.repos.templates, TEMPLATE_TYPE, monkeypatch)
 
 
 def without_fence(gw: Running, monkeypatch: pytest.MonkeyPatch) -> None:

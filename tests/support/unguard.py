@@ -23,6 +23,17 @@ def remove_fence(repository: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(repository, "fence", no_fence)
 
 
+def fence_checks_existence_only(
+    repository: Any, object_type: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fence checks that the referenced row exists but no longer moves its version."""
+
+    async def exists_only(name: str, workspace: str) -> bool:
+        return await repository.store.get_by_name(object_type, name, workspace) is not None
+
+    monkeypatch.setattr(repository, "_write_fence", exists_only)
+
+
 def delete_at_current_version(
     repository: Any, object_type: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
